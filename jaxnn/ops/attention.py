@@ -1,0 +1,630 @@
+"""Scaled dot-product attention (study guide §9).
+
+    Attention(Q, K, V) = softmax(Q Kᵀ / √d_k + bias) V
+
+Shape letters: B batch, T query length, S key length, N heads, H head dim.
+Layout is [B, T, N, H] as in ``jax.nn.dot_product_attention``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+__all__ = ["IMPLEMENTATIONS", "dot_product_attention"]
+
+IMPLEMENTATIONS = ("reference", "chunked", "xla", "cudnn", "pallas", "auto")
+
+
+# --------------------------------------------------------------------------------------------
+# Argument checking (trace time, before any compute)
+# --------------------------------------------------------------------------------------------
+
+
+def _broadcastable(shape: tuple[int, ...], target: tuple[int, ...]) -> bool:
+    if len(shape) > len(target):
+        return False
+    return all(a in (1, b) for a, b in zip(shape[::-1], target[::-1]))
+
+
+def _check_args(q, k, v, mask, bias, key_lengths, dropout_rate, dropout_rng, implementation):
+    if implementation not in IMPLEMENTATIONS:
+        raise ValueError(
+            f"implementation={implementation!r}; allowed: {', '.join(IMPLEMENTATIONS)}"
+        )
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        if jnp.ndim(x) != 4:
+            raise ValueError(
+                f"{name} must have rank 4 ([B, T, N, H] for q, [B, S, N, H] for k and v); "
+                f"got shape {jnp.shape(x)}"
+            )
+    batch, _, heads, head_dim = q.shape
+    if k.shape[0] != batch or k.shape[2] != heads or k.shape[3] != head_dim:
+        raise ValueError(
+            f"k must have shape [B, S, N, H] = [{batch}, S, {heads}, {head_dim}] to match "
+            f"q {q.shape}; got {k.shape}"
+        )
+    if v.shape[:3] != k.shape[:3]:
+        raise ValueError(f"v must have shape [B, S, N, H'] matching k {k.shape}; got {v.shape}")
+    target = (batch, heads, q.shape[1], k.shape[1])
+    if mask is not None:
+        if jnp.result_type(mask) != jnp.bool_:
+            raise ValueError(f"mask must be boolean; got dtype {jnp.result_type(mask)}")
+        if not _broadcastable(jnp.shape(mask), target):
+            raise ValueError(
+                f"mask shape {jnp.shape(mask)} is not broadcastable to [B, N, T, S] = {target}"
+            )
+    if bias is not None and not _broadcastable(jnp.shape(bias), target):
+        raise ValueError(
+            f"bias shape {jnp.shape(bias)} is not broadcastable to [B, N, T, S] = {target}"
+        )
+    if key_lengths is not None:
+        if jnp.shape(key_lengths) != (batch,) or not jnp.issubdtype(
+            jnp.result_type(key_lengths), jnp.integer
+        ):
+            raise ValueError(
+                f"key_lengths must be an integer array of shape [B] = ({batch},); got shape "
+                f"{jnp.shape(key_lengths)} dtype {jnp.result_type(key_lengths)}"
+            )
+    if not isinstance(dropout_rate, (int, float)) or not 0.0 <= dropout_rate <= 1.0:
+        raise ValueError(f"dropout_rate={dropout_rate!r}; allowed: a Python float in [0, 1]")
+    if dropout_rate > 0.0 and dropout_rng is None:
+        raise ValueError(
+            f"dropout_rate={dropout_rate} needs dropout_rng (a jax.random key); got None"
+        )
+    return target
+
+
+# --------------------------------------------------------------------------------------------
+# Masks
+# --------------------------------------------------------------------------------------------
+
+
+def _combined_mask(mask, is_causal, key_lengths, t_len, s_len, q_offset=0, k_offset=0):
+    """Boolean "query may attend to key" broadcastable to [B, N, T, S], or None for all-true.
+
+    ``q_offset`` / ``k_offset`` are the absolute positions of the first query / key (for
+    blocks). Causal is aligned top-left like ``jax.nn``: query t sees keys s <= t.
+    """
+    out = None if mask is None else jnp.asarray(mask)
+    if is_causal:
+        t_idx = q_offset + lax.broadcasted_iota(jnp.int32, (t_len, s_len), 0)
+        s_idx = k_offset + lax.broadcasted_iota(jnp.int32, (t_len, s_len), 1)
+        causal = s_idx <= t_idx
+        out = causal if out is None else out & causal
+    if key_lengths is not None:
+        s_idx = k_offset + lax.broadcasted_iota(jnp.int32, (1, s_len), 1)
+        pad = s_idx[None, None] < jnp.asarray(key_lengths, jnp.int32)[:, None, None, None]
+        out = pad if out is None else out & pad
+    return out
+
+
+def _dropout_keep(rng, rate, shape):
+    """Keep pattern of attention dropout: True with probability 1 - rate, shape [B, N, T, S]."""
+    return jax.random.bernoulli(rng, 1.0 - rate, shape)
+
+
+# --------------------------------------------------------------------------------------------
+# "reference": materializes the [B, N, T, S] scores
+# --------------------------------------------------------------------------------------------
+
+
+def _reference(q, k, v, mask, bias, is_causal, key_lengths, dropout_rate, dropout_rng):
+    batch, t_len, heads, head_dim = q.shape
+    s_len = k.shape[1]
+    scale = 1.0 / math.sqrt(head_dim)
+    qf, kf, vf = (x.astype(jnp.float32) for x in (q, k, v))
+    logits = jnp.einsum("btnh,bsnh->bnts", qf, kf, precision=lax.Precision.HIGHEST) * scale
+    if bias is not None:
+        logits = logits + jnp.asarray(bias).astype(jnp.float32)
+    valid = _combined_mask(mask, is_causal, key_lengths, t_len, s_len)
+    if valid is None:
+        valid = jnp.ones((1, 1, 1, 1), bool)
+    valid = jnp.broadcast_to(valid, logits.shape)
+    # Masked softmax: the max and the exp only see valid logits (the second `where` keeps
+    # exp away from masked entries so no inf * 0 = NaN reaches the gradient); a row with no
+    # valid key has a zero sum and gets zero weights.
+    row_max = jnp.max(jnp.where(valid, logits, -jnp.inf), axis=-1, keepdims=True)
+    row_max = jnp.where(jnp.isfinite(row_max), row_max, 0.0)
+    shifted = jnp.where(valid, logits - row_max, 0.0)
+    unnorm = jnp.where(valid, jnp.exp(shifted), 0.0)
+    denom = jnp.sum(unnorm, axis=-1, keepdims=True)
+    weights = unnorm / jnp.where(denom > 0, denom, 1.0)
+    if dropout_rate > 0.0:
+        if dropout_rate >= 1.0:
+            weights = jnp.zeros_like(weights)
+        else:
+            keep = _dropout_keep(dropout_rng, dropout_rate, weights.shape)
+            weights = jnp.where(keep, weights / (1.0 - dropout_rate), 0.0)
+    out = jnp.einsum("bnts,bsnh->btnh", weights, vf, precision=lax.Precision.HIGHEST)
+    return out.astype(q.dtype), weights
+
+
+# --------------------------------------------------------------------------------------------
+# "chunked": FlashAttention in pure JAX (online softmax forward, recomputing custom_vjp backward)
+# --------------------------------------------------------------------------------------------
+
+
+def _split(length: int, targets: tuple[int, ...]) -> tuple[int, tuple[int, ...]]:
+    """Padded length and one block size per target, all blocks dividing the padded length.
+
+    The smallest target fixes the base block: the fewest blocks of at most that size, evened
+    out and rounded up to a multiple of 8 (so padding wastes < 8 rows per block). Each
+    other target gets the largest multiple of the base block that divides the padded length
+    and does not exceed it.
+    """
+    base_target = min(targets)
+    num = -(-length // base_target)
+    base = -(-(-(-length // num)) // 8) * 8
+    blocks = []
+    for target in targets:
+        factor = max(f for f in range(1, num + 1) if num % f == 0 and base * f <= max(target, base))
+        blocks.append(base * factor)
+    return num * base, tuple(blocks)
+
+
+_FWD_BLOCKS = (512, 1024)
+_BWD_BLOCKS = (512, 512)
+
+
+def _as_rank4(x):
+    return None if x is None else jnp.reshape(x, (1,) * (4 - jnp.ndim(x)) + jnp.shape(x))
+
+
+def _pad_axis(x, axis, new_size, value):
+    if x.shape[axis] in (1, new_size):
+        return x
+    widths = [(0, 0)] * x.ndim
+    widths[axis] = (0, new_size - x.shape[axis])
+    return jnp.pad(x, widths, constant_values=value)
+
+
+def _slice_block(x, axis, start, size):
+    """Block [start, start + size) of `x` along `axis`, or `x` itself where that axis is 1."""
+    if x.shape[axis] == 1:
+        return x
+    return lax.dynamic_slice_in_dim(x, start, size, axis)
+
+
+class _Static:
+    """Hashable static plan of one blocked pass (part of a nondiff argument of custom_vjp)."""
+
+    def __init__(self, t_len, s_len, t_pad, s_pad, block_q, block_k, flags):
+        is_causal, has_mask, has_bias, has_lengths = flags
+        self.t_len, self.s_len = t_len, s_len
+        self.block_q, self.block_k = block_q, block_k
+        self.num_q = t_pad // block_q
+        self.num_k = s_pad // block_k
+        self.is_causal, self.has_mask = is_causal, has_mask
+        self.has_bias, self.has_lengths = has_bias, has_lengths
+        self.ragged_k = s_pad != s_len
+        self._key = (t_len, s_len, t_pad, s_pad, block_q, block_k, *flags)
+
+    def __hash__(self):
+        return hash(self._key)
+
+    def __eq__(self, other):
+        return isinstance(other, _Static) and self._key == other._key
+
+    def needs_mask(self) -> bool:
+        return self.is_causal or self.has_mask or self.has_lengths or self.ragged_k
+
+
+def _block_valid(st: _Static, mask, lengths, q_start, k_start):
+    """Boolean [B|1, N|1, bq, bk] validity of one block, or None when every entry is valid."""
+    if not st.needs_mask():
+        return None
+    bq, bk = st.block_q, st.block_k
+    valid = None
+    if st.has_mask:
+        valid = _slice_block(_slice_block(mask, 2, q_start, bq), 3, k_start, bk)
+    k_idx = k_start + lax.broadcasted_iota(jnp.int32, (1, 1, 1, bk), 3)
+    if st.is_causal:
+        q_idx = q_start + lax.broadcasted_iota(jnp.int32, (1, 1, bq, 1), 2)
+        causal = k_idx <= q_idx
+        valid = causal if valid is None else valid & causal
+    if st.has_lengths:
+        # `lengths` is already clipped to S, so it also masks the zero padding of the last block.
+        pad = k_idx < lengths[:, None, None, None]
+        valid = pad if valid is None else valid & pad
+    elif st.ragged_k:
+        pad = k_idx < st.s_len
+        valid = pad if valid is None else valid & pad
+    return valid
+
+
+def _block_logits(st: _Static, q_blk, k_blk, bias, q_start, k_start):
+    s = jnp.einsum("bnqh,bnkh->bnqk", q_blk, k_blk, preferred_element_type=jnp.float32)
+    if st.has_bias:
+        s = s + _slice_block(_slice_block(bias, 2, q_start, st.block_q), 3, k_start, st.block_k)
+    return s
+
+
+def _key_block_range(st: _Static, lengths, q_start):
+    """[0, hi) key blocks that can hold a visible key for queries starting at q_start."""
+    hi = jnp.int32(st.num_k)
+    if st.is_causal:
+        last_q = jnp.minimum(q_start + st.block_q, st.t_len) - 1
+        hi = jnp.minimum(hi, last_q // st.block_k + 1)
+    if st.has_lengths:
+        hi = jnp.minimum(hi, (jnp.max(lengths) + st.block_k - 1) // st.block_k)
+    return hi
+
+
+def _chunked_forward(st: _Static, q, k, v, bias, mask, lengths):
+    """q [B,N,Tp,H] (already scaled), k/v [B,N,Sp,H] f32 -> out [B,N,Tp,Hv], lse [B,N,Tp]."""
+    batch, heads, _, _ = q.shape
+    head_dim_v = v.shape[-1]
+    bq, bk = st.block_q, st.block_k
+
+    def one_query_block(i):
+        q_start = i * bq
+        q_blk = lax.dynamic_slice_in_dim(q, q_start, bq, 2)
+
+        def body(j, carry):
+            m_prev, l_prev, acc_prev = carry
+            k_start = j * bk
+            k_blk = lax.dynamic_slice_in_dim(k, k_start, bk, 2)
+            v_blk = lax.dynamic_slice_in_dim(v, k_start, bk, 2)
+            s = _block_logits(st, q_blk, k_blk, bias, q_start, k_start)
+            valid = _block_valid(st, mask, lengths, q_start, k_start)
+            if valid is not None:
+                s = jnp.where(valid, s, -jnp.inf)
+            m_new = jnp.maximum(m_prev, jnp.max(s, axis=-1))
+            m_safe = jnp.where(m_new == -jnp.inf, 0.0, m_new)
+            p = jnp.exp(s - m_safe[..., None])
+            alpha = jnp.exp(m_prev - m_safe)
+            l_new = l_prev * alpha + jnp.sum(p, axis=-1)
+            pv = jnp.einsum("bnqk,bnkh->bnqh", p, v_blk, preferred_element_type=jnp.float32)
+            return m_new, l_new, acc_prev * alpha[..., None] + pv
+
+        init = (
+            jnp.full((batch, heads, bq), -jnp.inf, jnp.float32),
+            jnp.zeros((batch, heads, bq), jnp.float32),
+            jnp.zeros((batch, heads, bq, head_dim_v), jnp.float32),
+        )
+        hi = _key_block_range(st, lengths, q_start)
+        m, l, acc = lax.fori_loop(0, hi, body, init)
+        seen = l > 0
+        out = acc / jnp.where(seen, l, 1.0)[..., None]
+        # A row that sees no key: zero output and lse = +inf, so the backward's exp(s - lse) = 0.
+        lse = jnp.where(seen, m + jnp.log(jnp.where(seen, l, 1.0)), jnp.inf)
+        return out, lse
+
+    out, lse = lax.map(one_query_block, jnp.arange(st.num_q))
+    # [nq, B, N, bq, ...] -> [B, N, nq * bq, ...]
+    out = jnp.moveaxis(out, 0, 2).reshape(batch, heads, st.num_q * bq, head_dim_v)
+    lse = jnp.moveaxis(lse, 0, 2).reshape(batch, heads, st.num_q * bq)
+    return out, lse
+
+
+def _chunked_backward(st: _Static, q, k, v, bias, mask, lengths, out, lse, d_out):
+    batch, heads, _, head_dim = q.shape
+    bq, bk = st.block_q, st.block_k
+    delta = jnp.sum(d_out * out, axis=-1)  # D_t = Σ_h dO ∘ O, [B, N, Tp]
+    hi_k = None if not st.has_lengths else (jnp.max(lengths) + bk - 1) // bk
+    d_bias0 = jnp.zeros(bias.shape, jnp.float32) if st.has_bias else None
+    k_t = jnp.swapaxes(k, 2, 3)  # [B, N, H, Sp]
+
+    def one_key_block(carry, j):
+        d_q, d_bias = carry
+        k_start = j * bk
+        k_blk = lax.dynamic_slice_in_dim(k, k_start, bk, 2)
+        v_blk = lax.dynamic_slice_in_dim(v, k_start, bk, 2)
+        kt_blk = lax.dynamic_slice_in_dim(k_t, k_start, bk, 3)
+        lo = (k_start // bq) if st.is_causal else 0
+        hi = jnp.int32(st.num_q)
+        if hi_k is not None:
+            hi = jnp.where(j < hi_k, hi, lo)
+
+        def body(i, inner):
+            d_k, d_v, d_q, d_bias = inner
+            q_start = i * bq
+            q_blk = lax.dynamic_slice_in_dim(q, q_start, bq, 2)
+            do_blk = lax.dynamic_slice_in_dim(d_out, q_start, bq, 2)
+            lse_blk = lax.dynamic_slice_in_dim(lse, q_start, bq, 2)
+            delta_blk = lax.dynamic_slice_in_dim(delta, q_start, bq, 2)
+            # Work on transposed [.., bk, bq] blocks: then dV = Pᵀ dO and dK = dSᵀ Q contract the
+            # last axis of their left operand, the layout XLA's CPU matmul is fastest with.
+            s_t = jnp.einsum("bnkh,bnqh->bnkq", k_blk, q_blk, preferred_element_type=jnp.float32)
+            if st.has_bias:
+                b_blk = _slice_block(_slice_block(bias, 2, q_start, bq), 3, k_start, bk)
+                s_t = s_t + jnp.swapaxes(b_blk, 2, 3)
+            p_t = jnp.exp(s_t - lse_blk[..., None, :])
+            valid = _block_valid(st, mask, lengths, q_start, k_start)
+            if valid is not None:
+                p_t = jnp.where(jnp.swapaxes(valid, 2, 3), p_t, 0.0)
+            d_v = d_v + jnp.einsum(
+                "bnkq,bnqh->bnkh", p_t, do_blk, preferred_element_type=jnp.float32
+            )
+            dp_t = jnp.einsum("bnkh,bnqh->bnkq", v_blk, do_blk, preferred_element_type=jnp.float32)
+            ds_t = p_t * (dp_t - delta_blk[..., None, :])
+            d_k = d_k + jnp.einsum(
+                "bnkq,bnqh->bnkh", ds_t, q_blk, preferred_element_type=jnp.float32
+            )
+            # dQᵀ = Kᵀ dSᵀ with Kᵀ stored once, so this matmul too contracts its lhs' last axis.
+            dq_t = jnp.einsum("bnhk,bnkq->bnhq", kt_blk, ds_t, preferred_element_type=jnp.float32)
+            dq_blk = lax.dynamic_slice_in_dim(d_q, q_start, bq, 3) + dq_t
+            d_q = lax.dynamic_update_slice_in_dim(d_q, dq_blk, q_start, 3)
+            if st.has_bias:
+                d_s = jnp.swapaxes(ds_t, 2, 3)
+                starts = [0, 0, q_start if d_bias.shape[2] > 1 else 0]
+                starts.append(k_start if d_bias.shape[3] > 1 else 0)
+                sizes = (*d_bias.shape[:2], min(d_bias.shape[2], bq), min(d_bias.shape[3], bk))
+                axes = tuple(ax for ax in range(4) if d_bias.shape[ax] == 1)
+                contrib = jnp.sum(d_s, axis=axes, keepdims=True) if axes else d_s
+                cur = lax.dynamic_slice(d_bias, starts, sizes)
+                d_bias = lax.dynamic_update_slice(d_bias, cur + contrib, starts)
+            return d_k, d_v, d_q, d_bias
+
+        init = (
+            jnp.zeros((batch, heads, bk, head_dim), jnp.float32),
+            jnp.zeros((batch, heads, bk, v.shape[-1]), jnp.float32),
+            d_q,
+            d_bias,
+        )
+        d_k, d_v, d_q, d_bias = lax.fori_loop(lo, hi, body, init)
+        return (d_q, d_bias), (d_k, d_v)
+
+    d_q_t0 = jnp.zeros((batch, heads, head_dim, q.shape[2]), jnp.float32)
+    (d_q_t, d_bias), (d_k, d_v) = lax.scan(one_key_block, (d_q_t0, d_bias0), jnp.arange(st.num_k))
+    d_q = jnp.swapaxes(d_q_t, 2, 3)
+    d_k = jnp.moveaxis(d_k, 0, 2).reshape(batch, heads, st.num_k * bk, head_dim)
+    d_v = jnp.moveaxis(d_v, 0, 2).reshape(batch, heads, st.num_k * bk, v.shape[-1])
+    return d_q, d_k, d_v, d_bias
+
+
+def _head(x, b, n):
+    """Head (b, n) of a rank-4 [B|1, N|1, ...] array as [1, 1, ...] (broadcast axes kept)."""
+    if x is None:
+        return None
+    return _slice_block(_slice_block(x, 0, b, 1), 1, n, 1)
+
+
+def _forward_per_head(st: _Static, q, k, v, bias, mask, lengths):
+    """Runs the blocked forward one (example, head) at a time: 2-D blocks stay cache-resident
+    and each example's loop stops at its own key length."""
+    batch, heads, t_pad, _ = q.shape
+
+    def one_head(g):
+        b, n = g // heads, g % heads
+        length = None if lengths is None else lax.dynamic_slice_in_dim(lengths, b, 1)
+        args = [_head(x, b, n) for x in (q, k, v, bias, mask)]
+        out, lse = _chunked_forward(st, *args, length)
+        return out[0, 0], lse[0, 0]
+
+    out, lse = lax.map(one_head, jnp.arange(batch * heads))
+    return out.reshape(batch, heads, t_pad, v.shape[-1]), lse.reshape(batch, heads, t_pad)
+
+
+def _flash_impl(plan, q, k, v, bias, mask, lengths):
+    return _forward_per_head(plan[0], q, k, v, bias, mask, lengths)[0]
+
+
+def _flash_fwd(plan, q, k, v, bias, mask, lengths):
+    out, lse = _forward_per_head(plan[0], q, k, v, bias, mask, lengths)
+    return out, (q, k, v, bias, mask, lengths, out, lse)
+
+
+def _flash_bwd(plan, residuals, d_out):
+    st = plan[1]
+    q, k, v, bias, mask, lengths, out, lse = residuals
+    batch, heads = q.shape[:2]
+
+    def one_head(d_bias, g):
+        b, n = g // heads, g % heads
+        length = None if lengths is None else lax.dynamic_slice_in_dim(lengths, b, 1)
+        args = [_head(x, b, n) for x in (q, k, v, bias, mask)]
+        d_q, d_k, d_v, d_bias_head = _chunked_backward(
+            st, *args, length, *(_head(x, b, n) for x in (out, lse, d_out))
+        )
+        if d_bias is not None:
+            starts = (b if bias.shape[0] > 1 else 0, n if bias.shape[1] > 1 else 0, 0, 0)
+            d_bias = lax.dynamic_update_slice(
+                d_bias, lax.dynamic_slice(d_bias, starts, d_bias_head.shape) + d_bias_head, starts
+            )
+        return d_bias, (d_q[0, 0], d_k[0, 0], d_v[0, 0])
+
+    d_bias0 = None if bias is None else jnp.zeros(bias.shape, jnp.float32)
+    d_bias, (d_q, d_k, d_v) = lax.scan(one_head, d_bias0, jnp.arange(batch * heads))
+    d_q, d_k, d_v = (x.reshape(batch, heads, *x.shape[1:]) for x in (d_q, d_k, d_v))
+    return d_q, d_k, d_v, d_bias, None, None
+
+
+_flash = jax.custom_vjp(_flash_impl, nondiff_argnums=(0,))
+_flash.defvjp(_flash_fwd, _flash_bwd)
+
+
+def _chunked(q, k, v, mask, bias, is_causal, key_lengths, blocks=None):
+    """blocks: optional ((fwd_block_q, fwd_block_k), (bwd_block_q, bwd_block_k)) targets."""
+    batch, t_len, heads, head_dim = q.shape
+    s_len = k.shape[1]
+    fwd_blocks, bwd_blocks = blocks or (_FWD_BLOCKS, _BWD_BLOCKS)
+    t_pad, (fwd_q, bwd_q) = _split(t_len, (fwd_blocks[0], bwd_blocks[0]))
+    s_pad, (fwd_k, bwd_k) = _split(s_len, (fwd_blocks[1], bwd_blocks[1]))
+    fwd_blocks, bwd_blocks = (fwd_q, fwd_k), (bwd_q, bwd_k)
+    flags = (bool(is_causal), mask is not None, bias is not None, key_lengths is not None)
+    plan = tuple(_Static(t_len, s_len, t_pad, s_pad, *b, flags) for b in (fwd_blocks, bwd_blocks))
+    scale = 1.0 / math.sqrt(head_dim)
+    # One transposition at entry to [B, N, T, H]; the scale is folded into q (O(T·H) work).
+    q_t = _pad_axis(jnp.swapaxes(q.astype(jnp.float32) * scale, 1, 2), 2, t_pad, 0.0)
+    k_t = _pad_axis(jnp.swapaxes(k.astype(jnp.float32), 1, 2), 2, s_pad, 0.0)
+    v_t = _pad_axis(jnp.swapaxes(v.astype(jnp.float32), 1, 2), 2, s_pad, 0.0)
+    mask4 = _as_rank4(mask)
+    if mask4 is not None:
+        mask4 = _pad_axis(_pad_axis(mask4, 2, t_pad, False), 3, s_pad, False)
+    bias4 = _as_rank4(bias)
+    if bias4 is not None:
+        bias4 = _pad_axis(_pad_axis(bias4.astype(jnp.float32), 2, t_pad, 0.0), 3, s_pad, 0.0)
+    lengths = None
+    if key_lengths is not None:
+        lengths = jnp.clip(jnp.asarray(key_lengths, jnp.int32), 0, s_len)
+    out = _flash(plan, q_t, k_t, v_t, bias4, mask4, lengths)
+    return jnp.swapaxes(out[:, :, :t_len], 1, 2).astype(q.dtype)
+
+
+# --------------------------------------------------------------------------------------------
+# "xla" / "cudnn" (jax.nn.dot_product_attention) and "pallas" (JAX's shipped flash kernels)
+# --------------------------------------------------------------------------------------------
+
+
+def _rows_with_a_key(mask, is_causal, key_lengths, t_len, s_len):
+    """Boolean broadcastable to [B, N, T]: does query t see at least one key? None if all do."""
+    if mask is None:
+        # Causal is top-left aligned, so every query sees key 0 unless its example has no keys.
+        if key_lengths is None:
+            return None
+        return (jnp.asarray(key_lengths) > 0)[:, None, None]
+    visible = _combined_mask(_as_rank4(mask), is_causal, key_lengths, t_len, s_len)
+    return jnp.any(visible, axis=-1)
+
+
+def _zero_empty_rows(out, s_len, mask, is_causal, key_lengths):
+    """Zeros (value and gradient) for queries that see no key; jax.nn gives them uniform weights."""
+    batch, t_len, heads, _ = out.shape
+    ok = _rows_with_a_key(mask, is_causal, key_lengths, t_len, s_len)
+    if ok is None:
+        return out
+    ok = jnp.swapaxes(jnp.broadcast_to(ok, (batch, heads, t_len)), 1, 2)[..., None]
+    return jnp.where(ok, out, jnp.zeros((), out.dtype))
+
+
+def _jax_nn(q, k, v, mask, bias, is_causal, key_lengths, implementation):
+    if implementation == "cudnn" and jax.default_backend() != "gpu":
+        raise ValueError(
+            f"implementation='cudnn' needs an NVIDIA GPU backend; the default backend is "
+            f"{jax.default_backend()!r}. Use 'chunked', 'xla' or 'auto'."
+        )
+    out = jax.nn.dot_product_attention(
+        q,
+        k,
+        v,
+        bias=None if bias is None else _as_rank4(jnp.asarray(bias)).astype(q.dtype),
+        mask=_as_rank4(mask),
+        is_causal=is_causal,
+        key_value_seq_lengths=(
+            None if key_lengths is None else jnp.asarray(key_lengths, jnp.int32)
+        ),
+        implementation=implementation,
+    )
+    return _zero_empty_rows(out, k.shape[1], mask, is_causal, key_lengths)
+
+
+def _pallas(q, k, v, mask, bias, is_causal, key_lengths):
+    backend = jax.default_backend()
+    if backend not in ("gpu", "tpu"):
+        raise ValueError(
+            f"implementation='pallas' needs a GPU or TPU backend (JAX ships Pallas flash-attention "
+            f"kernels only for those); the default backend is {backend!r}. Use 'chunked' on CPU."
+        )
+    for name, value in (("mask", mask), ("key_lengths", key_lengths)):
+        if value is not None:
+            raise ValueError(
+                f"implementation='pallas' does not support {name}; pass is_causal only, or use "
+                f"implementation='chunked' / 'xla'"
+            )
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    if backend == "gpu":
+        if bias is not None:
+            raise ValueError("implementation='pallas' on GPU does not support bias; use 'xla'")
+        from jax.experimental.pallas.ops.gpu import attention as pallas_gpu
+
+        return pallas_gpu.mha(q, k, v, None, sm_scale=scale, causal=is_causal)
+    from jax.experimental.pallas.ops.tpu import flash_attention as pallas_tpu
+
+    to_bnth = lambda x: jnp.swapaxes(x, 1, 2)
+    full_bias = None
+    if bias is not None:
+        shape = (q.shape[0], q.shape[2], q.shape[1], k.shape[1])
+        full_bias = jnp.broadcast_to(_as_rank4(jnp.asarray(bias)), shape).astype(q.dtype)
+    out = pallas_tpu.flash_attention(
+        to_bnth(q), to_bnth(k), to_bnth(v), ab=full_bias, causal=is_causal, sm_scale=scale
+    )
+    return to_bnth(out)
+
+
+def _auto(q, k, dropout_rate, return_weights, mask, key_lengths) -> str:
+    """The implementation "auto" picks (see dot_product_attention's docstring)."""
+    if dropout_rate > 0.0 or return_weights:
+        return "reference"
+    backend = jax.default_backend()
+    if backend == "gpu":
+        cudnn_ok = q.dtype in (jnp.bfloat16, jnp.float16) and q.shape[-1] <= 128
+        return "cudnn" if cudnn_ok and q.shape[-1] % 8 == 0 else "xla"
+    if backend == "tpu":
+        return "pallas" if mask is None and key_lengths is None else "xla"
+    # CPU: the blocked kernel wins once the score matrix outgrows the caches; below that the
+    # single fused XLA graph has less loop overhead.
+    return "chunked" if q.shape[1] * k.shape[1] >= _AUTO_CHUNKED_MIN_SCORES else "reference"
+
+
+_AUTO_CHUNKED_MIN_SCORES = 256 * 256
+
+
+# --------------------------------------------------------------------------------------------
+# Public entry point
+# --------------------------------------------------------------------------------------------
+
+
+def dot_product_attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    *,
+    mask: jax.Array | None = None,
+    bias: jax.Array | None = None,
+    is_causal: bool = False,
+    key_lengths: jax.Array | None = None,
+    dropout_rate: float = 0.0,
+    dropout_rng: jax.Array | None = None,
+    return_weights: bool = False,
+    implementation: str = "auto",
+) -> jax.Array | tuple[jax.Array, jax.Array]:
+    """Scaled dot-product attention, softmax(Q Kᵀ / √H + bias) V (study guide §9).
+
+    Args:
+      q: queries [B, T, N, H].
+      k: keys [B, S, N, H].
+      v: values [B, S, N, H].
+      mask: boolean, broadcastable to [B, N, T, S]; True = the query may attend to the key.
+      bias: additive logits bias broadcastable to [B, N, T, S] (added after the 1/√H scaling).
+      is_causal: query t attends only to keys s <= t (top-left aligned, as jax.nn).
+      key_lengths: int [B], number of valid (non-padding) keys per example; keys s >= length
+        are masked out.
+      dropout_rate: attention dropout on the softmax weights (survivors scaled by 1/(1-rate)).
+      dropout_rng: jax.random key, required when dropout_rate > 0.
+      return_weights: also return the attention weights [B, N, T, S] (after dropout).
+      implementation: "reference" | "chunked" | "xla" | "cudnn" | "pallas" | "auto".
+
+    Returns:
+      [B, T, N, H] in q's dtype (and the weights [B, N, T, S] in float32 if return_weights).
+
+    Edge cases: a query that can see no key at all (fully masked row) gives zeros, with zero
+    gradient and no NaN. Softmax statistics are computed in float32 for every input dtype.
+    """
+    _check_args(q, k, v, mask, bias, key_lengths, dropout_rate, dropout_rng, implementation)
+    if implementation == "auto":
+        implementation = _auto(q, k, dropout_rate, return_weights, mask, key_lengths)
+    if return_weights and implementation != "reference":
+        raise ValueError(
+            f"return_weights=True needs implementation='reference' (it materializes the "
+            f"[B, N, T, S] weights); got implementation={implementation!r}"
+        )
+    if dropout_rate > 0.0 and implementation != "reference":
+        raise ValueError(
+            f"dropout_rate={dropout_rate} is supported by implementation='reference' only; got "
+            f"implementation={implementation!r}"
+        )
+    if implementation == "reference":
+        out, weights = _reference(
+            q, k, v, mask, bias, is_causal, key_lengths, dropout_rate, dropout_rng
+        )
+        return (out, weights) if return_weights else out
+    if implementation == "chunked":
+        return _chunked(q, k, v, mask, bias, is_causal, key_lengths)
+    if implementation in ("xla", "cudnn"):
+        return _jax_nn(q, k, v, mask, bias, is_causal, key_lengths, implementation)
+    return _pallas(q, k, v, mask, bias, is_causal, key_lengths)

@@ -1,0 +1,643 @@
+"""The training loop, top to bottom: data -> model -> jitted steps -> epochs -> best -> test once.
+
+    train_and_evaluate(config, workdir)        the whole run (what train.py calls)
+      validate_config(config)                  bad input fails here, before data or compile
+      data    = load_data(config)              vocabulary from train only; test split untouched
+      fitted  = fit(config, data, workdir)     epochs, validation each epoch, early stopping on
+                                               the validation metric, best + latest checkpoints,
+                                               resume from the newest checkpoint
+      test    = evaluate(best params, test)    the test split, once, at the very end
+      results.json, learning_curves.png
+
+`fit` is the library entry point for tuning: it never loads or touches the test split and, with
+``workdir=None``, writes nothing (the best parameters stay in memory).
+
+Reproducibility: batch order of epoch e is drawn from (seed, e), the dropout key of step t is
+fold_in(key, t), and checkpoints hold the whole train state including the epoch's running sums,
+so a run killed at any point and restarted with the same command ends with bitwise the same
+parameters as an uninterrupted one (on CPU).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from tqdm.auto import tqdm
+
+from jaxnn.data.batches import BatchIterator, default_buckets, eval_batches, prefetch
+from jaxnn.data.prepare import EncodedSplit, Prepared, prepare, prepare_test
+from jaxnn.metrics import accuracy, macro_f1, precision_recall_f1
+from jaxnn.models import get_model
+from jaxnn.train import sparse as sparse_lib
+from jaxnn.train.checkpoint import Checkpoints
+from jaxnn.train.config import config_to_dict, validate_config, weight_decay_mode
+from jaxnn.train.distributed import (
+    batch_sharding,
+    check_divisible,
+    describe_mesh,
+    make_mesh,
+    replicated,
+    shard_batch,
+)
+from jaxnn.train.logs import MetricsLog, plot_learning_curves, read_jsonl, write_json
+from jaxnn.train.optim import make_optimizer, make_schedule
+from jaxnn.train.state import NO_NONFINITE, TrainState, zero_train_metrics
+from jaxnn.train.step import make_eval_step, make_train_step, zero_eval_metrics
+
+__all__ = [
+    "ConfigMismatchError",
+    "FitResult",
+    "NonFiniteLossError",
+    "Trainer",
+    "evaluate",
+    "fit",
+    "load_data",
+    "train_and_evaluate",
+]
+
+log = logging.getLogger("jaxnn.train")
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or infinite; the message names the step."""
+
+    def __init__(self, message: str, step: int):
+        super().__init__(message)
+        self.step = step
+
+
+class ConfigMismatchError(ValueError):
+    """The workdir holds a run of a different config (restart with overwrite=True)."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Data
+# ----------------------------------------------------------------------------------------------
+
+
+def load_data(config: Mapping[str, Any]) -> Prepared:
+    """Train and validation splits of ``config.data`` encoded with a vocabulary built on train.
+
+    Cached by jaxnn.data (a second call reads NumPy files). The test split is not loaded.
+    """
+    d = config["data"]
+    return prepare(
+        d["corpus"],
+        max_len=d["max_len"],
+        min_freq=d["min_freq"],
+        max_size=d["max_vocab_size"] or None,
+        seed=d["split_seed"],
+        unk_warn_threshold=d["unk_warn_threshold"],
+    )
+
+
+def load_test(config: Mapping[str, Any], data: Prepared) -> EncodedSplit:
+    """The test split encoded with the training vocabulary: for the final evaluation only."""
+    d = config["data"]
+    return prepare_test(
+        d["corpus"],
+        data.vocab,
+        max_len=d["max_len"],
+        seed=d["split_seed"],
+        unk_warn_threshold=d["unk_warn_threshold"],
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Model, optimizer, jitted steps
+# ----------------------------------------------------------------------------------------------
+
+
+class Trainer:
+    """Everything one config needs to train on one dataset: model, optimizer, mesh, steps.
+
+    Attributes:
+      config: the validated config (plain dict).
+      model: the flax module.
+      mesh: the device mesh (axis "data").
+      train_batches: the `BatchIterator` of the training split.
+      steps_per_epoch, total_steps: for the schedule.
+      train_step: jitted ``(state, batch) -> state``, state donated, batch sharded on "data".
+      eval_step: jitted ``(variables, sums, batch) -> sums``.
+
+    The tuner can build one per trial and call `init_state`, `run_epoch` and `evaluate`.
+    """
+
+    def __init__(
+        self,
+        config: Mapping[str, Any],
+        data: Prepared,
+        *,
+        mesh: jax.sharding.Mesh | None = None,
+    ):
+        self.config = cfg = validate_config(config)
+        self.data = data
+        self.mesh = make_mesh() if mesh is None else mesh
+        check_divisible("train.batch_size", cfg["train"]["batch_size"], self.mesh)
+        check_divisible("train.eval_batch_size", cfg["train"]["eval_batch_size"], self.mesh)
+        self.num_classes = data.num_classes
+        self.model = get_model(cfg, vocab_size=len(data.vocab), num_classes=self.num_classes)
+        d, t = cfg["data"], cfg["train"]
+        self.buckets = default_buckets(data.max_len, min(d["smallest_bucket"], data.max_len))
+        self.train_batches = BatchIterator(
+            data.train,
+            batch_size=t["batch_size"],
+            shuffle=True,
+            seed=cfg["seed"],
+            remainder="drop",
+            buckets=self.buckets,
+            sort_pool=d["sort_pool"],
+        )
+        full = self.train_batches.num_batches()
+        self.steps_per_epoch = min(full, t["max_steps_per_epoch"]) if t["max_steps_per_epoch"] else full
+        self.total_steps = self.steps_per_epoch * t["num_epochs"]
+        optim = cfg["optim"]
+        self.schedule = make_schedule(optim, self.total_steps)
+        self.sparse = None
+        if optim["sparse_embeddings"]:
+            self.sparse = sparse_lib.make_sparse_optimizer(
+                optim, self.schedule, tables=self.model.table_names()
+            )
+        self.tx = make_optimizer(optim, self.total_steps)
+        l2 = optim["weight_decay"] if weight_decay_mode(optim) == "l2" else 0.0
+        rep, bat = replicated(self.mesh), batch_sharding(self.mesh)
+        self.train_step = jax.jit(
+            make_train_step(self.model, self.tx, l2_weight_decay=l2, sparse=self.sparse),
+            in_shardings=(rep, bat),
+            out_shardings=rep,
+            donate_argnums=0,
+        )
+        self.eval_step = jax.jit(
+            make_eval_step(self.model, self.num_classes),
+            in_shardings=(rep, rep, bat),
+            out_shardings=rep,
+            donate_argnums=1,
+        )
+
+    # --- state ---------------------------------------------------------------------------------
+    def init_state(self) -> TrainState:
+        """Fresh parameters and optimizer state from ``config.seed``, replicated on the mesh."""
+        key = jax.random.PRNGKey(self.config["seed"])
+        init_key, dropout_key = jax.random.split(key)
+        length = self.buckets[0]
+        tokens = jnp.zeros((1, length), jnp.int32)
+        mask = jnp.ones((1, length), bool)
+
+        def init():
+            variables = self.model.init(init_key, tokens, mask, train=False)
+            params = variables["params"]
+            batch_stats = variables.get("batch_stats", {})
+            if self.sparse is not None:
+                opt_state = self.sparse.init(self.tx, params)
+            else:
+                opt_state = self.tx.init(params)
+            return TrainState(
+                step=jnp.zeros((), jnp.int32),
+                params=params,
+                batch_stats=batch_stats,
+                opt_state=opt_state,
+                rng=dropout_key,
+                metrics=zero_train_metrics(),
+            )
+
+        return jax.jit(init, out_shardings=replicated(self.mesh))()
+
+    def reset_metrics(self, state: TrainState) -> TrainState:
+        return state.replace(
+            metrics=jax.device_put(zero_train_metrics(), replicated(self.mesh))
+        )
+
+    # --- training ------------------------------------------------------------------------------
+    def batches(self, epoch: int, start: int = 0) -> Iterator[dict[str, jax.Array]]:
+        """Sharded batches ``start..steps_per_epoch-1`` of ``epoch``, built ahead on a thread."""
+        order = self.train_batches.order(epoch)[start : self.steps_per_epoch]
+        host = (self.train_batches.make_batch(index) for index in order)
+        return prefetch(host, self.config["data"]["prefetch"], lambda b: shard_batch(b, self.mesh))
+
+    def train_summary(self, state: TrainState) -> dict[str, float]:
+        """The epoch's running means (one host sync); raises on a non-finite loss."""
+        metrics = jax.device_get(state.metrics)
+        bad = int(metrics["nonfinite_step"])
+        if bad != NO_NONFINITE:
+            raise NonFiniteLossError(f"training loss is not finite at step {bad}", bad)
+        weight = max(float(metrics["weight"]), 1.0)
+        return {
+            "train_loss": float(metrics["loss_sum"]) / weight,
+            "train_accuracy": float(metrics["correct"]) / weight,
+        }
+
+    def run_epoch(
+        self,
+        state: TrainState,
+        epoch: int,
+        *,
+        start: int = 0,
+        on_step: Callable[[TrainState, int], None] | None = None,
+        progress: bool = False,
+    ) -> TrainState:
+        """Steps ``start..`` of ``epoch``; ``on_step(state, batches_done)`` after each step."""
+        if start == 0:
+            state = self.reset_metrics(state)
+        log_every = self.config["train"]["log_every_steps"]
+        batch_size = self.config["train"]["batch_size"]
+        bar = tqdm(
+            total=self.steps_per_epoch,
+            initial=start,
+            desc=f"epoch {epoch + 1}",
+            unit="step",
+            disable=not progress,
+            leave=False,
+            dynamic_ncols=True,
+        )
+        tick, tick_steps = time.perf_counter(), 0
+        done = start
+        for batch in self.batches(epoch, start):
+            state = self.train_step(state, batch)
+            done += 1
+            tick_steps += 1
+            bar.update(1)
+            if done % log_every == 0 or done == self.steps_per_epoch:
+                summary = self.train_summary(state)  # host sync + finite check
+                now = time.perf_counter()
+                rate = tick_steps * batch_size / max(now - tick, 1e-9)
+                bar.set_postfix(loss=f"{summary['train_loss']:.4f}", ex_per_s=f"{rate:.0f}")
+                tick, tick_steps = now, 0
+            if on_step is not None:
+                on_step(state, done)
+        bar.close()
+        return state
+
+    # --- evaluation ----------------------------------------------------------------------------
+    def evaluate(self, variables: Mapping[str, Any], split: EncodedSplit) -> dict[str, Any]:
+        """Loss, accuracy, macro F1, per-class precision/recall/F1, confusion matrix, unk ratio.
+
+        The confusion matrix is summed on the device over all batches (padding rows weigh 0);
+        every metric comes from that one matrix.
+        """
+        batches = eval_batches(
+            split,
+            batch_size=self.config["train"]["eval_batch_size"],
+            buckets=self.buckets,
+            sort_pool=self.config["data"]["sort_pool"],
+        )
+        sums = jax.device_put(zero_eval_metrics(self.num_classes), replicated(self.mesh))
+        host = iter(batches)
+        for batch in prefetch(host, 2, lambda b: shard_batch(b, self.mesh)):
+            sums = self.eval_step(variables, sums, batch)
+        sums = jax.device_get(sums)
+        return metrics_from_confusion(sums, split)
+
+
+def metrics_from_confusion(sums: Mapping[str, np.ndarray], split: EncodedSplit) -> dict[str, Any]:
+    cm = np.asarray(sums["confusion"])
+    precision, recall, f1 = (np.asarray(x).tolist() for x in precision_recall_f1(cm))
+    return {
+        "loss": float(sums["loss_sum"]) / max(float(sums["weight"]), 1.0),
+        "accuracy": float(accuracy(cm)),
+        "macro_f1": float(macro_f1(cm)),
+        "precision": precision,
+        "recall": recall,
+        "f1": f1,
+        "confusion_matrix": cm.astype(np.int64).tolist(),
+        "num_examples": len(split),
+        "unk_ratio": float(split.unk.ratio),
+    }
+
+
+def _host_copy(tree: Any) -> Any:
+    return jax.tree.map(lambda x: np.array(x, copy=True), tree)
+
+
+# ----------------------------------------------------------------------------------------------
+# fit: epochs, validation, early stopping, checkpoints, resume
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class FitResult:
+    """What `fit` returns.
+
+    Attributes:
+      history: one record per epoch (the metrics.jsonl lines).
+      best: the validation metrics of the best epoch, with "epoch" and "step".
+      best_variables: params (+ batch_stats) of the best epoch (host arrays), or None when they
+        live only in the workdir's best checkpoint.
+      state: the final train state.
+      stopped_early: early stopping ended the run before num_epochs.
+      trainer: the `Trainer` (model, steps, mesh), for further evaluation.
+    """
+
+    history: list[dict]
+    best: dict
+    best_variables: Any
+    state: TrainState
+    stopped_early: bool
+    trainer: Trainer
+    info: dict = field(default_factory=dict)
+
+
+def fit(
+    config: Mapping[str, Any] | ml_collections.ConfigDict,
+    data: Prepared | None = None,
+    workdir: str | Path | None = None,
+    *,
+    mesh: jax.sharding.Mesh | None = None,
+    trainer: Trainer | None = None,
+) -> FitResult:
+    """Train with validation every epoch and early stopping; never touches the test split.
+
+    With a ``workdir`` it writes metrics.jsonl, TensorBoard events and checkpoints there and
+    resumes from the newest checkpoint it finds; without one it writes nothing and keeps the
+    best parameters in memory.
+
+    Raises:
+      NonFiniteLossError: the loss became NaN/inf (no checkpoint is written after that step).
+    """
+    cfg = validate_config(config)
+    if data is None:
+        data = load_data(cfg)
+    trainer = trainer or Trainer(cfg, data, mesh=mesh)
+    t = cfg["train"]
+    select = t["select_metric"]
+    log.info("devices: %s", describe_mesh(trainer.mesh))
+    log.info(
+        "%s: %d train / %d validation examples, vocabulary %d, %d steps per epoch",
+        data.name,
+        len(data.train),
+        len(data.validation),
+        len(data.vocab),
+        trainer.steps_per_epoch,
+    )
+    state = trainer.init_state()
+    n_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(state.params))
+    log.info("model %s: %d parameters", cfg["model"]["name"], n_params)
+
+    checkpoints = metrics_log = None
+    meta = {
+        "epoch": 0,
+        "batch_in_epoch": 0,
+        "best": None,
+        "bad_epochs": 0,
+        "stopped_early": False,
+        "wall_time": 0.0,
+    }
+    best_variables = None
+    if workdir is not None:
+        workdir = Path(workdir)
+        checkpoints = Checkpoints(workdir, keep=t["keep_checkpoints"])
+        metrics_log = MetricsLog(workdir)
+        if checkpoints.latest_step() is not None:
+            state, meta = checkpoints.restore(state)
+            log.info(
+                "resumed from the checkpoint at step %d (epoch %d, batch %d)",
+                int(state.step),
+                meta["epoch"] + 1,
+                meta["batch_in_epoch"],
+            )
+            metrics_log.truncate(int(state.step))
+
+    history = [r for r in metrics_log.records()] if metrics_log else []
+    run_start = time.perf_counter() - meta["wall_time"]
+    last_good_step = [int(jax.device_get(state.step))]
+
+    def save(state: TrainState, **position) -> None:
+        if checkpoints is None:
+            return
+        trainer.train_summary(state)  # never checkpoint a non-finite state
+        meta.update(position, wall_time=time.perf_counter() - run_start)
+        step = int(jax.device_get(state.step))
+        checkpoints.save(step, state, meta)
+        last_good_step[0] = step
+
+    every = t["checkpoint_every_steps"]
+
+    def on_step(state: TrainState, done: int) -> None:
+        if every and done < trainer.steps_per_epoch and int(state.step) % every == 0:
+            save(state, epoch=epoch, batch_in_epoch=done)
+
+    epoch = meta["epoch"]
+    try:
+        while epoch < t["num_epochs"] and not meta["stopped_early"]:
+            state = trainer.run_epoch(
+                state,
+                epoch,
+                start=meta["batch_in_epoch"],
+                on_step=on_step if every and checkpoints else None,
+                progress=t["progress_bar"],
+            )
+            train = trainer.train_summary(state)
+            val = trainer.evaluate(state.variables(), data.validation)
+            step = int(jax.device_get(state.step))
+            record = {
+                "epoch": epoch + 1,
+                "step": step,
+                "wall_time": time.perf_counter() - run_start,
+                "learning_rate": float(trainer.schedule(max(step - 1, 0))),
+                **train,
+                "val_loss": val["loss"],
+                "val_accuracy": val["accuracy"],
+                "val_macro_f1": val["macro_f1"],
+                "train_unk_ratio": float(data.train.unk.ratio),
+                "val_unk_ratio": float(data.validation.unk.ratio),
+            }
+            history.append(record)
+            if metrics_log is not None:
+                metrics_log.write(record)
+            log.info(
+                "epoch %d step %d: train loss %.4f acc %.4f | val loss %.4f acc %.4f macro F1 "
+                "%.4f | %.1f s",
+                epoch + 1,
+                step,
+                train["train_loss"],
+                train["train_accuracy"],
+                val["loss"],
+                val["accuracy"],
+                val["macro_f1"],
+                record["wall_time"],
+            )
+            best = meta["best"]
+            if best is None or val[select] > best[select]:
+                meta["best"] = {
+                    "epoch": epoch + 1,
+                    "step": step,
+                    **{k: val[k] for k in ("loss", "accuracy", "macro_f1", "unk_ratio")},
+                    "precision": val["precision"],
+                    "recall": val["recall"],
+                    "f1": val["f1"],
+                    "confusion_matrix": val["confusion_matrix"],
+                }
+                meta["bad_epochs"] = 0
+                if checkpoints is not None:
+                    checkpoints.save_best(step, state.variables(), meta["best"])
+                else:
+                    best_variables = _host_copy(state.variables())
+            else:
+                meta["bad_epochs"] += 1
+            epoch += 1
+            stop = bool(t["patience"]) and meta["bad_epochs"] >= t["patience"]
+            if stop and epoch < t["num_epochs"]:
+                log.info(
+                    "early stopping: no better validation %s for %d epochs (best: epoch %d)",
+                    select,
+                    meta["bad_epochs"],
+                    meta["best"]["epoch"],
+                )
+                meta["stopped_early"] = True
+            save(state, epoch=epoch, batch_in_epoch=0)
+            meta["batch_in_epoch"] = 0
+    except NonFiniteLossError as err:
+        where = (
+            f"; the last good checkpoint (step {last_good_step[0]}) in "
+            f"{checkpoints.latest_dir} is intact"
+            if checkpoints is not None and checkpoints.latest_step() is not None
+            else ""
+        )
+        raise NonFiniteLossError(
+            f"training stopped: loss is not finite at step {err.step} (epoch {epoch + 1}){where}",
+            err.step,
+        ) from None
+    finally:
+        if metrics_log is not None:
+            metrics_log.close()
+    if checkpoints is not None:
+        checkpoints.close()
+    return FitResult(
+        history=history,
+        best=meta["best"],
+        best_variables=best_variables,
+        state=state,
+        stopped_early=meta["stopped_early"],
+        trainer=trainer,
+        info={"wall_time": meta["wall_time"], "epochs_run": epoch},
+    )
+
+
+def best_variables(result: FitResult, workdir: str | Path | None) -> Any:
+    """The best epoch's variables, from memory or from the workdir's best checkpoint."""
+    if result.best_variables is not None:
+        return result.best_variables
+    if workdir is None:
+        raise ValueError("no best variables in memory and no workdir to read them from")
+    checkpoints = Checkpoints(workdir)
+    try:
+        variables, _ = checkpoints.restore_best(result.state.variables())
+    finally:
+        checkpoints.close()
+    return variables
+
+
+# ----------------------------------------------------------------------------------------------
+# train_and_evaluate: the whole run
+# ----------------------------------------------------------------------------------------------
+
+
+def prepare_workdir(config: Mapping[str, Any], workdir: str | Path, *, overwrite: bool) -> Path:
+    """Create ``workdir`` with config.json; refuse one holding a different config."""
+    workdir = Path(workdir)
+    saved_path = workdir / "config.json"
+    wanted = config_to_dict(config)
+    if overwrite and workdir.exists():
+        log.info("overwrite: removing %s", workdir)
+        shutil.rmtree(workdir)
+    if saved_path.is_file():
+        import json
+
+        saved = json.loads(saved_path.read_text(encoding="utf-8"))
+        if saved != wanted:
+            diffs = _diff(saved, wanted)
+            raise ConfigMismatchError(
+                f"workdir {workdir} holds a run with a different config ({'; '.join(diffs[:5])}"
+                f"{' ...' if len(diffs) > 5 else ''}); use another --workdir, or --overwrite to "
+                "start over"
+            )
+    elif workdir.exists() and any(workdir.iterdir()):
+        raise ConfigMismatchError(
+            f"workdir {workdir} is not empty and has no config.json; use another --workdir, or "
+            "--overwrite to start over"
+        )
+    workdir.mkdir(parents=True, exist_ok=True)
+    write_json(saved_path, wanted)
+    return workdir
+
+
+def _diff(saved: Mapping, wanted: Mapping, prefix: str = "") -> list[str]:
+    out = []
+    for key in sorted(set(saved) | set(wanted)):
+        a, b = saved.get(key, "<absent>"), wanted.get(key, "<absent>")
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            out += _diff(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}: saved {a!r}, requested {b!r}")
+    return out
+
+
+def train_and_evaluate(
+    config: Mapping[str, Any] | ml_collections.ConfigDict,
+    workdir: str | Path,
+    *,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Train ``config`` into ``workdir`` and evaluate its best checkpoint on the test split once.
+
+    Runs again on the same workdir resume; a finished run returns its results.json unchanged.
+
+    Returns:
+      The results dict written to results.json: {"test": {...}, "val": {...}, "best_epoch",
+      "epochs_run", "stopped_early", "wall_time_s", "devices", ...}.
+    """
+    start = time.perf_counter()
+    cfg = validate_config(config)  # before any data or compile
+    workdir = prepare_workdir(cfg, workdir, overwrite=overwrite)
+    results_path = workdir / "results.json"
+    if results_path.is_file():
+        import json
+
+        log.info("%s is complete; results from %s", workdir, results_path)
+        return json.loads(results_path.read_text(encoding="utf-8"))
+    data = load_data(cfg)
+    data.vocab.save(workdir / "vocab.json")
+    result = fit(cfg, data, workdir)
+    trainer = result.trainer
+    records = read_jsonl(workdir / "metrics.jsonl")
+    if records:
+        plot_learning_curves(records, workdir / "learning_curves.png", title=f"{data.name}")
+    variables = best_variables(result, workdir)
+    test_split = load_test(cfg, data)
+    test = trainer.evaluate(variables, test_split)
+    log.info(
+        "test (best epoch %d): accuracy %.4f, macro F1 %.4f, unknown-word ratio %.2f%%",
+        result.best["epoch"],
+        test["accuracy"],
+        test["macro_f1"],
+        100 * test["unk_ratio"],
+    )
+    results = {
+        "test": test,
+        "val": result.best,
+        "best_epoch": result.best["epoch"],
+        "epochs_run": result.info["epochs_run"],
+        "stopped_early": result.stopped_early,
+        "train_wall_time_s": result.info["wall_time"],
+        "wall_time_s": time.perf_counter() - start,
+        "devices": describe_mesh(trainer.mesh),
+        "corpus": data.name,
+        "label_names": list(data.label_names),
+        "num_examples": {
+            "train": len(data.train),
+            "validation": len(data.validation),
+            "test": len(test_split),
+        },
+        "history": records,
+    }
+    write_json(results_path, results)
+    return results

@@ -1,0 +1,189 @@
+"""The jitted steps: `train_step(state, batch) -> state` and the deterministic `eval_step`.
+
+Train step t, on a batch of B examples with labels y_b and weights w_b (0 on padding rows):
+
+    key_t   = fold_in(state.rng, t)                      dropout masks, never reused; a resumed
+                                                         run draws the same ones
+    z_b     = model(tokens_b, mask_b, train=True)        [B, C] logits
+    L_task  = sum_b w_b * CE(z_b, y_b) / max(sum_b w_b, 1),   CE(z, y) = -log softmax(z)_y
+    L       = L_task + lambda * sum_i w_i^2               only with weight_decay_mode "l2" (§3)
+    g       = dL / dparams;  then Optax (clipping, Adam/AdamW/SGD, schedule: jaxnn.train.optim)
+
+BatchNorm running statistics are updated from the batch in the same step. With
+``sparse_embeddings`` the embedding tables never get a dense gradient: the step differentiates
+with respect to the looked-up rows table[ids] [B, T', D] and hands (ids, row gradients) to the
+lazy sparse Adam of jaxnn.train.sparse, so a step costs O(rows touched), not O(table).
+
+The step also adds to ``state.metrics`` (weighted loss sum, examples, correct predictions) and
+records the first step whose loss is not finite, all on the device: the loop reads them only
+when it logs (no host sync per step).
+
+Eval: the confusion matrix (rows = true class, columns = predicted) and the loss sum are
+accumulated on the device over every batch; accuracy and macro F1 come from the final matrix
+(never an average of per-batch F1s).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxnn.metrics import confusion_matrix
+from jaxnn.ops import softmax_cross_entropy
+from jaxnn.train import sparse as sparse_lib
+from jaxnn.train.optim import l2_loss
+from jaxnn.train.state import NO_NONFINITE, TrainState
+
+__all__ = ["make_eval_step", "make_train_step", "zero_eval_metrics"]
+
+Batch = dict[str, jax.Array]
+
+
+def _task_loss(logits, labels, weights):
+    per_example = softmax_cross_entropy(logits, labels)
+    loss_sum = jnp.sum(per_example * weights)
+    weight = jnp.sum(weights)
+    return loss_sum / jnp.maximum(weight, 1.0), loss_sum, weight
+
+
+def _update_metrics(state: TrainState, loss, loss_sum, weight, logits, labels, weights):
+    correct = jnp.sum((jnp.argmax(logits, axis=-1) == labels) * weights)
+    first_bad = state.metrics["nonfinite_step"]
+    first_bad = jnp.where(
+        (first_bad == NO_NONFINITE) & ~jnp.isfinite(loss), state.step.astype(jnp.int32), first_bad
+    )
+    return {
+        "loss_sum": state.metrics["loss_sum"] + loss_sum,
+        "weight": state.metrics["weight"] + weight,
+        "correct": state.metrics["correct"] + correct,
+        "nonfinite_step": first_bad,
+    }
+
+
+def make_train_step(
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    *,
+    l2_weight_decay: float = 0.0,
+    sparse: sparse_lib.SparseEmbeddingOptimizer | None = None,
+) -> Callable[[TrainState, Batch], TrainState]:
+    """The (unjitted) train step of ``model`` (see module docstring).
+
+    Args:
+      model: a jaxnn.models classifier.
+      tx: the dense Optax optimizer (`jaxnn.train.optim.make_optimizer`); with ``sparse`` it
+        covers every parameter except the sparse tables.
+      l2_weight_decay: lambda of the l2 form (0 for none or for decoupled decay).
+      sparse: the lazy sparse optimizer of the embedding tables, or None (all dense).
+    """
+
+    def dense_step(state: TrainState, batch: Batch) -> TrainState:
+        key = jax.random.fold_in(state.rng, state.step)
+        labels, weights = batch["labels"], batch["weights"]
+
+        def loss_fn(params):
+            variables = {"params": params}
+            if state.batch_stats:
+                variables["batch_stats"] = state.batch_stats
+            logits, new_vars = model.apply(
+                variables,
+                batch["tokens"],
+                batch["mask"],
+                train=True,
+                rngs={"dropout": key},
+                mutable=["batch_stats"],
+            )
+            task, loss_sum, weight = _task_loss(logits, labels, weights)
+            total = task + l2_loss(params, l2_weight_decay) if l2_weight_decay else task
+            return total, (task, loss_sum, weight, logits, new_vars)
+
+        grads, (task, loss_sum, weight, logits, new_vars) = jax.grad(loss_fn, has_aux=True)(
+            state.params
+        )
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        return state.replace(
+            step=state.step + 1,
+            params=params,
+            batch_stats=new_vars.get("batch_stats", state.batch_stats),
+            opt_state=opt_state,
+            metrics=_update_metrics(state, task, loss_sum, weight, logits, labels, weights),
+        )
+
+    def sparse_step(state: TrainState, batch: Batch) -> TrainState:
+        key = jax.random.fold_in(state.rng, state.step)
+        labels, weights = batch["labels"], batch["weights"]
+        features = model.apply({}, batch["tokens"], batch["mask"], method="feature_ids")
+        tables = tuple(features)
+        dense_params = {k: v for k, v in state.params.items() if k not in tables}
+        ids = {name: features[name][0] for name in tables}
+        masks = {name: features[name][1] for name in tables}
+        rows = {name: state.params[name]["embedding"][ids[name]] for name in tables}
+
+        def loss_fn(dense_params, rows):
+            variables = {"params": dense_params}
+            if state.batch_stats:
+                variables["batch_stats"] = state.batch_stats
+            logits, new_vars = model.apply(
+                variables,
+                rows,
+                masks,
+                train=True,
+                rngs={"dropout": key},
+                mutable=["batch_stats"],
+                method="classify",
+            )
+            task, loss_sum, weight = _task_loss(logits, labels, weights)
+            total = task + l2_loss(dense_params, l2_weight_decay) if l2_weight_decay else task
+            return total, (task, loss_sum, weight, logits, new_vars)
+
+        (dense_grads, row_grads), (task, loss_sum, weight, logits, new_vars) = jax.grad(
+            loss_fn, argnums=(0, 1), has_aux=True
+        )(dense_params, rows)
+        params, opt_state = sparse.step(
+            tx, state.params, state.opt_state, dense_grads, ids, row_grads, state.step
+        )
+        return state.replace(
+            step=state.step + 1,
+            params=params,
+            batch_stats=new_vars.get("batch_stats", state.batch_stats),
+            opt_state=opt_state,
+            metrics=_update_metrics(state, task, loss_sum, weight, logits, labels, weights),
+        )
+
+    return dense_step if sparse is None else sparse_step
+
+
+def zero_eval_metrics(num_classes: int) -> dict[str, jax.Array]:
+    """Empty eval sums: confusion matrix float32 [C, C], loss sum, examples."""
+    return {
+        "confusion": jnp.zeros((num_classes, num_classes), jnp.float32),
+        "loss_sum": jnp.zeros((), jnp.float32),
+        "weight": jnp.zeros((), jnp.float32),
+    }
+
+
+def make_eval_step(
+    model: nn.Module, num_classes: int
+) -> Callable[[dict[str, Any], dict[str, jax.Array], Batch], dict[str, jax.Array]]:
+    """``eval_step(variables, sums, batch) -> sums``: deterministic (no dropout, BatchNorm uses
+    its running statistics); adds the batch's confusion matrix and loss to ``sums``."""
+
+    def eval_step(variables, sums, batch):
+        logits = model.apply(variables, batch["tokens"], batch["mask"], train=False)
+        labels, weights = batch["labels"], batch["weights"]
+        per_example = softmax_cross_entropy(logits, labels)
+        predictions = jnp.argmax(logits, axis=-1)
+        cm = confusion_matrix(labels, predictions, num_classes, weights=weights)
+        return {
+            "confusion": sums["confusion"] + cm.astype(jnp.float32),
+            "loss_sum": sums["loss_sum"] + jnp.sum(per_example * weights),
+            "weight": sums["weight"] + jnp.sum(weights),
+        }
+
+    return eval_step

@@ -1,0 +1,25 @@
+"""Progressive hyperparameter tuning in the study guide's order (§12-§13), logged in Optuna.
+
+- `jaxnn.tune.space`: the hyperparameters, their valid ranges and config paths; stages.
+- `jaxnn.tune.study`: trials in an Optuna study (resume, several processes, heartbeats).
+- `jaxnn.tune.tuner`: `ProgressiveTuner` and `run_search` (random search, TPE).
+- `jaxnn.tune.bow`: `BowTrialRunner`, which trains same-shape trials of the bag-of-words model
+  together in one vmapped, jitted program.
+- `jaxnn.tune.report`: tune_results.json, the Markdown table and the stage plots.
+
+Run: ``python -m jaxnn.tune --config=configs/tune_bbc.py --workdir=runs/tune_bbc``.
+"""
+
+from jaxnn.tune.space import HYPERPARAMETERS, STUDY_GUIDE_ORDER, Stage, build_stages
+from jaxnn.tune.tuner import ProgressiveTuner, TrialResult, TrialRunner, run_search
+
+__all__ = [
+    "HYPERPARAMETERS",
+    "STUDY_GUIDE_ORDER",
+    "ProgressiveTuner",
+    "Stage",
+    "TrialResult",
+    "TrialRunner",
+    "build_stages",
+    "run_search",
+]

@@ -1,0 +1,146 @@
+"""Trial runners on real data: `BowTrialRunner` (vmapped groups) and `FitTrialRunner` (jaxnn.train).
+
+Both follow `jaxnn.tune.tuner.TrialRunner`: ``run(configs)`` trains on the train split and reports
+per-epoch validation metrics; ``evaluate_test(config)`` trains once more and evaluates the best
+epoch's parameters on the test split (the tuner calls it once, at the end).
+
+- ``engine="vmapped"`` (`BowTrialRunner`): the bow model in `jaxnn.tune.vmapped`; the trials of a
+  group whose configs differ only in learning_rate, dropout and weight_decay train together in one
+  vmapped program; any other group runs one trial at a time with the same code.
+- ``engine="fit"`` (`FitTrialRunner`): `jaxnn.train.fit` per trial, any model (no vmapping).
+
+One engine per tuning run: the runner's ``name`` is part of each trial's key, so results of the two
+engines never mix.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import ml_collections
+
+from jaxnn.train import NonFiniteLossError, fit, load_data, load_test, validate_config
+from jaxnn.train.loop import best_variables
+from jaxnn.tune.tuner import TrialResult
+from jaxnn.tune.vmapped import VmappedBowTrainer, shared_signature
+
+__all__ = ["BowTrialRunner", "FitTrialRunner", "make_runner"]
+
+log = logging.getLogger("jaxnn.tune")
+
+
+class _DataCache:
+    def __init__(self):
+        self._data: dict[str, Any] = {}
+
+    def get(self, cfg: dict) -> Any:
+        key = json.dumps(cfg["data"], sort_keys=True)
+        if key not in self._data:
+            self._data[key] = load_data(cfg)
+        return self._data[key]
+
+
+class BowTrialRunner:
+    """Vmapped bow trials (see module docstring). ``max_group``: trials per vmapped program."""
+
+    name = "vmapped-bow"
+
+    def __init__(self, *, max_group: int = 8):
+        self.max_group = max_group
+        self._data = _DataCache()
+        self._trainers: dict[str, VmappedBowTrainer] = {}
+
+    def _trainer(self, cfg: dict, signature: str) -> VmappedBowTrainer:
+        if signature not in self._trainers:
+            self._trainers[signature] = VmappedBowTrainer(cfg, self._data.get(cfg), vmap=True)
+        return self._trainers[signature]
+
+    def run(self, configs: Sequence[ml_collections.ConfigDict]) -> list[TrialResult]:
+        cfgs = [validate_config(c) for c in configs]
+        groups: dict[str, list[int]] = {}
+        for i, cfg in enumerate(cfgs):
+            groups.setdefault(shared_signature(cfg), []).append(i)
+        results: list[TrialResult | None] = [None] * len(cfgs)
+        for signature, members in groups.items():
+            for start in range(0, len(members), self.max_group):
+                chunk = members[start : start + self.max_group]
+                trainer = self._trainer(cfgs[chunk[0]], signature)
+                hyper = {
+                    "learning_rate": [cfgs[i]["optim"]["learning_rate"] for i in chunk],
+                    "dropout": [cfgs[i]["model"]["dropout"] for i in chunk],
+                    "weight_decay": [cfgs[i]["optim"]["weight_decay"] for i in chunk],
+                }
+                out = trainer.fit(hyper, [cfgs[i]["seed"] for i in chunk])
+                for j, i in enumerate(chunk):
+                    failed = out.failure[j] is not None
+                    results[i] = TrialResult(
+                        "failed" if failed else "complete",
+                        out.history[j],
+                        out.wall_time_s / len(chunk),
+                        out.failure[j],
+                    )
+        return results  # type: ignore[return-value]
+
+    def evaluate_test(self, config: ml_collections.ConfigDict) -> dict[str, float]:
+        cfg = validate_config(config)
+        data = self._data.get(cfg)
+        trainer = VmappedBowTrainer(cfg, data, vmap=True)
+        out = trainer.fit(
+            {
+                n: [v]
+                for n, v in (
+                    ("learning_rate", cfg["optim"]["learning_rate"]),
+                    ("dropout", cfg["model"]["dropout"]),
+                    ("weight_decay", cfg["optim"]["weight_decay"]),
+                )
+            },
+            [cfg["seed"]],
+        )
+        if out.failure[0] is not None:
+            raise FloatingPointError(f"the final config failed: {out.failure[0]}")
+        test = trainer.evaluate(out.best_params, load_test(cfg, data))[0]
+        return {**test, "best_epoch": float(out.best_epoch[0])}
+
+
+class FitTrialRunner:
+    """One `jaxnn.train.fit` per trial (any model); a NonFiniteLossError fails the trial."""
+
+    name = "fit"
+
+    def __init__(self):
+        self._data = _DataCache()
+
+    def run(self, configs: Sequence[ml_collections.ConfigDict]) -> list[TrialResult]:
+        results = []
+        for config in configs:
+            cfg = validate_config(config)
+            cfg["train"]["progress_bar"] = False
+            start = time.perf_counter()
+            try:
+                out = fit(cfg, self._data.get(cfg))
+            except NonFiniteLossError as err:
+                results.append(TrialResult("failed", [], time.perf_counter() - start, str(err)))
+                continue
+            results.append(TrialResult("complete", out.history, time.perf_counter() - start))
+        return results
+
+    def evaluate_test(self, config: ml_collections.ConfigDict) -> dict[str, float]:
+        cfg = validate_config(config)
+        cfg["train"]["progress_bar"] = False
+        data = self._data.get(cfg)
+        out = fit(cfg, data)
+        metrics = out.trainer.evaluate(best_variables(out, None), load_test(cfg, data))
+        return {k: metrics[k] for k in ("loss", "accuracy", "macro_f1")}
+
+
+def make_runner(engine: str, *, max_group: int = 8) -> BowTrialRunner | FitTrialRunner:
+    """``engine``: "vmapped" (bow only, same-shape trials together) or "fit" (jaxnn.train)."""
+    if engine == "vmapped":
+        return BowTrialRunner(max_group=max_group)
+    if engine == "fit":
+        return FitTrialRunner()
+    raise ValueError(f"tune.engine={engine!r}; allowed: 'vmapped', 'fit'")

@@ -1,0 +1,367 @@
+"""Tests for jaxnn/ops/attention.py against independent references.
+
+References: a NumPy transcription of softmax(QKᵀ/√H + bias)V, jax.nn.dot_product_attention,
+and (for the fast implementations) implementation="reference", values and gradients.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.test_util import check_grads
+
+from jaxnn.ops import attention
+from jaxnn.ops.attention import dot_product_attention
+
+CPU_IMPLEMENTATIONS = ("chunked", "xla")
+
+
+def _qkv(batch=2, t_len=37, s_len=53, heads=3, head_dim=16, dtype=jnp.float32, seed=0):
+    kq, kk, kv = jax.random.split(jax.random.key(seed), 3)
+    q = jax.random.normal(kq, (batch, t_len, heads, head_dim), jnp.float32).astype(dtype)
+    k = jax.random.normal(kk, (batch, s_len, heads, head_dim), jnp.float32).astype(dtype)
+    v = jax.random.normal(kv, (batch, s_len, heads, head_dim), jnp.float32).astype(dtype)
+    return q, k, v
+
+
+def _numpy_attention(q, k, v, mask=None, bias=None, is_causal=False, key_lengths=None):
+    """softmax(Q Kᵀ / √H + bias) V in float64 NumPy, one (b, n, t) row at a time."""
+    q, k, v = (np.asarray(x, np.float64) for x in (q, k, v))
+    batch, t_len, heads, head_dim = q.shape
+    s_len = k.shape[1]
+    mask = None if mask is None else np.broadcast_to(mask, (batch, heads, t_len, s_len))
+    bias = None if bias is None else np.broadcast_to(bias, (batch, heads, t_len, s_len))
+    out = np.zeros((batch, t_len, heads, v.shape[-1]))
+    for b, n, t in itertools.product(range(batch), range(heads), range(t_len)):
+        scores = k[b, :, n] @ q[b, t, n] / np.sqrt(head_dim)
+        if bias is not None:
+            scores = scores + bias[b, n, t]
+        visible = np.ones(s_len, bool)
+        if mask is not None:
+            visible &= mask[b, n, t]
+        if is_causal:
+            visible &= np.arange(s_len) <= t
+        if key_lengths is not None:
+            visible &= np.arange(s_len) < key_lengths[b]
+        if not visible.any():
+            continue  # a query that sees no key: zeros
+        e = np.exp(scores[visible] - scores[visible].max())
+        out[b, t, n] = (e / e.sum()) @ v[b, visible, n]
+    return out
+
+
+def _rel_err(x, y):
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    return np.max(np.abs(x - y)) / max(np.max(np.abs(y)), 1e-30)
+
+
+@pytest.fixture
+def small_blocks(monkeypatch):
+    """Blocks far smaller than T and S so every test crosses block and padding boundaries."""
+    monkeypatch.setattr(attention, "_FWD_BLOCKS", (16, 32))
+    monkeypatch.setattr(attention, "_BWD_BLOCKS", (8, 16))
+
+
+# ------------------------------------------------------------------------------------------
+# The reference against NumPy and jax.nn
+# ------------------------------------------------------------------------------------------
+
+CASES = {
+    "plain": dict(),
+    "causal": dict(is_causal=True),
+    "mask": dict(mask="random"),
+    "bias": dict(bias="random"),
+    "lengths": dict(key_lengths=(0, 20)),
+    "causal+lengths": dict(is_causal=True, key_lengths=(5, 53)),
+    "causal+mask+bias+lengths": dict(
+        is_causal=True, mask="random", bias="random", key_lengths=(0, 9)
+    ),
+}
+
+
+def _make_case(case, batch, t_len, s_len, heads):
+    kwargs = dict(CASES[case])
+    if kwargs.get("mask") == "random":
+        mask = np.array(jax.random.bernoulli(jax.random.key(7), 0.7, (batch, 1, t_len, s_len)))
+        mask[0, 0, 3] = False  # a fully masked query row
+        kwargs["mask"] = jnp.asarray(mask)
+    if kwargs.get("bias") == "random":
+        kwargs["bias"] = jax.random.normal(jax.random.key(8), (1, heads, t_len, s_len))
+    if "key_lengths" in kwargs:
+        kwargs["key_lengths"] = jnp.asarray(kwargs["key_lengths"], jnp.int32)
+    return kwargs
+
+
+def _attend(implementation, kwargs, jit):
+    """dot_product_attention as a function of (q, k, v, bias) with the other arguments fixed."""
+    fixed = {name: value for name, value in kwargs.items() if name != "bias"}
+
+    def fn(q, k, v, bias=None):
+        return dot_product_attention(q, k, v, bias=bias, implementation=implementation, **fixed)
+
+    return jax.jit(fn) if jit else fn
+
+
+def _loss(implementation, kwargs, jit):
+    attend = _attend(implementation, kwargs, False)
+    # A non-uniform cotangent so every output entry matters.
+    loss = lambda q, k, v, bias=None: jnp.sum(jnp.sin(attend(q, k, v, bias).astype(jnp.float32)))
+    grad = jax.grad(loss, argnums=(0, 1, 2, 3) if "bias" in kwargs else (0, 1, 2))
+    return jax.jit(grad) if jit else grad
+
+
+@pytest.mark.parametrize("jit", [False, True])
+@pytest.mark.parametrize("case", list(CASES))
+def test_reference_matches_numpy(case, jit):
+    q, k, v = _qkv()
+    kwargs = _make_case(case, 2, 37, 53, 3)
+    out = _attend("reference", kwargs, jit)(q, k, v, kwargs.get("bias"))
+    expected = _numpy_attention(q, k, v, **{name: np.asarray(a) for name, a in kwargs.items()})
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=2e-6)
+
+
+@pytest.mark.parametrize("case", ["plain", "causal", "mask", "bias", "causal+mask+bias+lengths"])
+def test_reference_matches_jax_nn_values_and_gradients(case):
+    q, k, v = _qkv(t_len=29, s_len=29)
+    kwargs = _make_case(case, 2, 29, 29, 3)
+    if "mask" in kwargs:  # jax.nn gives masked-out rows uniform weights; keep every row visible
+        kwargs["mask"] = kwargs["mask"].at[..., 0].set(True)
+    if "key_lengths" in kwargs:
+        kwargs["key_lengths"] = jnp.maximum(kwargs["key_lengths"], 1)
+
+    def jax_nn(q, k, v, bias=None):
+        return jax.nn.dot_product_attention(
+            q,
+            k,
+            v,
+            bias=bias,
+            mask=kwargs.get("mask"),
+            is_causal=kwargs.get("is_causal", False),
+            key_value_seq_lengths=kwargs.get("key_lengths"),
+            implementation="xla",
+        )
+
+    bias = kwargs.get("bias")
+    args = (q, k, v) if bias is None else (q, k, v, bias)
+    np.testing.assert_allclose(
+        _attend("reference", kwargs, False)(*args), jax_nn(*args), rtol=1e-5, atol=1e-6
+    )
+    argnums = tuple(range(len(args)))
+    expected = jax.grad(lambda *a: jnp.sum(jnp.sin(jax_nn(*a))), argnums)(*args)
+    got = _loss("reference", kwargs, False)(*args)
+    for g, e in zip(got, expected):
+        np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-5)
+
+
+def test_reference_gradients_numerically():
+    q, k, v = _qkv(batch=1, t_len=5, s_len=6, heads=2, head_dim=4)
+    kwargs = dict(is_causal=True, key_lengths=jnp.array([4]))
+    fn = _attend("reference", kwargs, False)
+    check_grads(
+        lambda q, k, v: fn(q, k, v), (q, k, v), order=1, modes=("rev",), atol=2e-2, rtol=2e-2
+    )
+
+
+# ------------------------------------------------------------------------------------------
+# Every implementation against the reference, values and gradients
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("jit", [False, True])
+@pytest.mark.parametrize("implementation", CPU_IMPLEMENTATIONS)
+@pytest.mark.parametrize("case", list(CASES))
+def test_implementation_matches_reference_f32(implementation, case, jit, small_blocks):
+    # T = 37, S = 53: neither a multiple of the blocks, T != S.
+    q, k, v = _qkv()
+    kwargs = _make_case(case, 2, 37, 53, 3)
+    args = (q, k, v) if "bias" not in kwargs else (q, k, v, kwargs["bias"])
+    got = _attend(implementation, kwargs, jit)(*args)
+    want = _attend("reference", kwargs, False)(*args)
+    assert np.isfinite(np.asarray(got)).all()
+    assert _rel_err(got, want) < 1e-5
+    got_grads = _loss(implementation, kwargs, jit)(*args)
+    want_grads = _loss("reference", kwargs, False)(*args)
+    for g, w in zip(got_grads, want_grads):
+        assert np.isfinite(np.asarray(g)).all()
+        assert _rel_err(g, w) < 1e-5
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+@pytest.mark.parametrize("implementation", CPU_IMPLEMENTATIONS)
+def test_implementation_matches_reference_half(implementation, dtype, small_blocks):
+    q, k, v = _qkv(dtype=dtype)
+    kwargs = _make_case("causal+lengths", 2, 37, 53, 3)
+    got = _attend(implementation, kwargs, True)(q, k, v)
+    want = _attend("reference", kwargs, True)(q, k, v)
+    assert got.dtype == dtype
+    assert _rel_err(got, want) < 2e-2
+    for g, w in zip(
+        _loss(implementation, kwargs, True)(q, k, v), _loss("reference", kwargs, True)(q, k, v)
+    ):
+        assert g.dtype == dtype
+        assert _rel_err(g, w) < 2e-2
+
+
+def test_chunked_uses_float32_statistics_for_bf16():
+    # Logits around 200 with differences of 0.05: bf16 softmax statistics would lose them.
+    q, k, v = _qkv(batch=1, t_len=64, s_len=64, heads=1, head_dim=64)
+    q = (q * 4.0).astype(jnp.bfloat16)
+    k, v = k.astype(jnp.bfloat16), v.astype(jnp.bfloat16)
+    got = dot_product_attention(q, k, v, implementation="chunked")
+    want = _numpy_attention(q, k, v)
+    assert _rel_err(got, want) < 2e-2
+
+
+def test_chunked_default_blocks_long_ragged_sequence():
+    # The production block sizes (not the small test ones) with T, S not multiples of them.
+    q, k, v = _qkv(batch=1, t_len=1100, s_len=1300, heads=2, head_dim=32)
+    kwargs = dict(is_causal=True, key_lengths=jnp.array([1250]))
+    got = _attend("chunked", kwargs, True)(q, k, v)
+    want = _attend("reference", kwargs, True)(q, k, v)
+    assert _rel_err(got, want) < 1e-5
+    for g, w in zip(
+        _loss("chunked", kwargs, True)(q, k, v), _loss("reference", kwargs, True)(q, k, v)
+    ):
+        assert _rel_err(g, w) < 1e-5
+
+
+@pytest.mark.parametrize("implementation", ["reference", *CPU_IMPLEMENTATIONS, "auto"])
+def test_query_that_sees_no_key_gives_zeros_and_zero_gradient(implementation, small_blocks):
+    q, k, v = _qkv(batch=2, t_len=20, s_len=24)
+    mask = jnp.ones((2, 1, 20, 24), bool).at[1, 0, 5].set(False)
+    kwargs = dict(mask=mask, key_lengths=jnp.array([0, 24]))
+    out = _attend(implementation, kwargs, True)(q, k, v)
+    assert np.all(np.asarray(out[0]) == 0.0)  # example 0: no keys at all
+    assert np.all(np.asarray(out[1, 5]) == 0.0)  # example 1, query 5: fully masked row
+    assert np.isfinite(np.asarray(out)).all()
+    d_q, d_k, d_v = _loss(implementation, kwargs, True)(q, k, v)
+    for g in (d_q, d_k, d_v):
+        assert np.isfinite(np.asarray(g)).all()
+    assert np.all(np.asarray(d_q[0]) == 0.0) and np.all(np.asarray(d_q[1, 5]) == 0.0)
+    assert np.all(np.asarray(d_k[0]) == 0.0) and np.all(np.asarray(d_v[0]) == 0.0)
+
+
+def test_auto_on_cpu_is_documented_choice_and_correct():
+    assert jax.default_backend() == "cpu"
+    q, k, v = _qkv(batch=1, t_len=300, s_len=300, heads=2, head_dim=16)
+    assert attention._auto(q, k, 0.0, False, None, None) == "chunked"
+    small_q, small_k, _ = _qkv(batch=1, t_len=16, s_len=16)
+    assert attention._auto(small_q, small_k, 0.0, False, None, None) == "reference"
+    assert attention._auto(q, k, 0.1, False, None, None) == "reference"
+    assert attention._auto(q, k, 0.0, True, None, None) == "reference"
+    np.testing.assert_allclose(
+        dot_product_attention(q, k, v, is_causal=True),
+        dot_product_attention(q, k, v, is_causal=True, implementation="reference"),
+        rtol=1e-5,
+        atol=1e-6,
+    )
+
+
+def test_chunked_under_vmap_matches_reference():
+    q, k, v = (jnp.stack([x, 2 * x]) for x in _qkv(batch=1, t_len=40, s_len=40))
+    fn = lambda impl: jax.vmap(lambda q, k, v: dot_product_attention(q, k, v, implementation=impl))
+    assert _rel_err(fn("chunked")(q, k, v), fn("reference")(q, k, v)) < 1e-5
+
+
+def test_chunked_temporary_memory_is_linear_in_length(small_blocks):
+    """fwd+bwd temp memory: the reference holds [B, N, T, S] arrays, chunked O(T·H) + blocks."""
+    q, k, v = _qkv(batch=1, t_len=1024, s_len=1024, heads=2, head_dim=32)
+
+    def temp_bytes(implementation):
+        grad = _loss(implementation, {}, True)
+        return grad.lower(q, k, v).compile().memory_analysis().temp_size_in_bytes
+
+    scores_bytes = 2 * 1024 * 1024 * 4
+    assert temp_bytes("reference") >= scores_bytes
+    assert temp_bytes("chunked") <= scores_bytes / 10
+
+
+# ------------------------------------------------------------------------------------------
+# Dropout (reference) and return_weights
+# ------------------------------------------------------------------------------------------
+
+
+def test_return_weights_are_the_softmax():
+    q, k, v = _qkv(batch=1, t_len=6, s_len=7, heads=2, head_dim=8)
+    out, weights = dot_product_attention(
+        q, k, v, is_causal=True, return_weights=True, implementation="reference"
+    )
+    assert weights.shape == (1, 2, 6, 7)
+    np.testing.assert_allclose(weights.sum(-1), 1.0, rtol=1e-6)
+    assert np.all(
+        np.asarray(weights)[..., np.triu_indices(6, 1, 7)[0], np.triu_indices(6, 1, 7)[1]] == 0
+    )
+    np.testing.assert_allclose(out, jnp.einsum("bnts,bsnh->btnh", weights, v), rtol=1e-5, atol=1e-6)
+
+
+def test_dropout_drops_at_rate_and_rescales_survivors():
+    q, k, v = _qkv(batch=2, t_len=64, s_len=64, heads=4, head_dim=8)
+    rate = 0.3
+    _, clean = dot_product_attention(q, k, v, return_weights=True, implementation="reference")
+    out, dropped = dot_product_attention(
+        q, k, v, dropout_rate=rate, dropout_rng=jax.random.key(3), return_weights=True
+    )
+    clean, dropped = np.asarray(clean), np.asarray(dropped)
+    kept = dropped != 0
+    n = clean.size
+    assert abs((1 - kept.mean()) - rate) < 4 * np.sqrt(rate * (1 - rate) / n)
+    np.testing.assert_allclose(dropped[kept], clean[kept] / (1 - rate), rtol=1e-6)
+    np.testing.assert_allclose(out, np.einsum("bnts,bsnh->btnh", dropped, v), rtol=1e-5, atol=1e-6)
+
+
+def test_dropout_rate_one_gives_zeros_without_nan():
+    q, k, v = _qkv(batch=1, t_len=5, s_len=5)
+    fn = lambda q: dot_product_attention(q, k, v, dropout_rate=1.0, dropout_rng=jax.random.key(0))
+    assert np.all(np.asarray(fn(q)) == 0.0)
+    assert np.isfinite(np.asarray(jax.grad(lambda q: fn(q).sum())(q))).all()
+
+
+# ------------------------------------------------------------------------------------------
+# Bad input: errors name the argument and come before any compute
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        (dict(implementation="flash"), "implementation='flash'"),
+        (dict(mask=jnp.ones((2, 3, 37, 53), jnp.int32)), "mask must be boolean"),
+        (dict(mask=jnp.ones((2, 3, 37, 52), bool)), "mask shape"),
+        (dict(bias=jnp.ones((37, 50))), "bias shape"),
+        (dict(key_lengths=jnp.ones((3,), jnp.int32)), "key_lengths"),
+        (dict(key_lengths=jnp.ones((2,))), "key_lengths"),
+        (dict(dropout_rate=1.5, dropout_rng=jax.random.key(0)), "dropout_rate=1.5"),
+        (dict(dropout_rate=0.1), "dropout_rng"),
+        (
+            dict(dropout_rate=0.1, dropout_rng=jax.random.key(0), implementation="chunked"),
+            "reference",
+        ),
+        (dict(dropout_rate=0.1, dropout_rng=jax.random.key(0), implementation="xla"), "reference"),
+        (dict(return_weights=True, implementation="chunked"), "return_weights"),
+        (dict(implementation="pallas"), "pallas"),
+        (dict(implementation="cudnn"), "cudnn"),
+    ],
+)
+def test_bad_arguments_raise(kwargs, match):
+    q, k, v = _qkv()
+    with pytest.raises(ValueError, match=match):
+        dot_product_attention(q, k, v, **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("shapes", "match"),
+    [
+        (((2, 37, 3), (2, 53, 3, 16), (2, 53, 3, 16)), "q must have rank 4"),
+        (((2, 37, 3, 16), (2, 53, 4, 16), (2, 53, 4, 16)), "k must have shape"),
+        (((2, 37, 3, 16), (2, 53, 3, 8), (2, 53, 3, 8)), "k must have shape"),
+        (((2, 37, 3, 16), (2, 53, 3, 16), (2, 50, 3, 16)), "v must have shape"),
+    ],
+)
+def test_bad_shapes_raise_at_trace_time(shapes, match):
+    arrays = [jax.ShapeDtypeStruct(s, jnp.float32) for s in shapes]
+    with pytest.raises(ValueError, match=match):
+        jax.eval_shape(lambda q, k, v: dot_product_attention(q, k, v), *arrays)

@@ -1,0 +1,120 @@
+"""jaxnn/train/config.py: the schema, every shipped config, and bad input named clearly."""
+
+from __future__ import annotations
+
+import pytest
+
+from jaxnn.train import config as config_lib
+from jaxnn.train.config import ConfigError, base_config, validate_config
+
+from .conftest import ROOT, load_config_file
+
+CONFIG_NAMES = sorted(p.stem for p in (ROOT / "configs").glob("*.py") if p.stem != "__init__")
+
+
+def test_the_shipped_configs_exist():
+    assert {"default", "imdb_bow", "imdb_transformer", "bbc_news", "tiny"} <= set(CONFIG_NAMES)
+
+
+@pytest.mark.parametrize("name", ["default", "imdb_bow", "imdb_transformer", "bbc_news", "tiny"])
+def test_shipped_config_is_valid(name):
+    config = load_config_file(name)
+    out = validate_config(config)
+    assert out["model"]["name"] in config_lib.MODELS
+
+
+def test_study_guide_hyperparameter_names_exist():
+    config = base_config()
+    for path in [
+        "optim.learning_rate",
+        "model.dropout",
+        "model.hidden_size",
+        "train.batch_size",
+        "optim.weight_decay",
+        "model.embed_dim",
+        "optim.optimizer",
+        "model.activation",
+    ]:
+        section, key = path.split(".")
+        assert key in config[section], path
+
+
+def _with(path: str, value):
+    config = base_config()
+    section, key = path.split(".")
+    with config.unlocked():
+        config[section][key] = value
+    return config
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "allowed"),
+    [
+        ("optim.learning_rate", 0.0, "(0"),
+        ("optim.learning_rate", -1e-3, "(0"),
+        ("model.dropout", 1.0, "[0, 1)"),
+        ("model.dropout", -0.1, "[0, 1)"),
+        ("train.batch_size", 0, ">= 1"),
+        ("optim.optimizer", "rmsprop", "adam, adamw, sgd"),
+        ("model.activation", "swish", "relu, gelu, tanh, sigmoid"),
+        ("model.name", "cnn", "bow, transformer"),
+        ("data.corpus", "no_such_corpus", "imdb, bbc_news"),
+        ("model.norm", "group", "layer, batch, rms"),
+        ("model.pooling", "sum", "mean, max, first"),
+    ],
+)
+def test_bad_value_names_key_value_and_allowed(path, value, allowed):
+    with pytest.raises(ConfigError) as info:
+        validate_config(_with(path, value))
+    message = str(info.value)
+    assert f"config.{path}={value!r}" in message
+    assert allowed in message
+
+
+def test_unknown_key_is_refused_with_the_allowed_keys():
+    config = base_config()
+    with config.unlocked():
+        config.optim.learnin_rate = 0.1
+    with pytest.raises(ConfigError, match=r"optim\.learnin_rate.*unknown key.*optim\.learning_rate"):
+        validate_config(config)
+
+
+def test_unknown_section_is_refused():
+    config = base_config()
+    with config.unlocked():
+        config.extra = {"x": 1}
+    with pytest.raises(ConfigError, match=r"extra\.x.*unknown key"):
+        validate_config(config)
+
+
+def test_heads_must_divide_embed_dim_for_transformer():
+    config = base_config()
+    config.model.name = "transformer"
+    config.model.embed_dim = 30
+    config.model.num_heads = 4
+    with pytest.raises(ConfigError, match="num_heads=4.*divisor of model.embed_dim=30"):
+        validate_config(config)
+
+
+def test_adamw_with_l2_mode_is_contradictory():
+    config = base_config()
+    config.optim.optimizer = "adamw"
+    config.optim.weight_decay_mode = "l2"
+    with pytest.raises(ConfigError, match="weight_decay_mode"):
+        validate_config(config)
+
+
+@pytest.mark.parametrize(
+    ("optimizer", "mode", "effective"),
+    [("adam", "auto", "l2"), ("sgd", "auto", "l2"), ("adamw", "auto", "decoupled"),
+     ("adam", "decoupled", "decoupled"), ("sgd", "l2", "l2")],
+)
+def test_weight_decay_mode_resolution(optimizer, mode, effective):
+    assert config_lib.weight_decay_mode(
+        {"optimizer": optimizer, "weight_decay_mode": mode}
+    ) == effective
+
+
+def test_bool_is_not_an_int():
+    with pytest.raises(ConfigError, match="train.batch_size"):
+        validate_config(_with("train.batch_size", True))
