@@ -262,6 +262,7 @@ def main() -> None:
     results["peak_memory_mb_prepare_imdb"] = mem
     print(f"peak memory (fresh process, prepare('imdb') cold + load_test_split): {mem:.0f} MB")
 
+    results["machine"]["load_average_at_end"] = os.getloadavg()
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "data.json").write_text(json.dumps(results, indent=2, default=list))
     write_markdown(results)
@@ -274,7 +275,9 @@ def write_markdown(r: dict) -> None:
         "# jaxnn.data on IMDB",
         "",
         f"Machine: {r['machine']['cpus']} CPUs, Python {r['machine']['python']}, load average at "
-        f"start {', '.join(f'{x:.2f}' for x in r['machine']['load_average_at_start'])}. "
+        f"start {', '.join(f'{x:.2f}' for x in r['machine']['load_average_at_start'])}, at end "
+        f"{', '.join(f'{x:.2f}' for x in r['machine']['load_average_at_end'])} (other jobs "
+        "share the cores: absolute times are noisy, ratios within one run are not). "
         f"Medians of {r['args']['repeats']} runs; max_len {r['args']['max_len']}.",
         "",
         "| tokenize + vocabulary + encode, all 49,582 reviews | median s | × jaxnn | V |",

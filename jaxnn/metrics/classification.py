@@ -11,7 +11,8 @@ columns = predicted class, M[i, j] = total weight of the examples of class i pre
     accuracy    = sum_c tp_c / sum_ij M[i, j]           "correct predictions / total predictions"
     precision_c = tp_c / (tp_c + fp_c)
     recall_c    = tp_c / (tp_c + fn_c)
-    F1_c        = 2 precision_c recall_c / (precision_c + recall_c) = 2 tp_c / (2 tp_c + fp_c + fn_c)
+    F1_c        = 2 precision_c recall_c / (precision_c + recall_c)
+                = 2 tp_c / (2 tp_c + fp_c + fn_c)             (the same where defined)
     macro F1    = (1 / |P|) sum_{c in P} F1_c,    P = classes present in the labels or predictions
 
 Macro F1 weighs every class equally, so a rare class counts as much as a frequent one (it is

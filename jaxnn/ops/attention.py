@@ -498,6 +498,10 @@ def _jax_nn(q, k, v, mask, bias, is_causal, key_lengths, implementation):
             f"implementation='cudnn' needs an NVIDIA GPU backend; the default backend is "
             f"{jax.default_backend()!r}. Use 'chunked', 'xla' or 'auto'."
         )
+    dtype = q.dtype
+    if dtype == jnp.float16 and jax.default_backend() == "cpu":
+        # XLA's CPU dot has no float16 x float16 -> float32 mode, which jax.nn's backward uses.
+        q, k, v = (x.astype(jnp.float32) for x in (q, k, v))
     out = jax.nn.dot_product_attention(
         q,
         k,
@@ -510,7 +514,7 @@ def _jax_nn(q, k, v, mask, bias, is_causal, key_lengths, implementation):
         ),
         implementation=implementation,
     )
-    return _zero_empty_rows(out, k.shape[1], mask, is_causal, key_lengths)
+    return _zero_empty_rows(out, k.shape[1], mask, is_causal, key_lengths).astype(dtype)
 
 
 def _pallas(q, k, v, mask, bias, is_causal, key_lengths):

@@ -51,7 +51,8 @@ def start(tmp_path, name, *, storage, parties=1, block_at=None, sleep=0.0):
             storage=storage,
         )
     )
-    env = {**os.environ, "PYTHONPATH": str(REPO), "JAX_PLATFORMS": "cpu"}
+    path = os.pathsep.join(p for p in (os.environ.get("PYTHONPATH"), str(REPO)) if p)
+    env = {**os.environ, "PYTHONPATH": path, "JAX_PLATFORMS": "cpu"}
     return subprocess.Popen(
         [sys.executable, str(script)],
         stdout=subprocess.PIPE,
