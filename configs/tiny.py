@@ -14,7 +14,7 @@ def get_config():
     config.model.dropout = 0.1
     config.model.bigram_buckets = 4096
     config.optim.optimizer = "adam"
-    config.optim.learning_rate = 1e-2
+    config.optim.learning_rate = 3e-2
     config.optim.warmup_steps = 5
     config.train.batch_size = 32
     config.train.eval_batch_size = 128

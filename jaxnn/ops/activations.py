@@ -57,7 +57,7 @@ def sigmoid(x: jax.Array) -> jax.Array:
 
 
 def tanh(x: jax.Array) -> jax.Array:
-    """tanh(x) = (e^x - e^{-x}) / (e^x + e^{-x}): the zero-centred sigmoid, 2σ(2x) - 1, in [-1, 1]."""
+    """tanh(x) = (e^x - e^{-x}) / (e^x + e^{-x}), in [-1, 1]: the zero-centred 2σ(2x) - 1."""
     return jnp.tanh(x)
 
 

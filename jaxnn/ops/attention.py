@@ -113,7 +113,7 @@ def _dropout_keep(rng, rate, shape):
 
 
 def _reference(q, k, v, mask, bias, is_causal, key_lengths, dropout_rate, dropout_rng):
-    batch, t_len, heads, head_dim = q.shape
+    t_len, head_dim = q.shape[1], q.shape[3]
     s_len = k.shape[1]
     scale = 1.0 / math.sqrt(head_dim)
     qf, kf, vf = (x.astype(jnp.float32) for x in (q, k, v))
@@ -148,6 +148,10 @@ def _reference(q, k, v, mask, bias, is_causal, key_lengths, dropout_rate, dropou
 # --------------------------------------------------------------------------------------------
 
 
+def _round_up(length: int, multiple: int) -> int:
+    return -(-length // multiple) * multiple
+
+
 def _split(length: int, targets: tuple[int, ...]) -> tuple[int, tuple[int, ...]]:
     """Padded length and one block size per target, all blocks dividing the padded length.
 
@@ -158,7 +162,7 @@ def _split(length: int, targets: tuple[int, ...]) -> tuple[int, tuple[int, ...]]
     """
     base_target = min(targets)
     num = -(-length // base_target)
-    base = -(-(-(-length // num)) // 8) * 8
+    base = _round_up(-(-length // num), 8)
     blocks = []
     for target in targets:
         factor = max(f for f in range(1, num + 1) if num % f == 0 and base * f <= max(target, base))
@@ -287,11 +291,11 @@ def _chunked_forward(st: _Static, q, k, v, bias, mask, lengths):
             jnp.zeros((batch, heads, bq, head_dim_v), jnp.float32),
         )
         hi = _key_block_range(st, lengths, q_start)
-        m, l, acc = lax.fori_loop(0, hi, body, init)
-        seen = l > 0
-        out = acc / jnp.where(seen, l, 1.0)[..., None]
+        m, total, acc = lax.fori_loop(0, hi, body, init)
+        seen = total > 0
+        out = acc / jnp.where(seen, total, 1.0)[..., None]
         # A row that sees no key: zero output and lse = +inf, so the backward's exp(s - lse) = 0.
-        lse = jnp.where(seen, m + jnp.log(jnp.where(seen, l, 1.0)), jnp.inf)
+        lse = jnp.where(seen, m + jnp.log(jnp.where(seen, total, 1.0)), jnp.inf)
         return out, lse
 
     out, lse = lax.map(one_query_block, jnp.arange(st.num_q))
@@ -440,7 +444,7 @@ _flash.defvjp(_flash_fwd, _flash_bwd)
 
 def _chunked(q, k, v, mask, bias, is_causal, key_lengths, blocks=None):
     """blocks: optional ((fwd_block_q, fwd_block_k), (bwd_block_q, bwd_block_k)) targets."""
-    batch, t_len, heads, head_dim = q.shape
+    t_len, head_dim = q.shape[1], q.shape[3]
     s_len = k.shape[1]
     fwd_blocks, bwd_blocks = blocks or (_FWD_BLOCKS, _BWD_BLOCKS)
     t_pad, (fwd_q, bwd_q) = _split(t_len, (fwd_blocks[0], bwd_blocks[0]))

@@ -142,6 +142,8 @@ def batch_norm(
     Training (train=True), with n_f the number of unmasked positions of feature f:
 
         μ_f  = Σ x_f / n_f,   σ²_f = max(Σ x_f² / n_f - μ_f², 0)        (sums over unmasked)
+
+    (computed on x - running_mean, which leaves μ and σ² unchanged and is more accurate).
         y    = (x - μ) / √(σ² + ε) · scale + bias
         new_running_mean = momentum · running_mean + (1 - momentum) · μ
         new_running_var  = momentum · running_var  + (1 - momentum) · σ²
@@ -169,7 +171,8 @@ def batch_norm(
     Returns:
       (y [..., F] with x's dtype, (new_running_mean [F], new_running_var [F])) in the
       dtype of the running statistics. A feature with no unmasked position in the (global)
-      batch normalizes with μ = 0, σ² = 0 and leaves its running statistics unchanged.
+      batch normalizes with μ = running_mean, σ² = 0 (no NaN) and leaves its running
+      statistics unchanged.
     """
     x = jnp.asarray(x)
     _check_min_rank("x", x, 2, "[..., F] with at least one batch axis")
@@ -189,22 +192,25 @@ def batch_norm(
 
     if train:
         axes = tuple(range(x.ndim - 1))
+        # Sums of x - c and (x - c)² with c = running_mean: exact for any constant c, and once
+        # the running mean is close to the batch mean it avoids the cancellation in
+        # E[x²] - E[x]² when |mean| >> std. (c is the same on every device: the running
+        # statistics are replicated.)
+        shift = jax.lax.stop_gradient(jnp.asarray(running_mean, stats_dtype))
+        centred = xf - shift
         if mask is None:
-            weights = jnp.ones((), stats_dtype)
             count = jnp.full((features,), x.size // features, stats_dtype)
-            sums = jnp.sum(xf, axis=axes)
-            square_sums = jnp.sum(xf * xf, axis=axes)
         else:
-            weights = mask
             count = jnp.sum(mask, axis=axes, dtype=stats_dtype)
-            sums = jnp.sum(jnp.where(mask, xf, 0.0), axis=axes)
-            square_sums = jnp.sum(jnp.where(mask, xf * xf, 0.0), axis=axes)
-        del weights
+            centred = jnp.where(mask, centred, 0.0)
+        sums = jnp.sum(centred, axis=axes)
+        square_sums = jnp.sum(centred * centred, axis=axes)
         if axis_name is not None:
             sums, square_sums, count = jax.lax.psum((sums, square_sums, count), axis_name)
         safe_count = jnp.maximum(count, 1.0)
-        mean = sums / safe_count
-        var = jnp.maximum(square_sums / safe_count - mean * mean, 0.0)
+        shifted_mean = sums / safe_count
+        var = jnp.maximum(square_sums / safe_count - shifted_mean * shifted_mean, 0.0)
+        mean = shift + shifted_mean
         seen = count > 0
         old_mean = jnp.asarray(running_mean)
         old_var = jnp.asarray(running_var)

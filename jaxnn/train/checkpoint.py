@@ -65,16 +65,17 @@ class Checkpoints:
         )
         self._latest.wait_until_finished()
 
-    def restore(self, like: Any, step: int | None = None) -> tuple[Any, dict]:
-        """(state, meta) of ``step`` (default newest), shaped and sharded like ``like``."""
+    def restore(self, like: Any = None, step: int | None = None) -> tuple[Any, dict]:
+        """(state, meta) of ``step`` (default newest), shaped and sharded like ``like``.
+
+        ``like=None`` returns the saved tree as nested dicts of arrays (for inspection).
+        """
         step = self._latest.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"no checkpoint under {self.latest_dir}")
+        target = ocp.args.StandardRestore(None if like is None else _abstract(like))
         restored = self._latest.restore(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(_abstract(like)), meta=ocp.args.JsonRestore()
-            ),
+            step, args=ocp.args.Composite(state=target, meta=ocp.args.JsonRestore())
         )
         return restored["state"], dict(restored["meta"])
 

@@ -168,7 +168,7 @@ class Trainer:
             self.sparse = sparse_lib.make_sparse_optimizer(
                 optim, self.schedule, tables=self.model.table_names()
             )
-        self.tx = make_optimizer(optim, self.total_steps)
+        self.tx = make_optimizer(optim, self.total_steps, clip=self.sparse is None)
         l2 = optim["weight_decay"] if weight_decay_mode(optim) == "l2" else 0.0
         rep, bat = replicated(self.mesh), batch_sharding(self.mesh)
         self.train_step = jax.jit(
@@ -235,6 +235,12 @@ class Trainer:
             "train_loss": float(metrics["loss_sum"]) / weight,
             "train_accuracy": float(metrics["correct"]) / weight,
         }
+
+    def check_finite_params(self, state: TrainState) -> None:
+        """Raise `NonFiniteLossError` when a parameter is NaN/inf (checked before each save)."""
+        if not bool(_all_finite(state.params)):
+            step = int(jax.device_get(state.step))
+            raise NonFiniteLossError(f"parameters are not finite after step {step - 1}", step - 1)
 
     def run_epoch(
         self,
@@ -312,6 +318,11 @@ def metrics_from_confusion(sums: Mapping[str, np.ndarray], split: EncodedSplit) 
         "num_examples": len(split),
         "unk_ratio": float(split.unk.ratio),
     }
+
+
+@jax.jit
+def _all_finite(tree: Any) -> jax.Array:
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
 
 
 def _host_copy(tree: Any) -> Any:
@@ -408,16 +419,15 @@ def fit(
 
     history = [r for r in metrics_log.records()] if metrics_log else []
     run_start = time.perf_counter() - meta["wall_time"]
-    last_good_step = [int(jax.device_get(state.step))]
 
     def save(state: TrainState, **position) -> None:
         if checkpoints is None:
             return
         trainer.train_summary(state)  # never checkpoint a non-finite state
+        trainer.check_finite_params(state)
         meta.update(position, wall_time=time.perf_counter() - run_start)
         step = int(jax.device_get(state.step))
         checkpoints.save(step, state, meta)
-        last_good_step[0] = step
 
     every = t["checkpoint_every_steps"]
 
@@ -497,7 +507,7 @@ def fit(
             meta["batch_in_epoch"] = 0
     except NonFiniteLossError as err:
         where = (
-            f"; the last good checkpoint (step {last_good_step[0]}) in "
+            f"; the last good checkpoint (step {checkpoints.latest_step()}) in "
             f"{checkpoints.latest_dir} is intact"
             if checkpoints is not None and checkpoints.latest_step() is not None
             else ""

@@ -77,21 +77,21 @@ def l2_loss(params: Any, weight_decay: float) -> jax.Array:
 
 
 def make_optimizer(
-    optim: Mapping[str, Any], total_steps: int, *, with_learning_rate: bool = True
+    optim: Mapping[str, Any], total_steps: int, *, clip: bool = True
 ) -> optax.GradientTransformation:
     """The dense Optax chain of the config's ``optim`` section (see module docstring).
 
     Args:
       optim: the ``config.optim`` section (validated).
       total_steps: steps of the whole run, for the cosine schedule.
-      with_learning_rate: False leaves out the final ``scale(-lr_t)`` and clipping (used when a
-        caller clips globally and scales itself).
+      clip: False leaves out clipping (the sparse optimizer then clips dense and sparse
+        gradients together, jaxnn.train.sparse).
     """
     schedule = make_schedule(optim, total_steps)
     parts: list[optax.GradientTransformation] = []
-    clip = float(optim["grad_clip_norm"])
-    if clip > 0 and with_learning_rate:
-        parts.append(optax.clip_by_global_norm(clip))
+    clip_norm = float(optim["grad_clip_norm"])
+    if clip and clip_norm > 0:
+        parts.append(optax.clip_by_global_norm(clip_norm))
     if optim["optimizer"] in ("adam", "adamw"):
         parts.append(optax.scale_by_adam(b1=optim["b1"], b2=optim["b2"], eps=optim["eps"]))
     elif optim["optimizer"] == "sgd":
@@ -102,6 +102,5 @@ def make_optimizer(
     weight_decay = float(optim["weight_decay"])
     if weight_decay > 0 and weight_decay_mode(optim) == "decoupled":
         parts.append(optax.add_decayed_weights(weight_decay, mask=decay_mask))
-    if with_learning_rate:
-        parts.append(optax.scale_by_learning_rate(schedule))
+    parts.append(optax.scale_by_learning_rate(schedule))
     return optax.chain(*parts)

@@ -146,7 +146,7 @@ def make_train_step(
             loss_fn, argnums=(0, 1), has_aux=True
         )(dense_params, rows)
         params, opt_state = sparse.step(
-            tx, state.params, state.opt_state, dense_grads, ids, row_grads, state.step
+            tx, state.params, state.opt_state, dense_grads, ids, row_grads, masks
         )
         return state.replace(
             step=state.step + 1,

@@ -98,13 +98,15 @@ def plot_stage(stage: Mapping, metric: str, path: str | os.PathLike) -> None:
     plt.close(fig)
 
 
-def write_tune_outputs(results: Mapping, workdir: str | os.PathLike) -> dict[str, str]:
+def write_tune_outputs(
+    results: Mapping, workdir: str | os.PathLike, *, plots: bool = True
+) -> dict[str, str]:
     """Write tune_results.json, tune_results.md and stage_<i>_<name>.png; returns the paths."""
     workdir = Path(workdir)
     paths = {"json": workdir / "tune_results.json", "markdown": workdir / "tune_results.md"}
     paths["json"].write_text(json.dumps(results, indent=2, sort_keys=False, default=str) + "\n")
     paths["markdown"].write_text(markdown_table(results))
-    for index, stage in enumerate(results["stages"], 1):
+    for index, stage in enumerate(results["stages"] if plots else [], 1):
         path = workdir / f"stage_{index}_{stage['name'].replace('+', '_')}.png"
         plot_stage(stage, results["metric"], path)
         paths[f"plot_{index}"] = path

@@ -2,20 +2,23 @@
 
 Every trial of the tuner is an Optuna trial whose user attributes carry the whole record:
 
-    key          sha256 of the full training config (seed included): the trial's identity
-    kind         "trial" (a validation run) or "final_test" (the one test evaluation)
-    config       the full training config (dict);  seed
-    owner        {"host", "pid", "token"} of the process running it;  heartbeat (unix time)
-    history      per-epoch metrics [{"epoch", "train_loss", "val_loss", "val_accuracy",
-                 "val_macro_f1", ...}];  wall_time_s;  status "complete" | "failed"
-    failure_reason  why a failed trial failed (e.g. a non-finite training loss)
-    done         True once the record is final
+    key     sha256 of the full training config (seed included) and the runner: the identity
+    spec    {"kind": "trial" (a validation run) or "final_test" (the one test evaluation),
+             "stage", "seed", "config": the full training config}
+    owner   {"host", "pid", "token", "started"} of the process running it;  heartbeat (unix time)
+    record  the result, written once at the end: {"status": "complete" | "failed",
+             "failure_reason" (e.g. a non-finite training loss), "history": per-epoch metrics
+             [{"epoch", "train_loss", "val_loss", "val_accuracy", "val_macro_f1", ...}],
+             "wall_time_s", "validation": {"metric", "value", "best_epoch"}}
 
-A finished trial (``done``) is never run again: a killed tuner resumes where it stopped. Several
-processes (or machines, with a database URL) share one study: a process claims a key by creating
-a RUNNING trial for it; when two claim the same key at once the lower trial number wins and the
-other marks its copy ``superseded``. A RUNNING trial whose owner died (same host, pid gone) or
-whose heartbeat is older than ``stale_after_s`` is marked failed (``stale``) and claimed again.
+(Few attributes, each a JSON value: every attribute is one database transaction.)
+
+A finished trial (one with a ``record``) is never run again: a killed tuner resumes where it
+stopped. Several processes (or machines, with a database URL) share one study: a process claims
+a key by creating a RUNNING trial for it; when two claim the same key at once the lower trial
+number wins and the other marks its copy ``superseded``. A RUNNING trial whose owner died (same
+host, pid gone) or whose heartbeat is older than ``stale_after_s`` is marked failed (``stale``)
+and claimed again.
 """
 
 from __future__ import annotations
@@ -93,7 +96,7 @@ def _pid_alive(pid: int) -> bool:
 
 def done_record(trial: FrozenTrial) -> bool:
     """True for a trial whose record is final (complete, failed with a reason, or final test)."""
-    return trial.state != TrialState.RUNNING and bool(trial.user_attrs.get("done"))
+    return trial.state != TrialState.RUNNING and "record" in trial.user_attrs
 
 
 class Claims:
@@ -134,7 +137,7 @@ class Claims:
                     pass
 
     def close(self, reason: str = "interrupted") -> None:
-        """Stop the heartbeat and mark this process's unfinished trials failed (not ``done``)."""
+        """Stop the heartbeat and mark this process's unfinished trials failed (no record)."""
         self._stop.set()
         with self._lock:
             numbers = list(self._running)
@@ -164,7 +167,7 @@ class Claims:
         if owner.get("host") == self.owner["host"] and owner.get("pid") is not None:
             if not _pid_alive(int(owner["pid"])):
                 return True
-        heartbeat = attrs.get("heartbeat")
+        heartbeat = attrs.get("heartbeat", owner.get("started"))
         return heartbeat is not None and time.time() - float(heartbeat) > self.stale_after_s
 
     def status(self, keys: Sequence[str]) -> dict[str, tuple[str, FrozenTrial | None]]:
@@ -206,16 +209,14 @@ class Claims:
     def claim(self, keys: Sequence[str], attrs: Mapping[str, Mapping]) -> list[str]:
         """Try to claim ``keys``; return those this process now owns (the others are taken).
 
-        ``attrs[key]`` holds the record fields known before running (config, seed, kind, ...).
+        ``attrs[key]`` is the trial's spec (kind, stage, seed, config).
         """
         mine: dict[str, optuna.Trial] = {}
         for key in keys:
             trial = self.study.ask()
-            trial.set_user_attr("owner", self.owner)
-            trial.set_user_attr("heartbeat", time.time())
-            for name, value in attrs[key].items():
-                trial.set_user_attr(name, value)
-            trial.set_user_attr("key", key)  # last: a keyed trial has its whole record
+            trial.set_user_attr("owner", {**self.owner, "started": time.time()})
+            trial.set_user_attr("spec", dict(attrs[key]))
+            trial.set_user_attr("key", key)  # last: a keyed trial has its spec
             mine[key] = trial
             with self._lock:
                 self._running[trial.number] = trial._trial_id
@@ -281,9 +282,7 @@ class Claims:
         trial_id = self.study._storage.get_trial_id_from_study_id_trial_number(
             self.study._study_id, number
         )
-        for name, item in record.items():
-            self.study._storage.set_trial_user_attr(trial_id, name, item)
-        self.study._storage.set_trial_user_attr(trial_id, "done", True)
+        self.study._storage.set_trial_user_attr(trial_id, "record", dict(record))
         self._release(number)
         if state == TrialState.COMPLETE and (value is None or not math.isfinite(value)):
             state = TrialState.FAIL

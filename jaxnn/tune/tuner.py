@@ -246,13 +246,14 @@ def _record(config: ml_collections.ConfigDict, result: TrialResult, metric: str)
 
 def _trial_summary(trial) -> dict:
     attrs = trial.user_attrs
+    record = attrs.get("record") or {}
     return {
         "trial": trial.number,
-        "status": attrs.get("status"),
-        "failure_reason": attrs.get("failure_reason"),
-        "validation": attrs.get("validation"),
-        "wall_time_s": attrs.get("wall_time_s"),
-        "seed": attrs.get("seed"),
+        "status": record.get("status"),
+        "failure_reason": record.get("failure_reason"),
+        "validation": record.get("validation"),
+        "wall_time_s": record.get("wall_time_s"),
+        "seed": (attrs.get("spec") or {}).get("seed"),
         "owner_pid": (attrs.get("owner") or {}).get("pid"),
     }
 
@@ -267,6 +268,7 @@ class ProgressiveTuner:
       runner: the `TrialRunner` (jaxnn.tune.bow.BowTrialRunner for real runs; any pure function
         in tests).
       storage: a database URL overriding ``tune.storage``.
+      plots: write the stage plots (False skips matplotlib; JSON and Markdown are always written).
     """
 
     def __init__(
@@ -276,7 +278,9 @@ class ProgressiveTuner:
         runner: TrialRunner,
         *,
         storage: str | None = None,
+        plots: bool = True,
     ):
+        self.plots = plots
         self.train_config, self.options = split_config(config)
         self.workdir = Path(workdir)
         self.runner = runner
@@ -341,7 +345,7 @@ class ProgressiveTuner:
         finally:
             claims.close("interrupted")
         results["wall_time_s"] = time.perf_counter() - start
-        report.write_tune_outputs(results, self.workdir)
+        report.write_tune_outputs(results, self.workdir, plots=self.plots)
         return results
 
     def _tune(self, claims: Claims) -> dict:
@@ -414,7 +418,7 @@ class ProgressiveTuner:
         while True:
             state, trial = claims.status([key])[key]
             if state == "done":
-                return dict(trial.user_attrs["test_metrics"])
+                return dict(trial.user_attrs["record"]["test_metrics"])
             if state == "free" and claims.claim(
                 [key], {key: self._trial_attrs(config, "final_test", "final")}
             ):
@@ -475,22 +479,22 @@ def run_search(
         claims.fail_stale()
         while sum(done_record(t) for t in claims.trials()) < n_trials:
             trial = study.ask(space)
-            trial.set_user_attr("owner", claims.owner)
+            trial.set_user_attr("owner", {**claims.owner, "started": time.time()})
             claims.track(trial)
             values = {name: trial.params[name] for name in space}
             run_config = apply_assignment(train_config, values)
             key = config_key(run_config.to_dict(), kind=_kind("trial", getattr(runner, "name", "")))
-            attrs = {
+            spec = {
                 "kind": "trial",
-                "config": run_config.to_dict(),
+                "stage": sampler,
                 "seed": run_config.get("seed"),
+                "config": run_config.to_dict(),
             }
-            for name, item in {**attrs, "stage": sampler, "key": key}.items():
-                trial.set_user_attr(name, item)
+            trial.set_user_attr("spec", spec)
+            trial.set_user_attr("key", key)
             result = _run_group(runner, [run_config])[0]
             record = _record(run_config, result, options.metric)
-            for name, item in {**record, "done": True}.items():
-                trial.set_user_attr(name, item)
+            trial.set_user_attr("record", record)
             value = record["validation"]["value"]
             if record["status"] == "complete":
                 study.tell(trial, values=value)

@@ -51,6 +51,7 @@ from jaxnn.data import BatchIterator, eval_batches
 from jaxnn.data.batches import default_buckets
 from jaxnn.metrics import accuracy, confusion_matrix, macro_f1
 from jaxnn.models.bow import hashed_bigram_ids
+from jaxnn.ops import dropout as ops_dropout
 from jaxnn.ops import get_activation, mean_pool
 from jaxnn.train.config import validate_config, weight_decay_mode
 from jaxnn.train.optim import make_schedule
@@ -78,6 +79,7 @@ class GroupResult:
       failure: per trial, None or the reason ("non-finite training loss at epoch e, step s").
       best_epoch: per trial, the epoch with the best validation ``select_metric`` (or None).
       best_params: params pytree with leading axis K at each trial's best epoch.
+      last_params: params pytree with leading axis K after the last epoch.
       probs: {split: [epochs, K, N, C] predicted probabilities} when ``keep_probs``.
       wall_time_s: the whole group's wall time.
     """
@@ -86,6 +88,7 @@ class GroupResult:
     failure: list[str | None]
     best_epoch: list[int | None]
     best_params: Any
+    last_params: Any
     probs: dict[str, np.ndarray] = field(default_factory=dict)
     wall_time_s: float = 0.0
 
@@ -194,18 +197,14 @@ class VmappedBowTrainer:
         """vectors {table: [B, T', D]} -> logits [B, C]; rng None = deterministic (eval)."""
         x = jnp.concatenate([vectors[n] for n in self.tables], axis=1)
         m = jnp.concatenate([masks[n] for n in self.tables], axis=1)
-        keep = 1.0 - dropout
-        if rng is not None:
-            rng, sub = jax.random.split(rng)
-            x = jnp.where(jax.random.bernoulli(sub, keep, x.shape), x / keep, 0.0)
+        train = rng is not None
+        keys = jax.random.split(rng, len(head)) if train else [None] * len(head)
+        x = ops_dropout(x, dropout, keys[0], deterministic=not train)  # traced rate per trial
         h = mean_pool(x, m)
         for i, layer in enumerate(head):
             h = h @ layer["kernel"] + layer["bias"]
             if i < len(head) - 1:
-                h = self.activation(h)
-                if rng is not None:
-                    rng, sub = jax.random.split(rng)
-                    h = jnp.where(jax.random.bernoulli(sub, keep, h.shape), h / keep, 0.0)
+                h = ops_dropout(self.activation(h), dropout, keys[i + 1], deterministic=not train)
         return h
 
     # -- one trial's step ------------------------------------------------------------------
@@ -327,6 +326,12 @@ class VmappedBowTrainer:
         self._eval = jax.jit(
             jax.vmap(self._eval_one, in_axes=in_axes) if self.vmap else self._eval_one
         )
+        self._copy = jax.jit(lambda tree: jax.tree.map(jnp.copy, tree))
+        self._select = jax.jit(
+            lambda mask, new, old: jax.tree.map(partial(_where_trial, mask), new, old)
+        )
+        metrics = jax.jit(jax.vmap(lambda cm: (accuracy(cm), macro_f1(cm))))
+        self._scores = lambda cm: jax.device_get(metrics(jnp.asarray(cm, jnp.float32)))
         init_opt = self._init_opt
         self._init = jax.jit(
             (lambda seeds: jax.vmap(lambda s: (p := self.init(s), init_opt(p)))(seeds))
@@ -402,7 +407,12 @@ class VmappedBowTrainer:
                 history=[p.history[0] for p in parts],
                 failure=[p.failure[0] for p in parts],
                 best_epoch=[p.best_epoch[0] for p in parts],
-                best_params=jax.tree.map(lambda *x: jnp.stack(x), *[p.best_params for p in parts]),
+                best_params=jax.tree.map(
+                    lambda *x: jnp.concatenate(x), *[p.best_params for p in parts]
+                ),
+                last_params=jax.tree.map(
+                    lambda *x: jnp.concatenate(x), *[p.last_params for p in parts]
+                ),
                 probs={
                     n: np.stack([p.probs[n][:, 0] for p in parts], axis=1) for n in parts[0].probs
                 },
@@ -412,19 +422,19 @@ class VmappedBowTrainer:
 
     def _evaluate(self, params: Any, split: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(probs [K, N, C], loss sums [K], confusion [K, C, C]) in the split's order."""
-        probs, loss, cm = [], 0.0, 0.0
+        outs = []
         batches = eval_batches(
             split, batch_size=self.cfg["train"]["eval_batch_size"], buckets=self.buckets
         )
         for batch in batches:
-            p, l_sum, c = self._eval(params, {k: jnp.asarray(v) for k, v in batch.items()})
-            probs.append(p)
-            loss = loss + l_sum
-            cm = cm + c
-        probs = np.asarray(jnp.concatenate(probs, axis=-2))
+            outs.append(self._eval(params, {k: jnp.asarray(v) for k, v in batch.items()}))
+        outs = jax.device_get(outs)  # host arithmetic from here: no eager device ops to compile
+        probs = np.concatenate([o[0] for o in outs], axis=-2)
+        loss = np.sum([o[1] for o in outs], axis=0)
+        cm = np.sum([o[2] for o in outs], axis=0)
         if not self.vmap:
-            probs, loss, cm = probs[None], jnp.asarray(loss)[None], jnp.asarray(cm)[None]
-        return probs[:, : len(split)], np.asarray(loss), np.asarray(cm)
+            probs, loss, cm = probs[None], np.asarray(loss)[None], cm[None]
+        return probs[:, : len(split)], np.asarray(loss), cm
 
     def _fit_group(self, lr, dropout, wd, seeds, sample_weights, eval_splits, keep_probs):
         batched = self.vmap
@@ -438,7 +448,7 @@ class VmappedBowTrainer:
         best_value = [-math.inf] * k
         bad_epochs = [0] * k
         stopped = [False] * k
-        best_params = jax.tree.map(jnp.copy, params)
+        best_params = self._copy(params)
         probs_out: dict[str, list] = {n: [] for n in eval_splits}
         step = 0
         for epoch in range(self.num_epochs):
@@ -456,8 +466,9 @@ class VmappedBowTrainer:
                 )
                 losses.append(loss)
                 step += 1
-            losses = np.asarray(jnp.stack(losses)).reshape(len(losses), k)
+            losses = np.asarray(jax.device_get(losses)).reshape(len(losses), k)
             evals = {n: self._evaluate(params, split) for n, split in eval_splits.items()}
+            scores = {n: self._scores(e[2]) for n, e in evals.items()}  # (accuracy, macro F1) [K]
             improved = np.zeros(k, bool)
             for t in range(k):
                 if failure[t] is not None or stopped[t]:
@@ -479,8 +490,8 @@ class VmappedBowTrainer:
                     prefix = "val" if name == "validation" else name
                     n = len(eval_splits[name])
                     record[f"{prefix}_loss"] = float(loss_sum[t]) / max(n, 1)
-                    record[f"{prefix}_accuracy"] = float(accuracy(cm[t]))
-                    record[f"{prefix}_macro_f1"] = float(macro_f1(cm[t]))
+                    record[f"{prefix}_accuracy"] = float(scores[name][0][t])
+                    record[f"{prefix}_macro_f1"] = float(scores[name][1][t])
                 history[t].append(record)
                 value = record[f"val_{self.select}"]
                 if value > best_value[t]:
@@ -492,17 +503,19 @@ class VmappedBowTrainer:
                         stopped[t] = True
             if improved.any():
                 mask = jnp.asarray(improved if batched else improved[0])
-                best_params = jax.tree.map(partial(_where_trial, mask), params, best_params)
+                best_params = self._select(mask, params, best_params)
             if keep_probs:
                 for name, (probs, _, _) in evals.items():
                     probs_out[name].append(probs)
         if not batched:
             best_params = jax.tree.map(lambda x: x[None], best_params)
+            params = jax.tree.map(lambda x: x[None], params)
         return GroupResult(
             history=history,
             failure=failure,
             best_epoch=best_epoch,
             best_params=best_params,
+            last_params=params,
             probs={n: np.stack(v) for n, v in probs_out.items() if v},
         )
 
@@ -511,11 +524,12 @@ class VmappedBowTrainer:
         if not self.vmap:
             raise ValueError("evaluate() needs the vmapped trainer (vmap=True)")
         _, loss_sum, cm = self._evaluate(params, split)
+        acc, f1 = self._scores(cm)
         return [
             {
                 "loss": float(loss_sum[t]) / max(len(split), 1),
-                "accuracy": float(accuracy(cm[t])),
-                "macro_f1": float(macro_f1(cm[t])),
+                "accuracy": float(acc[t]),
+                "macro_f1": float(f1[t]),
             }
             for t in range(cm.shape[0])
         ]

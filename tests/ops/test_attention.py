@@ -107,11 +107,27 @@ def _attend(implementation, kwargs, jit):
 
 
 def _loss(implementation, kwargs, jit):
+    """Gradients of Σ sin(attention) wrt q, k, v (and bias when given)."""
+    return _value_and_grads(implementation, kwargs, jit, value=False)
+
+
+def _value_and_grads(implementation, kwargs, jit, value=True):
+    """(attention output, gradients of Σ sin(output)) from one traced function."""
     attend = _attend(implementation, kwargs, False)
-    # A non-uniform cotangent so every output entry matters.
-    loss = lambda q, k, v, bias=None: jnp.sum(jnp.sin(attend(q, k, v, bias).astype(jnp.float32)))
-    grad = jax.grad(loss, argnums=(0, 1, 2, 3) if "bias" in kwargs else (0, 1, 2))
-    return jax.jit(grad) if jit else grad
+
+    def loss(*args):
+        out = attend(*args)
+        # A non-uniform cotangent so every output entry matters.
+        return jnp.sum(jnp.sin(out.astype(jnp.float32))), out
+
+    argnums = (0, 1, 2, 3) if "bias" in kwargs else (0, 1, 2)
+    grad = jax.grad(loss, argnums=argnums, has_aux=True)
+
+    def both(*args):
+        grads, out = grad(*args)
+        return (out, grads) if value else grads
+
+    return jax.jit(both) if jit else both
 
 
 @pytest.mark.parametrize(
@@ -149,11 +165,11 @@ def test_reference_matches_jax_nn_values_and_gradients(case):
     bias = kwargs.get("bias")
     args = (q, k, v) if bias is None else (q, k, v, bias)
     np.testing.assert_allclose(
-        _attend("reference", kwargs, False)(*args), jax_nn(*args), rtol=1e-5, atol=1e-6
+        _attend("reference", kwargs, True)(*args), jax_nn(*args), rtol=1e-5, atol=1e-6
     )
     argnums = tuple(range(len(args)))
-    expected = jax.grad(lambda *a: jnp.sum(jnp.sin(jax_nn(*a))), argnums)(*args)
-    got = _loss("reference", kwargs, False)(*args)
+    expected = jax.jit(jax.grad(lambda *a: jnp.sum(jnp.sin(jax_nn(*a))), argnums))(*args)
+    got = _loss("reference", kwargs, True)(*args)
     for g, e in zip(got, expected):
         np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-5)
 
@@ -161,7 +177,7 @@ def test_reference_matches_jax_nn_values_and_gradients(case):
 def test_reference_gradients_numerically():
     q, k, v = _qkv(batch=1, t_len=5, s_len=6, heads=2, head_dim=4)
     kwargs = dict(is_causal=True, key_lengths=jnp.array([4]))
-    fn = _attend("reference", kwargs, False)
+    fn = _attend("reference", kwargs, True)
     check_grads(
         lambda q, k, v: fn(q, k, v), (q, k, v), order=1, modes=("rev",), atol=2e-2, rtol=2e-2
     )
@@ -181,12 +197,10 @@ def test_implementation_matches_reference_f32(implementation, case, jit, small_b
     q, k, v = _qkv()
     kwargs = _make_case(case, 2, 37, 53, 3)
     args = (q, k, v) if "bias" not in kwargs else (q, k, v, kwargs["bias"])
-    got = _attend(implementation, kwargs, jit)(*args)
-    want = _attend("reference", kwargs, False)(*args)
+    got, got_grads = _value_and_grads(implementation, kwargs, jit)(*args)
+    want, want_grads = _value_and_grads("reference", kwargs, True)(*args)
     assert np.isfinite(np.asarray(got)).all()
     assert _rel_err(got, want) < 1e-5
-    got_grads = _loss(implementation, kwargs, jit)(*args)
-    want_grads = _loss("reference", kwargs, False)(*args)
     for g, w in zip(got_grads, want_grads):
         assert np.isfinite(np.asarray(g)).all()
         assert _rel_err(g, w) < 1e-5
@@ -197,13 +211,11 @@ def test_implementation_matches_reference_f32(implementation, case, jit, small_b
 def test_implementation_matches_reference_half(implementation, dtype, small_blocks):
     q, k, v = _qkv(dtype=dtype)
     kwargs = _make_case("causal+lengths", 2, 37, 53, 3)
-    got = _attend(implementation, kwargs, True)(q, k, v)
-    want = _attend("reference", kwargs, True)(q, k, v)
+    got, got_grads = _value_and_grads(implementation, kwargs, True)(q, k, v)
+    want, want_grads = _value_and_grads("reference", kwargs, True)(q, k, v)
     assert got.dtype == dtype
     assert _rel_err(got, want) < 2e-2
-    for g, w in zip(
-        _loss(implementation, kwargs, True)(q, k, v), _loss("reference", kwargs, True)(q, k, v)
-    ):
+    for g, w in zip(got_grads, want_grads):
         assert g.dtype == dtype
         assert _rel_err(g, w) < 2e-2
 
@@ -222,12 +234,10 @@ def test_chunked_default_blocks_long_ragged_sequence():
     # The production block sizes (not the small test ones) with T, S not multiples of them.
     q, k, v = _qkv(batch=1, t_len=1100, s_len=1300, heads=2, head_dim=32)
     kwargs = dict(is_causal=True, key_lengths=jnp.array([1250]))
-    got = _attend("chunked", kwargs, True)(q, k, v)
-    want = _attend("reference", kwargs, True)(q, k, v)
+    got, got_grads = _value_and_grads("chunked", kwargs, True)(q, k, v)
+    want, want_grads = _value_and_grads("reference", kwargs, True)(q, k, v)
     assert _rel_err(got, want) < 1e-5
-    for g, w in zip(
-        _loss("chunked", kwargs, True)(q, k, v), _loss("reference", kwargs, True)(q, k, v)
-    ):
+    for g, w in zip(got_grads, want_grads):
         assert _rel_err(g, w) < 1e-5
 
 
@@ -236,11 +246,10 @@ def test_query_that_sees_no_key_gives_zeros_and_zero_gradient(implementation, sm
     q, k, v = _qkv(batch=2, t_len=20, s_len=24)
     mask = jnp.ones((2, 1, 20, 24), bool).at[1, 0, 5].set(False)
     kwargs = dict(mask=mask, key_lengths=jnp.array([0, 24]))
-    out = _attend(implementation, kwargs, True)(q, k, v)
+    out, (d_q, d_k, d_v) = _value_and_grads(implementation, kwargs, True)(q, k, v)
     assert np.all(np.asarray(out[0]) == 0.0)  # example 0: no keys at all
     assert np.all(np.asarray(out[1, 5]) == 0.0)  # example 1, query 5: fully masked row
     assert np.isfinite(np.asarray(out)).all()
-    d_q, d_k, d_v = _loss(implementation, kwargs, True)(q, k, v)
     for g in (d_q, d_k, d_v):
         assert np.isfinite(np.asarray(g)).all()
     assert np.all(np.asarray(d_q[0]) == 0.0) and np.all(np.asarray(d_q[1, 5]) == 0.0)

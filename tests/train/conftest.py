@@ -28,9 +28,9 @@ def write_synthetic_corpus(path: Path, num_texts: int = 480, seed: int = 0) -> P
         writer.writerow(["text", "label"])
         for i in range(num_texts):
             label = names[i % len(names)]
-            length = int(rng.integers(6, 40))
+            length = int(rng.integers(4, 30))
             words = list(rng.choice(FILLER, size=length))
-            for _ in range(int(rng.integers(1, 4))):
+            for _ in range(int(rng.integers(2, 6))):
                 words.insert(int(rng.integers(0, len(words) + 1)), rng.choice(CLASS_WORDS[label]))
             writer.writerow([f"{' '.join(words)} n{i}", label])
     return path
@@ -55,13 +55,29 @@ def tiny_config(synthetic_corpus, tmp_path):
     config.data.corpus = str(synthetic_corpus)
     config.data.max_len = 48
     config.data.min_freq = 1
-    config.data.smallest_bucket = 16
+    config.data.smallest_bucket = 48  # one bucket: one compilation per step function
+    config.optim.learning_rate = 0.05
     config.train.eval_batch_size = 64
     config.train.batch_size = 16
     return config
 
 
+@pytest.fixture(scope="session")
+def compilation_cache(tmp_path_factory) -> Path:
+    """A persistent XLA compilation cache shared by this session's runs and subprocesses: the
+    same step compiled again (another Trainer, a resumed run) is read back, not recompiled."""
+    import jax
+
+    path = tmp_path_factory.getbasetemp() / "xla-cache"
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    return path
+
+
 @pytest.fixture(autouse=True)
-def _data_dir(tmp_path_factory, monkeypatch):
+def _data_dir(tmp_path_factory, monkeypatch, compilation_cache):
+    monkeypatch.setenv("JAX_COMPILATION_CACHE_DIR", str(compilation_cache))
+    monkeypatch.setenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
     # encoded caches of the synthetic corpus go to a temporary directory, never ~/.cache
     monkeypatch.setenv("JAXNN_DATA_DIR", str(tmp_path_factory.getbasetemp() / "jaxnn-data"))

@@ -64,7 +64,7 @@ def start(tmp_path, name, *, storage, parties=1, block_at=None, sleep=0.0):
 
 def finished_trials(storage):
     study = optuna.load_study(study_name="progressive", storage=storage)
-    return [t for t in study.get_trials() if t.user_attrs.get("done")]
+    return [t for t in study.get_trials() if "record" in t.user_attrs]
 
 
 def test_two_processes_share_one_study_and_run_each_trial_once(tmp_path):
@@ -76,18 +76,18 @@ def test_two_processes_share_one_study_and_run_each_trial_once(tmp_path):
     finals = [json.loads(out.strip().splitlines()[-1]) for out, _ in outs]
     assert finals[0] == finals[1] == {"learning_rate": 3e-3, "dropout": 0.3}
     done = finished_trials(storage)
-    trials = [t for t in done if t.user_attrs["kind"] == "trial"]
+    trials = [t for t in done if t.user_attrs["spec"]["kind"] == "trial"]
     keys = [t.user_attrs["key"] for t in trials]
     assert len(keys) == len(set(keys)) == 5 + 3  # dropout 0.0 is the lr stage's winner again
     calls = (tmp_path / "calls.log").read_text().splitlines()
     assert len(calls) == 8  # nothing trained twice
     owners = {t.user_attrs["owner"]["pid"] for t in trials}
     assert owners == {p.pid for p in procs}  # both did part of the work
-    finals_test = [t for t in done if t.user_attrs["kind"] == "final_test"]
+    finals_test = [t for t in done if t.user_attrs["spec"]["kind"] == "final_test"]
     assert len(finals_test) == 1  # test evaluated once in all
     for p in ("p0", "p1"):
         saved = json.loads((tmp_path / p / "tune_results.json").read_text())
-        assert saved["final"]["test"] == finals_test[0].user_attrs["test_metrics"]
+        assert saved["final"]["test"] == finals_test[0].user_attrs["record"]["test_metrics"]
 
 
 def test_killed_tuner_resumes_without_redoing_finished_trials(tmp_path):
@@ -112,7 +112,7 @@ def test_killed_tuner_resumes_without_redoing_finished_trials(tmp_path):
     calls = (tmp_path / "calls.log").read_text().splitlines()
     assert len(calls) == 3 + (8 - 3)  # the first run's 3, then only the 5 unfinished
     done = finished_trials(storage)
-    keys = [t.user_attrs["key"] for t in done if t.user_attrs["kind"] == "trial"]
+    keys = [t.user_attrs["key"] for t in done if t.user_attrs["spec"]["kind"] == "trial"]
     assert len(keys) == len(set(keys)) == 8
     finished_before = {t.user_attrs["key"]: t.number for t in before}
     for t in done:
@@ -120,7 +120,7 @@ def test_killed_tuner_resumes_without_redoing_finished_trials(tmp_path):
             assert t.number == finished_before[t.user_attrs["key"]]  # kept, not redone
     killed = study.get_trials()[running[0].number]
     assert killed.state == optuna.trial.TrialState.FAIL
-    assert killed.user_attrs["abandoned"] == "stale" and not killed.user_attrs.get("done")
+    assert killed.user_attrs["abandoned"] == "stale" and "record" not in killed.user_attrs
     assert json.loads(out.strip().splitlines()[-1]) == {"learning_rate": 3e-3, "dropout": 0.3}
 
 

@@ -40,10 +40,10 @@ def brute_force_best(candidates, score):
     return {n: best[n] for n in names}
 
 
-def tune(tmp_path, candidates=CANDIDATES, runner=None, **kw):
+def tune(tmp_path, candidates=CANDIDATES, runner=None, plots=False, **kw):
     runner = runner or obj.FakeRunner()
     config = obj.make_config(candidates, **kw)
-    results = ProgressiveTuner(config, tmp_path, runner).run()
+    results = ProgressiveTuner(config, tmp_path, runner, plots=plots).run()
     return results, runner
 
 
@@ -63,7 +63,7 @@ def test_validation_value_is_the_best_epoch_and_skips_nan():
 def full_run(tmp_path_factory):
     """One tuning run over CANDIDATES, shared by the tests that only read its outputs."""
     workdir = tmp_path_factory.mktemp("full")
-    results, runner = tune(workdir)
+    results, runner = tune(workdir, plots=True)
     return workdir, results, runner
 
 
@@ -210,13 +210,15 @@ def test_outputs_json_markdown_and_one_plot_per_stage(full_run):
     import optuna
 
     study = optuna.load_study(study_name="progressive", storage=f"sqlite:///{tmp_path}/tune.db")
-    trials = [t for t in study.get_trials() if t.user_attrs.get("kind") == "trial"]
+    trials = [t for t in study.get_trials() if t.user_attrs["spec"]["kind"] == "trial"]
     assert len(trials) == results["num_trials"]
     for t in trials:
-        a = t.user_attrs
-        assert a["config"]["optim"]["learning_rate"] > 0 and a["seed"] == 0
-        assert len(a["history"]) >= 1 and a["status"] in ("complete", "failed")
-        assert a["wall_time_s"] >= 0
+        spec, record = t.user_attrs["spec"], t.user_attrs["record"]
+        assert spec["config"]["optim"]["learning_rate"] > 0 and spec["seed"] == 0
+        assert len(record["history"]) >= 1 and record["status"] in ("complete", "failed")
+        assert record["wall_time_s"] >= 0
+        if record["status"] == "failed":
+            assert "non-finite" in record["failure_reason"]
 
 
 @pytest.mark.parametrize("sampler", ["random", "tpe"])

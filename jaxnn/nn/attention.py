@@ -1,0 +1,112 @@
+"""Multi-head self-attention (study guide §9, §10) over jaxnn.ops.dot_product_attention."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxnn import ops
+
+__all__ = ["MultiHeadAttention"]
+
+
+class MultiHeadAttention(nn.Module):
+    """Multi-head scaled dot-product self-attention.
+
+        Q = x W_q + b_q,  K = x W_k + b_k,  V = x W_v + b_v          [B, T, N, H] each
+        heads = softmax(Q Kᵀ / √H) V   per head, over the unmasked keys    [B, T, N, H]
+        out   = Σ_{n,h} heads[..., n, h] W_o[n, h, :] + b_o           [B, T, out_features]
+
+    Each query (what a token is looking for) scores every key (what each token offers); the
+    softmax weights mix the values (what each token shares). The parameter layout
+    (query/key/value kernels [D, N, H] and biases [N, H], out kernel [N, H, D'] and bias [D'])
+    is that of ``flax.linen.MultiHeadDotProductAttention``.
+
+    Attributes:
+      num_heads: N.
+      qkv_features: N · H (default: D); must be divisible by num_heads.
+      out_features: D' (default: D).
+      dropout_rate: dropout on the attention weights ("dropout" RNG stream); needs
+        attention_impl "reference" or "auto" when training.
+      attention_impl: implementation passed to ``jaxnn.ops.dot_product_attention``.
+      dtype: computation dtype (parameters stay float32; softmax statistics float32).
+
+    Call: ``(x, mask=None, *, deterministic)``: x [B, T, D]; mask bool [B, T] marks the real
+    tokens (False = padding key: no query attends to it), or a bool mask broadcastable to
+    [B, N, T, S]. A query that sees no key gets zero attention output (so ``out`` = b_o).
+
+    Example:
+      >>> mha = MultiHeadAttention(num_heads=4)
+      >>> params = mha.init(jax.random.key(0), x, mask, deterministic=True)
+      >>> y = mha.apply(params, x, mask, deterministic=True)                    # [B, T, D]
+    """
+
+    num_heads: int
+    qkv_features: int | None = None
+    out_features: int | None = None
+    dropout_rate: float = 0.0
+    attention_impl: str = "auto"
+    dtype: Any = None
+
+    @nn.compact
+    def __call__(
+        self, x: jax.Array, mask: jax.Array | None = None, *, deterministic: bool
+    ) -> jax.Array:
+        x = jnp.asarray(x)
+        if x.ndim != 3:
+            raise ValueError(f"x must have rank 3 ([B, T, D]); got shape {x.shape}")
+        batch, length, model_dim = x.shape
+        qkv_features = self.qkv_features or model_dim
+        out_features = self.out_features or model_dim
+        if self.num_heads < 1 or qkv_features % self.num_heads:
+            raise ValueError(
+                f"qkv_features={qkv_features} must be divisible by num_heads={self.num_heads}"
+            )
+        head_dim = qkv_features // self.num_heads
+        if mask is not None:
+            mask = jnp.asarray(mask)
+            if mask.ndim == 2:
+                if mask.shape != (batch, length):
+                    raise ValueError(
+                        f"mask must have shape [B, T] = {(batch, length)} (key padding) or be "
+                        f"broadcastable to [B, N, T, S]; got {mask.shape}"
+                    )
+                mask = mask.astype(bool)[:, None, None, :]
+            elif mask.ndim != 4:
+                raise ValueError(
+                    f"mask must have shape [B, T] = {(batch, length)} or rank 4 (broadcastable "
+                    f"to [B, N, T, S]); got {mask.shape}"
+                )
+
+        def projection(name: str) -> nn.DenseGeneral:
+            return nn.DenseGeneral(
+                (self.num_heads, head_dim),
+                axis=-1,
+                dtype=self.dtype,
+                param_dtype=jnp.float32,
+                name=name,
+            )
+
+        query = projection("query")(x)
+        key = projection("key")(x)
+        value = projection("value")(x)
+        rate = 0.0 if deterministic else self.dropout_rate
+        heads = ops.dot_product_attention(
+            query,
+            key,
+            value,
+            mask=mask,
+            dropout_rate=rate,
+            dropout_rng=self.make_rng("dropout") if rate > 0.0 else None,
+            implementation=self.attention_impl,
+        )
+        return nn.DenseGeneral(
+            out_features,
+            axis=(-2, -1),
+            dtype=self.dtype,
+            param_dtype=jnp.float32,
+            name="out",
+        )(heads)

@@ -1,0 +1,54 @@
+"""jaxnn.ops: the study guide's math as pure functions (no state, no Flax; jit/vmap/grad-safe).
+
+Shape letters: B batch, T query/sequence length, S key length, N heads, H head dim,
+D model dim, F features, V vocabulary, C classes.
+
+  activations  relu, sigmoid, tanh, gelu, identity, get_activation       §1, §2
+  softmax      softmax, log_softmax, standardize                         §8
+  dropout      dropout                                                   §3
+  normalization layer_norm, rms_norm, batch_norm                         §6
+  pooling      mean_pool, max_pool, first_token_pool                     §7
+  attention    dot_product_attention                                     §9
+  losses       softmax_cross_entropy, l2_penalty                         §3
+"""
+
+from jaxnn.ops.activations import (
+    ACTIVATIONS,
+    gelu,
+    gelu_tanh,
+    get_activation,
+    identity,
+    relu,
+    sigmoid,
+    tanh,
+)
+from jaxnn.ops.attention import dot_product_attention
+from jaxnn.ops.dropout import dropout
+from jaxnn.ops.losses import l2_penalty, softmax_cross_entropy
+from jaxnn.ops.normalization import batch_norm, layer_norm, rms_norm
+from jaxnn.ops.pooling import first_token_pool, max_pool, mean_pool
+from jaxnn.ops.softmax import log_softmax, softmax, standardize
+
+__all__ = [
+    "ACTIVATIONS",
+    "batch_norm",
+    "dot_product_attention",
+    "dropout",
+    "first_token_pool",
+    "gelu",
+    "gelu_tanh",
+    "get_activation",
+    "identity",
+    "l2_penalty",
+    "layer_norm",
+    "log_softmax",
+    "max_pool",
+    "mean_pool",
+    "relu",
+    "rms_norm",
+    "sigmoid",
+    "softmax",
+    "softmax_cross_entropy",
+    "standardize",
+    "tanh",
+]

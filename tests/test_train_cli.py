@@ -1,0 +1,54 @@
+"""train.py: flags, dotted overrides, and bad input refused before any data or compile."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(*args, cwd=ROOT):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("--config.optim.learning_rate=0", "config.optim.learning_rate=0.0 is not allowed"),
+        ("--config.model.dropout=1.0", "config.model.dropout=1.0 is not allowed"),
+        ("--config.optim.optimizer=rmsprop", "allowed: adam, adamw, sgd"),
+        ("--config.model.name=cnn", "allowed: bow, transformer"),
+    ],
+)
+def test_bad_value_is_refused_before_anything_runs(tmp_path, override, message):
+    workdir = tmp_path / "run"
+    result = _run("--config=configs/tiny.py", f"--workdir={workdir}", override)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert message in result.stderr
+    assert not workdir.exists()  # nothing written, no data loaded
+
+
+def test_unknown_override_key_is_refused(tmp_path):
+    result = _run("--config=configs/tiny.py", f"--workdir={tmp_path}", "--config.optim.lr=0.1")
+    assert result.returncode != 0
+    assert "lr" in result.stderr
+
+
+def test_default_config_is_imdb_and_default_workdir_is_under_runs(tmp_path):
+    # no --config: configs/default.py; a bad override stops it before data or workdir
+    result = _run("--config.train.batch_size=0", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "config.train.batch_size=0 is not allowed" in result.stderr

@@ -1,0 +1,184 @@
+"""jaxnn/train/loop.py: the workdir a run leaves, test split used once, early stopping, refusing
+a different config, non-finite loss, and a SIGKILLed run resuming to bitwise the same end."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import numpy as np
+import pytest
+
+from jaxnn.train import loop
+from jaxnn.train.checkpoint import Checkpoints
+from jaxnn.train.loop import ConfigMismatchError, NonFiniteLossError, fit, train_and_evaluate
+
+from .conftest import ROOT
+
+RECORD_KEYS = {
+    "epoch",
+    "step",
+    "wall_time",
+    "learning_rate",
+    "train_loss",
+    "train_accuracy",
+    "val_loss",
+    "val_accuracy",
+    "val_macro_f1",
+    "train_unk_ratio",
+    "val_unk_ratio",
+}
+
+
+def test_train_and_evaluate_writes_the_workdir_and_uses_test_once(tiny_config, tmp_path, monkeypatch):
+    calls = []
+    real_load_test = loop.load_test
+    monkeypatch.setattr(loop, "load_test", lambda *a, **k: calls.append(1) or real_load_test(*a, **k))
+    workdir = tmp_path / "run"
+    results = train_and_evaluate(tiny_config, workdir)
+    for name in [
+        "config.json",
+        "vocab.json",
+        "metrics.jsonl",
+        "learning_curves.png",
+        "results.json",
+        "checkpoints",
+        "best",
+        "tensorboard",
+    ]:
+        assert (workdir / name).exists(), name
+    assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
+    records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2]
+    assert all(RECORD_KEYS <= set(r) for r in records)
+    saved = json.loads((workdir / "results.json").read_text())
+    assert saved["test"]["accuracy"] == results["test"]["accuracy"]
+    for split in ("test", "val"):
+        assert 0.0 <= results[split]["accuracy"] <= 1.0
+        assert 0.0 <= results[split]["macro_f1"] <= 1.0
+    # the synthetic classes are separable by keywords: the run must learn them
+    assert results["val"]["accuracy"] > 0.6
+    assert results["val"]["macro_f1"] == max(r["val_macro_f1"] for r in records)
+    assert calls == [1]
+    # the same command again: complete, same results, the test split not touched again
+    again = train_and_evaluate(tiny_config, workdir)
+    assert again["test"] == results["test"]
+    assert calls == [1]
+
+
+def test_different_config_is_refused_and_overwrite_starts_over(tiny_config, tmp_path):
+    workdir = tmp_path / "run"
+    tiny_config.train.num_epochs = 1
+    train_and_evaluate(tiny_config, workdir)
+    tiny_config.optim.learning_rate = 0.123
+    with pytest.raises(ConfigMismatchError, match=r"optim\.learning_rate: saved 0\.01, requested 0\.123"):
+        train_and_evaluate(tiny_config, workdir)
+    results = train_and_evaluate(tiny_config, workdir, overwrite=True)
+    assert json.loads((workdir / "config.json").read_text())["optim"]["learning_rate"] == 0.123
+    assert results["epochs_run"] == 1
+
+
+def test_early_stopping_when_validation_stops_improving(tiny_config):
+    tiny_config.optim.learning_rate = 1e-12  # nothing moves: validation never improves
+    tiny_config.train.num_epochs = 6
+    tiny_config.train.patience = 2
+    result = fit(tiny_config)
+    assert result.stopped_early
+    assert [r["epoch"] for r in result.history] == [1, 2, 3]
+    assert result.best["epoch"] == 1
+    assert result.best_variables is not None  # no workdir: the best params stay in memory
+
+
+def test_nonfinite_loss_stops_the_run_naming_the_step(tiny_config, tmp_path):
+    tiny_config.optim.optimizer = "sgd"
+    tiny_config.optim.learning_rate = 1e30
+    tiny_config.optim.sparse_embeddings = False
+    tiny_config.optim.warmup_steps = 1000  # lr_t = t * 1e27: step 0 harmless, then divergence
+    tiny_config.train.checkpoint_every_steps = 1
+    with pytest.raises(NonFiniteLossError, match=r"not finite .*step \d+.*last good checkpoint"):
+        train_and_evaluate(tiny_config, tmp_path / "run")
+    checkpoints = Checkpoints(tmp_path / "run")
+    state, _ = checkpoints.restore()
+    checkpoints.close()
+    assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(state["params"]))
+    assert not (tmp_path / "run" / "results.json").exists()
+
+
+KILLER = textwrap.dedent(
+    """
+    import os, runpy, signal, sys
+    kill_at = int(os.environ["KILL_AT_STEP"])
+    import jaxnn.train.loop as loop
+    original_init = loop.Trainer.__init__
+
+    def init(self, *args, **kwargs):
+        original_init(self, *args, **kwargs)
+        step, calls = self.train_step, [0]
+
+        def train_step(state, batch):
+            calls[0] += 1
+            if calls[0] == kill_at:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return step(state, batch)
+
+        self.train_step = train_step
+
+    loop.Trainer.__init__ = init
+    sys.argv = ["train.py", *sys.argv[1:]]
+    runpy.run_path(os.path.join(os.environ["JAXNN_ROOT"], "train.py"), run_name="__main__")
+    """
+)
+
+
+def _train(args, kill_at=0):
+    env = dict(os.environ, KILL_AT_STEP=str(kill_at), JAXNN_ROOT=str(ROOT))
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    return subprocess.run(
+        [sys.executable, "-c", KILLER, *args], env=env, cwd=ROOT, capture_output=True, text=True
+    )
+
+
+def test_sigkilled_run_resumes_to_bitwise_the_same_parameters(synthetic_corpus, tmp_path):
+    args = [
+        f"--config={ROOT / 'configs' / 'tiny.py'}",
+        f"--config.data.corpus={synthetic_corpus}",
+        "--config.data.max_len=48",
+        "--config.data.min_freq=1",
+        "--config.train.batch_size=16",
+        "--config.train.eval_batch_size=64",
+        "--config.train.num_epochs=3",
+        "--config.train.checkpoint_every_steps=7",
+    ]
+    straight = _train([*args, f"--workdir={tmp_path / 'straight'}"])
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    # killed mid-epoch 2 (steps per epoch: 24), after the step-35 checkpoint, then resumed
+    killed = _train([*args, f"--workdir={tmp_path / 'resumed'}"], kill_at=40)
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    assert not (tmp_path / "resumed" / "results.json").exists()
+    resumed = _train([*args, f"--workdir={tmp_path / 'resumed'}"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed from the checkpoint at step 35" in resumed.stderr
+
+    states = {}
+    for name in ("straight", "resumed"):
+        checkpoints = Checkpoints(tmp_path / name)
+        states[name], meta = checkpoints.restore()
+        checkpoints.close()
+        assert meta["epoch"] == 3
+    a, b = states["straight"], states["resumed"]
+    assert jax.tree.structure(a) == jax.tree.structure(b)
+    jax.tree.map(np.testing.assert_array_equal, a, b)  # params, optimizer state, rng, sums
+    records = {
+        name: [
+            {k: v for k, v in json.loads(line).items() if k != "wall_time"}
+            for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()
+        ]
+        for name in states
+    }
+    assert records["straight"] == records["resumed"]
+    results = {n: json.loads((tmp_path / n / "results.json").read_text()) for n in states}
+    assert results["straight"]["test"] == results["resumed"]["test"]

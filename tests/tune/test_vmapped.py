@@ -1,0 +1,173 @@
+"""jaxnn/tune/vmapped.py: K trials in one vmapped program = K separate runs = an Optax reference."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from jaxnn.analysis.synthetic import xor_corpus
+from jaxnn.data import BatchIterator, prepare
+from jaxnn.train.config import base_config
+from jaxnn.train.optim import l2_loss, make_optimizer
+from jaxnn.tune.vmapped import VmappedBowTrainer, shared_signature
+
+
+@pytest.fixture(scope="module")
+def data():
+    corpus = xor_corpus(num_train=96, num_validation=64, neutral=30, length=10, seed=1)
+    return prepare(corpus, max_len=16, cache=False)
+
+
+def config(**over):
+    cfg = base_config()
+    cfg.data.max_len = 16
+    cfg.data.sort_pool = 0
+    cfg.model.hidden_size = 8
+    cfg.model.embed_dim = 6
+    cfg.train.batch_size = 16
+    cfg.train.num_epochs = 2
+    cfg.train.eval_batch_size = 32
+    cfg.optim.schedule = "constant"
+    for path, value in over.items():
+        section, name = path.split("__")
+        cfg[section][name] = value
+    return cfg
+
+
+def reference_params(cfg, data, lr, wd, seed):
+    """Dense training with Optax (jaxnn.train.optim) on a loss written out with jax.nn."""
+    trainer = VmappedBowTrainer(cfg, data, vmap=False)  # only for init and the schedule length
+    params = trainer.init(seed)
+    optim = {**cfg.optim.to_dict(), "learning_rate": lr, "weight_decay": wd}
+    total = trainer.steps_per_epoch * cfg.train.num_epochs
+    tx = make_optimizer(optim, total)
+    state = tx.init(params)
+    l2 = cfg.optim.optimizer != "adamw"
+
+    def loss_fn(p, batch):
+        e = p["embed"][batch["tokens"]]  # [B, T, D]
+        m = batch["mask"][..., None].astype(jnp.float32)
+        h = (e * m).sum(1) / jnp.maximum(m.sum(1), 1.0)
+        for i, layer in enumerate(p["head"]):
+            h = h @ layer["kernel"] + layer["bias"]
+            if i < len(p["head"]) - 1:
+                h = jax.nn.relu(h)
+        ce = optax.softmax_cross_entropy_with_integer_labels(h, batch["labels"])
+        w = batch["weights"]
+        loss = (ce * w).sum() / jnp.maximum(w.sum(), 1.0)
+        return loss + (l2_loss(p, wd) if l2 else 0.0)
+
+    grad = jax.jit(jax.grad(loss_fn))
+    batches = BatchIterator(
+        data.train, batch_size=cfg.train.batch_size, shuffle=True, seed=cfg.seed
+    )
+    for epoch in range(cfg.train.num_epochs):
+        for batch in batches.epoch(epoch):
+            g = grad(params, {k: jnp.asarray(v) for k, v in batch.items()})
+            updates, state = tx.update(g, state, params)
+            params = optax.apply_updates(params, updates)
+    return params
+
+
+@pytest.mark.parametrize(
+    "over, lr, wd",
+    [
+        ({"optim__optimizer": "adam"}, 1e-2, 1e-3),  # l2 in the loss
+        ({"optim__optimizer": "adamw", "optim__grad_clip_norm": 0.5}, 3e-2, 1e-2),  # decoupled
+        (
+            {"optim__optimizer": "sgd", "optim__schedule": "cosine", "optim__warmup_steps": 3},
+            0.3,
+            0.0,
+        ),
+    ],
+)
+def test_dense_update_matches_optax(data, over, lr, wd):
+    cfg = config(optim__sparse_embeddings=False, **over)
+    trainer = VmappedBowTrainer(cfg, data, vmap=True)
+    out = trainer.fit({"learning_rate": [lr], "dropout": [0.0], "weight_decay": [wd]}, [3])
+    assert out.failure == [None]
+    ref = reference_params(cfg, data, lr, wd, 3)
+    got = jax.tree.map(lambda x: x[0], out.last_params)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(ref)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-5, atol=2e-6)
+
+
+@pytest.mark.slow
+def test_lazy_rows_equal_dense_for_plain_sgd_and_untouched_rows_stay(data):
+    over = {"optim__optimizer": "sgd", "optim__momentum": 0.0}
+    hyper = {"learning_rate": [0.5], "dropout": [0.0], "weight_decay": [0.0]}
+    dense = VmappedBowTrainer(config(optim__sparse_embeddings=False, **over), data).fit(hyper, [0])
+    lazy = VmappedBowTrainer(config(optim__sparse_embeddings=True, **over), data).fit(hyper, [0])
+    for a, b in zip(jax.tree.leaves(dense.last_params), jax.tree.leaves(lazy.last_params)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+    # Adam, lazily: a row no training text uses (<unk>, id 1) keeps its initial value.
+    trainer = VmappedBowTrainer(config(), data)
+    out = trainer.fit({"learning_rate": [0.1], "dropout": [0.0], "weight_decay": [0.0]}, [0])
+    used = np.unique(data.train.tokens[data.train.tokens > 0])
+    unused = np.setdiff1d(np.arange(len(data.vocab)), used)
+    assert unused.size >= 1
+    init = np.asarray(trainer.init(0)["embed"])  # (eager; fit's jitted init may differ by 1 ulp)
+    final = np.asarray(out.last_params["embed"][0])
+    np.testing.assert_allclose(final[unused], init[unused], rtol=1e-6, atol=1e-7)
+    assert np.abs(final[used] - init[used]).max() > 1e-2
+
+
+def test_vmapped_group_equals_separate_runs_and_a_diverging_trial_fails_alone(data):
+    cfg = config(train__num_epochs=3)
+    hyper = {
+        "learning_rate": [1e-2, 3e-2, 1e30],
+        "dropout": [0.0, 0.4, 0.0],
+        "weight_decay": [0.0, 1e-3, 0.0],
+    }
+    group = VmappedBowTrainer(cfg, data, vmap=True).fit(hyper, [5, 5, 5])
+    alone = VmappedBowTrainer(cfg, data, vmap=False).fit(hyper, [5, 5, 5])
+    assert group.failure[:2] == [None, None] and group.failure == alone.failure
+    assert group.failure[2].startswith("non-finite training loss at epoch 1, step")
+    assert group.history[2] == [] and group.best_epoch == alone.best_epoch
+    for g, a in zip(group.history[:2], alone.history[:2]):
+        assert [r["epoch"] for r in g] == [1, 2, 3]
+        for rg, ra in zip(g, a):
+            for key in ("train_loss", "val_loss"):
+                assert rg[key] == pytest.approx(ra[key], rel=1e-5)
+            assert rg["val_accuracy"] == ra["val_accuracy"]
+            assert rg["val_macro_f1"] == pytest.approx(ra["val_macro_f1"], abs=1e-12)
+
+
+def test_zero_sample_weights_leave_a_trial_untrained(data):
+    trainer = VmappedBowTrainer(config(), data)
+    weights = np.ones((2, len(data.train)), np.float32)
+    weights[1] = 0.0
+    out = trainer.fit(
+        {"learning_rate": [0.1, 0.1], "dropout": [0.0, 0.0], "weight_decay": [0.0, 0.0]},
+        [0, 0],
+        sample_weights=weights,
+    )
+    init = trainer.init(0)
+    for a, b in zip(jax.tree.leaves(init), jax.tree.leaves(out.last_params)):
+        np.testing.assert_allclose(np.asarray(b[1]), np.asarray(a), rtol=1e-6, atol=1e-7)
+    kernel = np.asarray(out.last_params["head"][0]["kernel"])
+    assert not np.array_equal(kernel[0], np.asarray(init["head"][0]["kernel"]))
+
+
+def test_bad_input_is_refused_before_compiling(data):
+    with pytest.raises(ValueError, match=r"model\.name='transformer'"):
+        VmappedBowTrainer(config(model__name="transformer"), data)
+    trainer = VmappedBowTrainer(config(), data)
+    with pytest.raises(ValueError, match="dropout in"):
+        trainer.fit({"learning_rate": [0.1], "dropout": [1.0], "weight_decay": [0.0]}, [0])
+    with pytest.raises(ValueError, match="shape"):
+        trainer.fit({"learning_rate": [0.1, 0.2], "dropout": [0.0], "weight_decay": [0.0]}, [0])
+    with pytest.raises(ValueError, match="sample_weights"):
+        trainer.fit(
+            {"learning_rate": [0.1], "dropout": [0.0], "weight_decay": [0.0]},
+            [0],
+            sample_weights=np.ones((1, 3)),
+        )
+
+
+def test_signature_ignores_only_the_vmappable_fields():
+    a = config().to_dict()
+    b = config(optim__learning_rate=0.5, model__dropout=0.3, optim__weight_decay=0.1).to_dict()
+    c = config(model__hidden_size=16).to_dict()
+    assert shared_signature(a) == shared_signature(b) != shared_signature(c)
