@@ -60,7 +60,9 @@ class Checkpoints:
         """Save the whole train state and the loop's position ``meta`` (JSON) at ``step``."""
         self._latest.save(
             step,
-            args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)
+            ),
             force=True,
         )
         self._latest.wait_until_finished()

@@ -150,7 +150,9 @@ def _check_int(flat: dict, key: str, minimum: int) -> None:
         _fail(key, value, f"allowed: an int >= {minimum}")
 
 
-def _check_number(flat: dict, key: str, low: float, high: float, *, low_open: bool, high_open: bool):
+def _check_number(
+    flat: dict, key: str, low: float, high: float, *, low_open: bool, high_open: bool
+):
     value = flat[key]
     ok = isinstance(value, int | float) and not isinstance(value, bool)
     if ok:
@@ -185,8 +187,7 @@ def validate_config(config: ml_collections.ConfigDict | Mapping) -> dict:
     missing = sorted(set(schema) - set(flat))
     if missing:
         raise ConfigError(
-            f"config is missing keys {missing}; build configs from "
-            "jaxnn.train.config.base_config()"
+            f"config is missing keys {missing}; build configs from jaxnn.train.config.base_config()"
         )
 
     corpus = flat["data.corpus"]

@@ -16,11 +16,31 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 __all__ = ["MetricsLog", "plot_learning_curves", "read_jsonl", "write_json"]
+
+
+def _summary_writer():
+    """tensorboardX.SummaryWriter, imported without PyTorch.
+
+    tensorboardX imports torch when it is installed (4 s here) only to accept torch tensors as
+    values; jaxnn logs Python floats, so torch is hidden from that one import unless it is
+    already loaded.
+    """
+    if "tensorboardX" in sys.modules or "torch" in sys.modules:
+        from tensorboardX import SummaryWriter
+
+        return SummaryWriter
+    sys.modules["torch"] = None  # type: ignore[assignment]  # makes `import torch` fail
+    try:
+        from tensorboardX import SummaryWriter
+    finally:
+        del sys.modules["torch"]
+    return SummaryWriter
 
 
 def write_json(path: str | Path, data: Any) -> Path:
@@ -59,9 +79,7 @@ class MetricsLog:
         self.path = self.workdir / "metrics.jsonl"
         self._writer = None
         if tensorboard:
-            from tensorboardX import SummaryWriter
-
-            self._writer = SummaryWriter(str(self.workdir / "tensorboard"))
+            self._writer = _summary_writer()(str(self.workdir / "tensorboard"))
 
     def truncate(self, step: int) -> None:
         """Keep only the records with ``record["step"] <= step``."""

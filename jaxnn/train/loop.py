@@ -58,9 +58,11 @@ __all__ = [
     "ConfigMismatchError",
     "FitResult",
     "NonFiniteLossError",
+    "Steps",
     "Trainer",
-    "evaluate",
+    "build_steps",
     "fit",
+    "init_train_state",
     "load_data",
     "train_and_evaluate",
 ]
@@ -118,6 +120,80 @@ def load_test(config: Mapping[str, Any], data: Prepared) -> EncodedSplit:
 # ----------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Steps:
+    """The optimizer and the jitted steps of one config and model (see `build_steps`)."""
+
+    schedule: Any
+    tx: Any
+    sparse: sparse_lib.SparseEmbeddingOptimizer | None
+    train_step: Callable
+    eval_step: Callable
+
+
+def build_steps(
+    config: Mapping[str, Any],
+    model: Any,
+    num_classes: int,
+    total_steps: int,
+    mesh: jax.sharding.Mesh,
+) -> Steps:
+    """Optimizer (dense Optax + lazy sparse tables) and the jitted train/eval steps.
+
+    train_step: ``(state, batch) -> state``, the state donated and replicated, the batch sharded
+    along "data". eval_step: ``(variables, sums, batch) -> sums``, the sums donated.
+    """
+    optim = config["optim"]
+    schedule = make_schedule(optim, total_steps)
+    sparse = None
+    if optim["sparse_embeddings"]:
+        sparse = sparse_lib.make_sparse_optimizer(optim, schedule, tables=model.table_names())
+    tx = make_optimizer(optim, total_steps, clip=sparse is None)
+    l2 = optim["weight_decay"] if weight_decay_mode(optim) == "l2" else 0.0
+    rep, bat = replicated(mesh), batch_sharding(mesh)
+    train_step = jax.jit(
+        make_train_step(model, tx, l2_weight_decay=l2, sparse=sparse),
+        in_shardings=(rep, bat),
+        out_shardings=rep,
+        donate_argnums=0,
+    )
+    eval_step = jax.jit(
+        make_eval_step(model, num_classes),
+        in_shardings=(rep, rep, bat),
+        out_shardings=rep,
+        donate_argnums=1,
+    )
+    return Steps(schedule, tx, sparse, train_step, eval_step)
+
+
+def init_train_state(
+    config: Mapping[str, Any], model: Any, steps: Steps, mesh: jax.sharding.Mesh, length: int
+) -> TrainState:
+    """Parameters from key(seed) and a fresh optimizer state, replicated over ``mesh``."""
+    key = jax.random.PRNGKey(config["seed"])
+    init_key, dropout_key = jax.random.split(key)
+    tokens = jnp.zeros((1, length), jnp.int32)
+    mask = jnp.ones((1, length), bool)
+
+    def init():
+        variables = model.init(init_key, tokens, mask, train=False)
+        params = variables["params"]
+        if steps.sparse is not None:
+            opt_state = steps.sparse.init(steps.tx, params)
+        else:
+            opt_state = steps.tx.init(params)
+        return TrainState(
+            step=jnp.zeros((), jnp.int32),
+            params=params,
+            batch_stats=variables.get("batch_stats", {}),
+            opt_state=opt_state,
+            rng=dropout_key,
+            metrics=zero_train_metrics(),
+        )
+
+    return jax.jit(init, out_shardings=replicated(mesh))()
+
+
 class Trainer:
     """Everything one config needs to train on one dataset: model, optimizer, mesh, steps.
 
@@ -159,63 +235,22 @@ class Trainer:
             sort_pool=d["sort_pool"],
         )
         full = self.train_batches.num_batches()
-        self.steps_per_epoch = min(full, t["max_steps_per_epoch"]) if t["max_steps_per_epoch"] else full
+        self.steps_per_epoch = (
+            min(full, t["max_steps_per_epoch"]) if t["max_steps_per_epoch"] else full
+        )
         self.total_steps = self.steps_per_epoch * t["num_epochs"]
-        optim = cfg["optim"]
-        self.schedule = make_schedule(optim, self.total_steps)
-        self.sparse = None
-        if optim["sparse_embeddings"]:
-            self.sparse = sparse_lib.make_sparse_optimizer(
-                optim, self.schedule, tables=self.model.table_names()
-            )
-        self.tx = make_optimizer(optim, self.total_steps, clip=self.sparse is None)
-        l2 = optim["weight_decay"] if weight_decay_mode(optim) == "l2" else 0.0
-        rep, bat = replicated(self.mesh), batch_sharding(self.mesh)
-        self.train_step = jax.jit(
-            make_train_step(self.model, self.tx, l2_weight_decay=l2, sparse=self.sparse),
-            in_shardings=(rep, bat),
-            out_shardings=rep,
-            donate_argnums=0,
-        )
-        self.eval_step = jax.jit(
-            make_eval_step(self.model, self.num_classes),
-            in_shardings=(rep, rep, bat),
-            out_shardings=rep,
-            donate_argnums=1,
-        )
+        steps = build_steps(cfg, self.model, self.num_classes, self.total_steps, self.mesh)
+        self.steps = steps
+        self.schedule, self.tx, self.sparse = steps.schedule, steps.tx, steps.sparse
+        self.train_step, self.eval_step = steps.train_step, steps.eval_step
 
     # --- state ---------------------------------------------------------------------------------
     def init_state(self) -> TrainState:
         """Fresh parameters and optimizer state from ``config.seed``, replicated on the mesh."""
-        key = jax.random.PRNGKey(self.config["seed"])
-        init_key, dropout_key = jax.random.split(key)
-        length = self.buckets[0]
-        tokens = jnp.zeros((1, length), jnp.int32)
-        mask = jnp.ones((1, length), bool)
-
-        def init():
-            variables = self.model.init(init_key, tokens, mask, train=False)
-            params = variables["params"]
-            batch_stats = variables.get("batch_stats", {})
-            if self.sparse is not None:
-                opt_state = self.sparse.init(self.tx, params)
-            else:
-                opt_state = self.tx.init(params)
-            return TrainState(
-                step=jnp.zeros((), jnp.int32),
-                params=params,
-                batch_stats=batch_stats,
-                opt_state=opt_state,
-                rng=dropout_key,
-                metrics=zero_train_metrics(),
-            )
-
-        return jax.jit(init, out_shardings=replicated(self.mesh))()
+        return init_train_state(self.config, self.model, self.steps, self.mesh, self.buckets[0])
 
     def reset_metrics(self, state: TrainState) -> TrainState:
-        return state.replace(
-            metrics=jax.device_put(zero_train_metrics(), replicated(self.mesh))
-        )
+        return state.replace(metrics=jax.device_put(zero_train_metrics(), replicated(self.mesh)))
 
     # --- training ------------------------------------------------------------------------------
     def batches(self, epoch: int, start: int = 0) -> Iterator[dict[str, jax.Array]]:

@@ -20,7 +20,8 @@ The model is jaxnn.models.BowClassifier's (study guide §7): with ids x_1..x_n o
 
 (hashed bigram rows G[b_j] join the mean when ``model.bigram_buckets`` > 0); the head has
 ``num_hidden_layers`` layers of ``hidden_size`` units with ``activation`` and dropout, then a
-linear layer to C. Initialization as flax: tables N(0, 0.1^2), kernels LeCun normal, biases 0.
+linear layer to C. Initialization as flax, drawn with NumPy from each trial's seed (identical
+alone or in a group): tables N(0, 0.1^2), kernels LeCun normal, biases 0.
 
 The step (as jaxnn.train): loss = weighted mean cross-entropy (+ lambda * sum w^2 over kernels
 in the ``l2`` weight-decay mode), gradient clipping by global norm, Adam / SGD with momentum,
@@ -98,10 +99,14 @@ def _where_trial(mask: jax.Array, new: jax.Array, old: jax.Array) -> jax.Array:
     return jnp.where(mask.reshape(mask.shape + (1,) * (new.ndim - mask.ndim)), new, old)
 
 
-def _lecun(key: jax.Array, fan_in: int, fan_out: int) -> jax.Array:
-    # flax's lecun_normal: truncated normal (±2 std) with variance 1 / fan_in.
+def _lecun(rng: np.random.Generator, fan_in: int, fan_out: int) -> np.ndarray:
+    """flax's lecun_normal: normal truncated to ±2 std, variance 1 / fan_in (redrawn outside)."""
+    z = rng.standard_normal((fan_in, fan_out))
+    while np.any(np.abs(z) > 2.0):
+        bad = np.abs(z) > 2.0
+        z[bad] = rng.standard_normal(int(bad.sum()))
     stddev = math.sqrt(1.0 / fan_in) / 0.87962566103423978
-    return stddev * jax.random.truncated_normal(key, -2.0, 2.0, (fan_in, fan_out), jnp.float32)
+    return (stddev * z).astype(np.float32)
 
 
 class VmappedBowTrainer:
@@ -164,17 +169,21 @@ class VmappedBowTrainer:
         self._compile()
 
     # -- the model, pure --------------------------------------------------------------------
-    def init(self, seed: jax.Array) -> dict:
-        """Params of one trial from an int seed: {"embed": [V, D], ..., "head": [layers]}."""
-        key = jax.random.key(seed)
-        keys = jax.random.split(key, len(self.tables) + len(self.layer_sizes))
+    def init(self, seed: int) -> dict:
+        """Params of one trial from an int seed: {"embed": [V, D], ..., "head": [layers]}.
+
+        Drawn on the host with NumPy (``default_rng([seed, 0])``): the same values whether the
+        trial runs alone or in a group, and no random-number program to compile.
+        """
+        rng = np.random.default_rng([int(seed), 0])
         params: dict[str, Any] = {}
-        for i, (name, rows) in enumerate(self.tables.items()):
-            params[name] = 0.1 * jax.random.normal(keys[i], (rows, self.embed_dim), jnp.float32)
+        for name, rows in self.tables.items():
+            params[name] = (0.1 * rng.standard_normal((rows, self.embed_dim))).astype(np.float32)
         head = []
-        for j, (fan_in, fan_out) in enumerate(zip(self.layer_sizes[:-1], self.layer_sizes[1:])):
-            kernel = _lecun(keys[len(self.tables) + j], fan_in, fan_out)
-            head.append({"kernel": kernel, "bias": jnp.zeros((fan_out,), jnp.float32)})
+        for fan_in, fan_out in zip(self.layer_sizes[:-1], self.layer_sizes[1:]):
+            head.append(
+                {"kernel": _lecun(rng, fan_in, fan_out), "bias": np.zeros(fan_out, np.float32)}
+            )
         params["head"] = head
         return params
 
@@ -209,30 +218,50 @@ class VmappedBowTrainer:
 
     # -- one trial's step ------------------------------------------------------------------
     def _rows(self, batch: Mapping[str, jax.Array]) -> dict[str, tuple]:
-        """Per table: (touched rows [U] sorted, fill = table size; inverse ids [B, T']; mask)."""
+        """Per table: (rows, inverse [B, T'], mask [B, T'], touched).
+
+        Three exact forms of the same update, chosen statically by size:
+          dense (sparse_embeddings=False): rows None, touched None: every row steps.
+          lazy, B*T' < V: rows = the sorted distinct ids [U = B*T'] padded with V (dropped on
+            write), inverse = position of each id in rows: O(B*T') work.
+          lazy, B*T' >= V: rows None, touched bool [V]: the whole table is computed and the rows
+            not in the batch are kept (cheaper than sorting more ids than there are rows).
+        """
         out = {}
         for name, (ids, mask) in self.features(batch["tokens"], batch["mask"]).items():
             size = self.tables[name]
-            if self.sparse:
+            if not self.sparse:
+                out[name] = (None, ids, mask, None)
+            elif ids.size < size:
                 live = jnp.where(mask, ids, size)
                 rows = jnp.unique(live.ravel(), size=live.size, fill_value=size)
-                inverse = jnp.searchsorted(rows, live)
+                out[name] = (rows, jnp.searchsorted(rows, live), mask, None)
             else:
-                rows, inverse = jnp.arange(size), ids
-            out[name] = (rows, inverse, mask)
+                live = jnp.where(mask, ids, size).ravel()
+                touched = jnp.zeros((size,), bool).at[live].set(True, mode="drop")
+                out[name] = (None, ids, mask, touched)
         return out
 
-    def _train_step(self, params, opt, lr, dropout, wd, seed, rows, batch, sample_w, step):
-        """One trial: (params, opt, loss) after one step on ``batch``. Scalars lr/dropout/wd."""
+    def _train_step(
+        self, params, opt, lr, dropout, wd, seed, rows, batch, sample_w, step, use_dropout
+    ):
+        """One trial: (params, opt, loss) after one step on ``batch``. Scalars lr/dropout/wd.
+
+        ``use_dropout`` (static) False leaves the random masks out of the program: the result
+        equals dropout with rate 0.
+        """
         weights = batch["weights"] * sample_w
-        rng = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), 1), step)
+        rng = None
+        if use_dropout:
+            rng = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), 1), step)
         picked = {
-            n: params[n].at[r].get(mode="fill", fill_value=0.0) for n, (r, _, _) in rows.items()
+            n: params[n] if r is None else params[n].at[r].get(mode="fill", fill_value=0.0)
+            for n, (r, _, _, _) in rows.items()
         }
 
         def loss_fn(head, picked):
-            vectors = {n: picked[n][inv] for n, (_, inv, _) in rows.items()}
-            masks = {n: mask for n, (_, _, mask) in rows.items()}
+            vectors = {n: picked[n][inv] for n, (_, inv, _, _) in rows.items()}
+            masks = {n: mask for n, (_, _, mask, _) in rows.items()}
             logits = self.logits(vectors, masks, head, dropout, rng)
             logp = jax.nn.log_softmax(logits.astype(jnp.float32))
             ce = -jnp.take_along_axis(logp, batch["labels"][:, None], axis=1)[:, 0]
@@ -277,7 +306,17 @@ class VmappedBowTrainer:
             head_m.append(m_out)
             head_v.append(v_out)
         new_opt = {"count": count, "head_m": head_m, "head_v": head_v, "m": {}, "v": {}}
-        for name, (r, _, _) in rows.items():
+        for name, (r, _, _, touched) in rows.items():
+            if r is None:  # the whole table (dense, or lazy through ``touched``)
+                m_old, v_old = opt["m"][name], opt["v"][name]
+                d, m_new, v_new = direction(g_rows[name], m_old, v_old)
+                p_new = picked[name] - lr_t * d
+                if touched is not None:
+                    keep = touched[:, None]
+                    p_new = jnp.where(keep, p_new, picked[name])
+                    m_new, v_new = jnp.where(keep, m_new, m_old), jnp.where(keep, v_new, v_old)
+                new_params[name], new_opt["m"][name], new_opt["v"][name] = p_new, m_new, v_new
+                continue
             m_rows = opt["m"][name].at[r].get(mode="fill", fill_value=0.0)
             v_rows = opt["v"][name].at[r].get(mode="fill", fill_value=0.0)
             d, m_rows, v_rows = direction(g_rows[name], m_rows, v_rows)
@@ -310,18 +349,22 @@ class VmappedBowTrainer:
         return probs, jnp.sum(ce * batch["weights"]), cm
 
     def _compile(self) -> None:
-        def train_one(params, opt, lr, dropout, wd, seed, batch, sample_w, step):
+        def train_one(params, opt, lr, dropout, wd, seed, batch, sample_w, step, use_dropout):
             rows = self._rows(batch)
-            return self._train_step(params, opt, lr, dropout, wd, seed, rows, batch, sample_w, step)
+            return self._train_step(
+                params, opt, lr, dropout, wd, seed, rows, batch, sample_w, step, use_dropout
+            )
 
-        def train_many(params, opt, lr, dropout, wd, seed, batch, sample_w, step):
+        def train_many(params, opt, lr, dropout, wd, seed, batch, sample_w, step, use_dropout):
             rows = self._rows(batch)  # shared by the K trials
             step_fn = lambda p, o, a, b, c, s, w: self._train_step(
-                p, o, a, b, c, s, rows, batch, w, step
+                p, o, a, b, c, s, rows, batch, w, step, use_dropout
             )
             return jax.vmap(step_fn)(params, opt, lr, dropout, wd, seed, sample_w)
 
-        self._train = jax.jit(train_many if self.vmap else train_one, donate_argnums=(0, 1))
+        self._train = jax.jit(
+            train_many if self.vmap else train_one, donate_argnums=(0, 1), static_argnums=(9,)
+        )
         in_axes = (0, None)
         self._eval = jax.jit(
             jax.vmap(self._eval_one, in_axes=in_axes) if self.vmap else self._eval_one
@@ -332,12 +375,15 @@ class VmappedBowTrainer:
         )
         metrics = jax.jit(jax.vmap(lambda cm: (accuracy(cm), macro_f1(cm))))
         self._scores = lambda cm: jax.device_get(metrics(jnp.asarray(cm, jnp.float32)))
-        init_opt = self._init_opt
-        self._init = jax.jit(
-            (lambda seeds: jax.vmap(lambda s: (p := self.init(s), init_opt(p)))(seeds))
-            if self.vmap
-            else (lambda seed: (p := self.init(seed), init_opt(p)))
-        )
+        self._init_opt_jit = jax.jit(jax.vmap(self._init_opt) if self.vmap else self._init_opt)
+
+    def _init(self, seeds: np.ndarray) -> tuple[Any, Any]:
+        if self.vmap:
+            trees = [self.init(int(s)) for s in seeds]
+            params = jax.tree.map(lambda *x: jnp.asarray(np.stack(x)), *trees)
+        else:
+            params = jax.tree.map(jnp.asarray, self.init(int(seeds)))
+        return params, self._init_opt_jit(params)
 
     # -- training loop ---------------------------------------------------------------------
     def fit(
@@ -439,7 +485,8 @@ class VmappedBowTrainer:
     def _fit_group(self, lr, dropout, wd, seeds, sample_weights, eval_splits, keep_probs):
         batched = self.vmap
         k = len(seeds) if batched else 1
-        params, opt = self._init(jnp.asarray(seeds, jnp.int32))
+        params, opt = self._init(np.asarray(seeds))
+        use_dropout = bool(np.any(np.asarray(dropout) > 0))
         hyper = tuple(jnp.asarray(x, jnp.float32) for x in (lr, dropout, wd))
         seeds_dev = jnp.asarray(seeds, jnp.int32)
         history: list[list[dict]] = [[] for _ in range(k)]
@@ -462,7 +509,14 @@ class VmappedBowTrainer:
                 sw = np.where(index >= 0, sample_weights[..., np.maximum(index, 0)], 0.0)
                 dev = {n: jnp.asarray(v) for n, v in batch.items()}
                 params, opt, loss = self._train(
-                    params, opt, *hyper, seeds_dev, dev, jnp.asarray(sw, jnp.float32), step
+                    params,
+                    opt,
+                    *hyper,
+                    seeds_dev,
+                    dev,
+                    jnp.asarray(sw, jnp.float32),
+                    step,
+                    use_dropout,
                 )
                 losses.append(loss)
                 step += 1
@@ -486,7 +540,7 @@ class VmappedBowTrainer:
                     "step": step,
                     "train_loss": float(losses[:, t].mean()),
                 }
-                for name, (_probs, loss_sum, cm) in evals.items():
+                for name, (_probs, loss_sum, _cm) in evals.items():
                     prefix = "val" if name == "validation" else name
                     n = len(eval_splits[name])
                     record[f"{prefix}_loss"] = float(loss_sum[t]) / max(n, 1)

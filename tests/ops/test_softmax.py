@@ -142,16 +142,19 @@ def test_bad_arguments_raise():
         standardize(x, eps=-1.0)
 
 
+_jit_softmax = jax.jit(softmax)
+
+
 @settings(max_examples=30, deadline=None)
 @given(
     x=hnp.arrays(
         np.float32,
-        hnp.array_shapes(min_dims=1, max_dims=3, min_side=1, max_side=6),
+        hnp.array_shapes(min_dims=1, max_dims=2, min_side=1, max_side=5),
         elements=st.floats(-60, 60, width=32),
     )
 )
 def test_property_softmax_is_a_distribution(x):
-    p = np.asarray(softmax(jnp.asarray(x)), np.float64)
+    p = np.asarray(_jit_softmax(x), np.float64)
     assert np.all(p >= 0) and np.all(p <= 1)
     np.testing.assert_allclose(p.sum(-1), 1.0, rtol=1e-5)
     # strictly inside (0, 1) while float32 can tell e^-spread apart from 0 and 1 - e^-spread

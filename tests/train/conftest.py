@@ -42,7 +42,9 @@ def synthetic_corpus(tmp_path_factory) -> Path:
 
 
 def load_config_file(name: str):
-    spec = importlib.util.spec_from_file_location(f"configs_{name}", ROOT / "configs" / f"{name}.py")
+    spec = importlib.util.spec_from_file_location(
+        f"configs_{name}", ROOT / "configs" / f"{name}.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.get_config()

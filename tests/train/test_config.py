@@ -75,7 +75,9 @@ def test_unknown_key_is_refused_with_the_allowed_keys():
     config = base_config()
     with config.unlocked():
         config.optim.learnin_rate = 0.1
-    with pytest.raises(ConfigError, match=r"optim\.learnin_rate.*unknown key.*optim\.learning_rate"):
+    with pytest.raises(
+        ConfigError, match=r"optim\.learnin_rate.*unknown key.*optim\.learning_rate"
+    ):
         validate_config(config)
 
 
@@ -92,7 +94,7 @@ def test_heads_must_divide_embed_dim_for_transformer():
     config.model.name = "transformer"
     config.model.embed_dim = 30
     config.model.num_heads = 4
-    with pytest.raises(ConfigError, match="num_heads=4.*divisor of model.embed_dim=30"):
+    with pytest.raises(ConfigError, match=r"num_heads=4.*divisor of model\.embed_dim=30"):
         validate_config(config)
 
 
@@ -106,15 +108,21 @@ def test_adamw_with_l2_mode_is_contradictory():
 
 @pytest.mark.parametrize(
     ("optimizer", "mode", "effective"),
-    [("adam", "auto", "l2"), ("sgd", "auto", "l2"), ("adamw", "auto", "decoupled"),
-     ("adam", "decoupled", "decoupled"), ("sgd", "l2", "l2")],
+    [
+        ("adam", "auto", "l2"),
+        ("sgd", "auto", "l2"),
+        ("adamw", "auto", "decoupled"),
+        ("adam", "decoupled", "decoupled"),
+        ("sgd", "l2", "l2"),
+    ],
 )
 def test_weight_decay_mode_resolution(optimizer, mode, effective):
-    assert config_lib.weight_decay_mode(
-        {"optimizer": optimizer, "weight_decay_mode": mode}
-    ) == effective
+    assert (
+        config_lib.weight_decay_mode({"optimizer": optimizer, "weight_decay_mode": mode})
+        == effective
+    )
 
 
 def test_bool_is_not_an_int():
-    with pytest.raises(ConfigError, match="train.batch_size"):
+    with pytest.raises(ConfigError, match=r"train\.batch_size"):
         validate_config(_with("train.batch_size", True))

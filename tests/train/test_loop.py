@@ -34,10 +34,14 @@ RECORD_KEYS = {
 }
 
 
-def test_train_and_evaluate_writes_the_workdir_and_uses_test_once(tiny_config, tmp_path, monkeypatch):
+def test_train_and_evaluate_writes_the_workdir_and_uses_test_once(
+    tiny_config, tmp_path, monkeypatch
+):
     calls = []
     real_load_test = loop.load_test
-    monkeypatch.setattr(loop, "load_test", lambda *a, **k: calls.append(1) or real_load_test(*a, **k))
+    monkeypatch.setattr(
+        loop, "load_test", lambda *a, **k: calls.append(1) or real_load_test(*a, **k)
+    )
     workdir = tmp_path / "run"
     results = train_and_evaluate(tiny_config, workdir)
     for name in [
@@ -75,7 +79,9 @@ def test_different_config_is_refused_and_overwrite_starts_over(tiny_config, tmp_
     tiny_config.train.num_epochs = 1
     train_and_evaluate(tiny_config, workdir)
     tiny_config.optim.learning_rate = 0.123
-    with pytest.raises(ConfigMismatchError, match=r"optim\.learning_rate: saved 0\.01, requested 0\.123"):
+    with pytest.raises(
+        ConfigMismatchError, match=r"optim\.learning_rate: saved 0\.05, requested 0\.123"
+    ):
         train_and_evaluate(tiny_config, workdir)
     results = train_and_evaluate(tiny_config, workdir, overwrite=True)
     assert json.loads((workdir / "config.json").read_text())["optim"]["learning_rate"] == 0.123

@@ -115,7 +115,9 @@ def test_clipping_scales_the_global_norm_down():
     grads = _grads(params, 3)
     norm = np.sqrt(sum(np.sum(np.square(g)) for g in jax.tree.leaves(grads)))
     clip = float(norm) / 4
-    tx = make_optimizer(_optim(optimizer="sgd", momentum=0.0, learning_rate=1.0, grad_clip_norm=clip), 10)
+    tx = make_optimizer(
+        _optim(optimizer="sgd", momentum=0.0, learning_rate=1.0, grad_clip_norm=clip), 10
+    )
     updates, _ = tx.update(grads, tx.init(params), params)
     np.testing.assert_allclose(
         updates["dense"]["kernel"], -np.asarray(grads["dense"]["kernel"]) / 4, rtol=1e-5

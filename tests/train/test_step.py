@@ -191,7 +191,8 @@ def test_eval_sums_equal_scikit_learn(tiny_config):
     np.testing.assert_array_equal(metrics["confusion_matrix"], cm)
     np.testing.assert_allclose(metrics["accuracy"], np.mean(predictions == labels), rtol=1e-6)
     np.testing.assert_allclose(
-        metrics["macro_f1"], f1_score(labels, predictions, average="macro", zero_division=0),
+        metrics["macro_f1"],
+        f1_score(labels, predictions, average="macro", zero_division=0),
         rtol=1e-6,
     )
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.asarray(labels))

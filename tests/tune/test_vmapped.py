@@ -94,7 +94,11 @@ def test_dense_update_matches_optax(data, over, lr, wd):
 
 
 @pytest.mark.slow
-def test_lazy_rows_equal_dense_for_plain_sgd_and_untouched_rows_stay(data):
+@pytest.mark.parametrize("neutral", [30, 400])  # V < B*T (touched-mask form), V > B*T (rows)
+def test_lazy_rows_equal_dense_for_plain_sgd_and_untouched_rows_stay(neutral):
+    corpus = xor_corpus(num_train=96, num_validation=64, neutral=neutral, length=10, seed=1)
+    data = prepare(corpus, max_len=16, cache=False)
+    assert (len(data.vocab) < 16 * 16) == (neutral == 30)
     over = {"optim__optimizer": "sgd", "optim__momentum": 0.0}
     hyper = {"learning_rate": [0.5], "dropout": [0.0], "weight_decay": [0.0]}
     dense = VmappedBowTrainer(config(optim__sparse_embeddings=False, **over), data).fit(hyper, [0])

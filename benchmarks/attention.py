@@ -1,0 +1,389 @@
+"""Benchmark jaxnn.ops.dot_product_attention implementations (and torch SDPA when importable).
+
+Runs unchanged on CPU, GPU or TPU. For every shape it reports, per implementation and for the
+forward and the forward+backward pass: compile time, the median of repeated timings after
+warm-up (jax.block_until_ready), achieved FLOP/s (forward 4·B·N·T·S·H, forward+backward 3.5×
+that) and its share of the device's dense matmul rate measured in the same run, and the peak
+temporary memory of the compiled executable (memory_analysis()).
+
+    python benchmarks/attention.py --quick          # a few minutes on 2 CPU cores
+    python benchmarks/attention.py --full           # T = 128 … 16384, H ∈ {64, 128}, f32+bf16
+    python benchmarks/attention.py --long           # T = 65536 fwd+bwd, chunked vs reference
+
+Writes benchmarks/results/attention[.TAG].{json,md,png} (--quick: no tag; --full: "full";
+--long: "long").
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from jaxnn.ops.attention import dot_product_attention  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+def attention_flops(batch, heads, t_len, s_len, head_dim, mode):
+    forward = 4 * batch * heads * t_len * s_len * head_dim
+    return forward if mode == "fwd" else 3.5 * forward
+
+
+def timed(fn, args, reps, warmup):
+    for _ in range(warmup):
+        jax.block_until_ready(fn(*args))
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), times
+
+
+def matmul_rate(dtype, size=2048, reps=10):
+    """Dense [size, size] @ [size, size] FLOP/s through JAX on the default device."""
+    x = jax.random.normal(jax.random.key(0), (size, size), jnp.float32).astype(dtype)
+    fn = jax.jit(lambda a, b: jnp.dot(a, b, preferred_element_type=jnp.float32))
+    median, _ = timed(fn, (x, x), reps, warmup=2)
+    return 2 * size**3 / median
+
+
+def jax_case(impl, mode, q, k, v):
+    attend = lambda q, k, v: dot_product_attention(q, k, v, implementation=impl)
+    if mode == "fwd":
+        return jax.jit(attend)
+    # A fixed random cotangent; sum(out * cot) differentiates like a real loss would.
+    cot = jax.random.normal(jax.random.key(1), q.shape, jnp.float32).astype(q.dtype)
+    loss = lambda q, k, v: jnp.sum((attend(q, k, v) * cot).astype(jnp.float32))
+    return jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
+
+
+def bench_jax(impl, mode, shape, dtype, args):
+    batch, heads, t_len, head_dim = shape
+    kq, kk, kv = jax.random.split(jax.random.key(0), 3)
+    make = lambda key: jax.random.normal(key, (batch, t_len, heads, head_dim), jnp.float32)
+    q, k, v = (make(key).astype(dtype) for key in (kq, kk, kv))
+    fn = jax_case(impl, mode, q, k, v)
+    start = time.perf_counter()
+    try:
+        lowered = fn.lower(q, k, v)
+        compiled = lowered.compile()
+    except Exception as error:  # an implementation that cannot run here says why
+        return {"status": f"unsupported: {type(error).__name__}: {str(error).splitlines()[0]}"}
+    compile_s = time.perf_counter() - start
+    memory = compiled.memory_analysis()
+    temp = None if memory is None else int(memory.temp_size_in_bytes)
+    record = {"compile_s": compile_s, "temp_bytes": temp}
+    if temp is not None and temp > args.max_memory_gib * 2**30:
+        record["status"] = f"skipped: needs {temp / 2**30:.1f} GiB temporary memory"
+        return record
+    median, times = timed(compiled, (q, k, v), args.reps, args.warmup)
+    # Peak resident memory of this whole process so far (Linux reports KiB).
+    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    record.update(status="ok", median_s=median, times_s=times, process_peak_rss_bytes=peak_rss)
+    return record
+
+
+def bench_torch(mode, shape, dtype_name, args):
+    try:
+        import torch
+    except ImportError:
+        return None
+    batch, heads, t_len, head_dim = shape
+    device = "cpu"
+    if jax.default_backend() == "gpu":
+        if not torch.cuda.is_available():
+            return None
+        device = "cuda"
+    elif jax.default_backend() != "cpu":
+        return None
+    dtype = getattr(torch, dtype_name)
+    make = lambda: torch.randn(batch, heads, t_len, head_dim, device=device, dtype=dtype)
+    q, k, v = make(), make(), make()
+    cot = make()
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+
+    def run():
+        if mode == "fwd":
+            with torch.no_grad():
+                sdpa(q, k, v)
+        else:
+            for x in (q, k, v):
+                x.grad = None
+                x.requires_grad_(True)
+            sdpa(q, k, v).backward(cot)
+        sync()
+
+    for _ in range(args.warmup):
+        run()
+    times = []
+    for _ in range(args.reps):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return {
+        "status": "ok",
+        "median_s": statistics.median(times),
+        "times_s": times,
+        "compile_s": 0.0,
+        "temp_bytes": None,
+        "torch_version": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def default_impls():
+    backend = jax.default_backend()
+    impls = ["reference", "chunked", "xla"]
+    if backend == "gpu":
+        impls += ["cudnn", "pallas"]
+    if backend == "tpu":
+        impls += ["pallas"]
+    return impls
+
+
+def run(args):
+    impls = args.impls or default_impls()
+    device = jax.devices()[0]
+    header = {
+        "backend": jax.default_backend(),
+        "device": str(getattr(device, "device_kind", device)),
+        "jax": jax.__version__,
+        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "argv": sys.argv[1:],
+        "matmul_flops": {},
+    }
+    for dtype_name in args.dtypes:
+        rate = matmul_rate(DTYPES[dtype_name])
+        header["matmul_flops"][dtype_name] = rate
+        print(f"dense 2048^2 matmul {dtype_name}: {rate / 1e9:.1f} GFLOP/s", flush=True)
+    records = []
+    for dtype_name in args.dtypes:
+        for head_dim in args.head_dims:
+            for batch in args.batch:
+                for heads in args.heads:
+                    for t_len in args.seq_lens:
+                        shape = (batch, heads, t_len, head_dim)
+                        for mode in args.modes:
+                            for impl in [*impls, "torch"] if args.torch else impls:
+                                key = dict(impl=impl, mode=mode, batch=batch, heads=heads)
+                                key.update(t_len=t_len, s_len=t_len, head_dim=head_dim)
+                                key["dtype"] = dtype_name
+                                if too_slow(records, key, args.max_seconds):
+                                    rec = {"status": "skipped: extrapolated time too long"}
+                                elif impl == "torch":
+                                    rec = bench_torch(mode, shape, dtype_name, args)
+                                    if rec is None:
+                                        continue
+                                else:
+                                    rec = bench_jax(impl, mode, shape, DTYPES[dtype_name], args)
+                                rec = {**key, **rec}
+                                if rec.get("status") == "ok":
+                                    flops = attention_flops(
+                                        batch, heads, t_len, t_len, head_dim, mode
+                                    )
+                                    rec["flops"] = flops / rec["median_s"]
+                                    rec["matmul_share"] = (
+                                        rec["flops"] / header["matmul_flops"][dtype_name]
+                                    )
+                                records.append(rec)
+                                print(format_record(rec), flush=True)
+    return {"header": header, "results": records}
+
+
+def too_slow(records, key, max_seconds):
+    """Skip a run whose time, extrapolated as T² from the same series, exceeds max_seconds."""
+    same = [
+        r
+        for r in records
+        if r.get("status") == "ok"
+        and all(r[name] == key[name] for name in key if name not in ("t_len", "s_len"))
+    ]
+    if not same:
+        return False
+    last = max(same, key=lambda r: r["t_len"])
+    estimate = last["median_s"] * (key["t_len"] / last["t_len"]) ** 2
+    return estimate > max_seconds
+
+
+def format_record(rec):
+    base = (
+        f"{rec['impl']:>9s} {rec['mode']:>6s} B={rec['batch']} N={rec['heads']} T={rec['t_len']:>6d} "
+        f"H={rec['head_dim']} {rec['dtype']:>8s}"
+    )
+    if rec.get("status") != "ok":
+        return f"{base}  {rec.get('status')}"
+    temp = rec.get("temp_bytes")
+    temp_s = "" if temp is None else f" temp {temp / 2**20:9.1f} MiB"
+    return (
+        f"{base}  {rec['median_s'] * 1e3:10.2f} ms  {rec['flops'] / 1e9:7.1f} GFLOP/s "
+        f"({100 * rec['matmul_share']:5.1f}% of matmul)  compile {rec['compile_s']:5.2f} s{temp_s}"
+    )
+
+
+def write_markdown(report, path):
+    header, results = report["header"], report["results"]
+    lines = [
+        "# Attention benchmark",
+        "",
+        f"Device: {header['device']} ({header['backend']}, {header['cpu_count']} CPUs), "
+        f"jax {header['jax']}, {header['date']}. Command: "
+        f"`python benchmarks/attention.py {' '.join(header['argv'])}`",
+        "",
+        "Dense 2048² matmul in the same run: "
+        + ", ".join(f"{k} {v / 1e9:.1f} GFLOP/s" for k, v in header["matmul_flops"].items()),
+        "",
+        "Each cell: median time, achieved GFLOP/s (forward 4·B·N·T·S·H, fwd+bwd 3.5×) and, for "
+        "JAX implementations, peak temporary memory of the compiled executable.",
+        "",
+    ]
+    impls = list(dict.fromkeys(r["impl"] for r in results))
+    groups = {}
+    for r in results:
+        groups.setdefault(
+            (r["dtype"], r["head_dim"], r["batch"], r["heads"], r["mode"]), {}
+        ).setdefault(r["t_len"], {})[r["impl"]] = r
+    for (dtype, head_dim, batch, heads, mode), by_t in groups.items():
+        lines.append(f"## {mode}, B={batch}, N={heads}, H={head_dim}, {dtype}")
+        lines.append("")
+        ratios = [("chunked", "xla"), ("chunked", "torch")]
+        cols = [*impls, *(f"{a}/{b} speed" for a, b in ratios if a in impls and b in impls)]
+        lines.append("| T | " + " | ".join(cols) + " |")
+        lines.append("|---" * (len(cols) + 1) + "|")
+        for t_len, row in sorted(by_t.items()):
+            cells = []
+            for impl in impls:
+                r = row.get(impl)
+                if r is None:
+                    cells.append("")
+                elif r.get("status") != "ok":
+                    cells.append(r["status"].split(":")[0])
+                else:
+                    mem = r.get("temp_bytes")
+                    mem_s = "" if mem is None else f", {mem / 2**20:.0f} MiB"
+                    cells.append(
+                        f"{r['median_s'] * 1e3:.1f} ms, {r['flops'] / 1e9:.0f} GF/s{mem_s}"
+                    )
+            for a, b in ratios:
+                if a in impls and b in impls:
+                    ra, rb = row.get(a), row.get(b)
+                    ok = ra and rb and ra.get("status") == "ok" and rb.get("status") == "ok"
+                    cells.append(f"{rb['median_s'] / ra['median_s']:.2f}×" if ok else "")
+            lines.append(f"| {t_len} | " + " | ".join(cells) + " |")
+        lines.append("")
+    path.write_text("\n".join(lines))
+
+
+def write_plot(report, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    results = [r for r in report["results"] if r.get("status") == "ok"]
+    series = {}
+    for r in results:
+        key = (r["dtype"], r["head_dim"], r["batch"], r["heads"])
+        series.setdefault(key, {}).setdefault(r["mode"], {}).setdefault(r["impl"], []).append(
+            (r["t_len"], r["median_s"])
+        )
+    if not series:
+        return
+    key = next(iter(series))  # the first configuration of the sweep
+    modes = series[key]
+    fig, axes = plt.subplots(1, len(modes), figsize=(6 * len(modes), 4.5), squeeze=False)
+    for ax, (mode, by_impl) in zip(axes[0], modes.items()):
+        for impl, points in sorted(by_impl.items()):
+            points.sort()
+            ax.plot(*zip(*points), marker="o", label=impl)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("sequence length T (= S)")
+        ax.set_ylabel("median time (s)")
+        ax.set_title(f"{mode}: B={key[2]}, N={key[3]}, H={key[1]}, {key[0]}")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+    fig.suptitle(f"dot_product_attention on {report['header']['device']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    preset = p.add_mutually_exclusive_group()
+    preset.add_argument(
+        "--quick", action="store_true", help="T ∈ {128, 512, 2048, 4096}, f32, H=64"
+    )
+    preset.add_argument(
+        "--full", action="store_true", help="T = 128 … 16384, H ∈ {64, 128}, f32 + bf16"
+    )
+    preset.add_argument(
+        "--long", action="store_true", help="T = 65536 fwd+bwd: chunked vs reference"
+    )
+    p.add_argument("--seq-lens", type=int, nargs="+")
+    p.add_argument("--batch", type=int, nargs="+", default=[1])
+    p.add_argument("--heads", type=int, nargs="+", default=[8])
+    p.add_argument("--head-dims", type=int, nargs="+", default=[64])
+    p.add_argument("--dtypes", nargs="+", default=["float32"], choices=list(DTYPES))
+    p.add_argument("--modes", nargs="+", default=["fwd", "fwdbwd"], choices=["fwd", "fwdbwd"])
+    p.add_argument("--impls", nargs="+", help="default: every implementation the backend has")
+    p.add_argument("--no-torch", dest="torch", action="store_false", help="skip torch SDPA")
+    p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--max-seconds", type=float, default=30.0, help="skip runs extrapolated longer")
+    p.add_argument("--max-memory-gib", type=float, default=16.0, help="skip larger executables")
+    p.add_argument("--tag", default=None, help="suffix of the output files")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.seq_lens = args.seq_lens or [128, 512, 2048, 4096]
+    elif args.full:
+        args.seq_lens = args.seq_lens or [128, 256, 512, 1024, 2048, 4096, 8192, 16384]
+        if args.head_dims == [64]:
+            args.head_dims = [64, 128]
+        if args.dtypes == ["float32"]:
+            args.dtypes = ["float32", "bfloat16"]
+        args.batch = args.batch if args.batch != [1] else [1, 4]
+        args.tag = args.tag or "full"
+    elif args.long:
+        args.seq_lens = args.seq_lens or [65536]
+        args.modes = ["fwdbwd"]
+        args.impls = args.impls or ["reference", "chunked"]
+        args.torch = False
+        args.reps, args.warmup = 1, 0
+        args.max_seconds = math.inf
+        args.tag = args.tag or "long"
+    args.seq_lens = args.seq_lens or [128, 512, 2048]
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    report = run(args)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stem = RESULTS / ("attention" + (f".{args.tag}" if args.tag else ""))
+    stem.with_suffix(".json").write_text(json.dumps(report, indent=1, default=float))
+    write_markdown(report, stem.with_suffix(".md"))
+    write_plot(report, stem.with_suffix(".png"))
+    print(f"wrote {stem}.json, .md, .png")
+
+
+if __name__ == "__main__":
+    main()

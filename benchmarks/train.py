@@ -1,0 +1,421 @@
+"""Train-step benchmark: jaxnn's jitted step for the bow and transformer models, beside PyTorch.
+
+    .venv/bin/python benchmarks/train.py [--quick] [--no-torch] [--epoch-corpus bbc_news]
+
+For each model, on synthetic full-length batches (every token real):
+  - examples/s and tokens/s of the train step (median over timed blocks, after warmup),
+  - compile time (lower + compile of the step),
+  - model FLOPs per step (XLA's cost analysis of the compiled step) and the achieved FLOP/s as a
+    fraction of a dense float32 matmul's rate measured in the same run ("MFU vs matmul"),
+  - the same model and step in PyTorch (when importable): EmbeddingBag/Embedding(sparse=True) +
+    SparseAdam for the tables, Adam/AdamW for the rest, same shapes, same threads.
+Then one full epoch of real training (`Trainer.run_epoch`) counts the step's compilations, which
+must not exceed the number of length buckets.
+
+Writes benchmarks/results/train.json, train.md and train.png. Timings on a shared 2-core CPU are
+noisy: only medians and ratios measured in the same run are reported; nothing here passes or fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from jaxnn.train.config import base_config, validate_config  # noqa: E402
+from jaxnn.train.distributed import describe_mesh, make_mesh, shard_batch  # noqa: E402
+from jaxnn.train.loop import build_steps, init_train_state  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results"
+VOCAB = 30000
+CLASSES = 2
+
+
+def model_configs(quick: bool) -> dict[str, dict]:
+    """The benchmarked settings: default.py's bow model and the issue's reference transformer."""
+    bow = base_config()
+    bow.model.name = "bow"
+    bow.model.embed_dim = 32
+    bow.model.bigram_buckets = 2**20
+    bow.optim.optimizer = "adam"
+    bow.train.batch_size = 32
+    bow.data.max_len = 256
+    tr = base_config()
+    tr.model.name = "transformer"
+    tr.model.embed_dim = 128
+    tr.model.num_layers = 2
+    tr.model.num_heads = 4
+    tr.model.mlp_dim = 256
+    tr.model.activation = "gelu"
+    tr.model.dropout = 0.1
+    tr.optim.optimizer = "adamw"
+    tr.optim.weight_decay = 0.01
+    tr.train.batch_size = 64
+    tr.data.max_len = 256
+    if quick:
+        tr.train.batch_size = 16
+    return {"bow": validate_config(bow), "transformer": validate_config(tr)}
+
+
+def synthetic_batch(batch_size: int, length: int, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {
+        "tokens": rng.integers(2, VOCAB, size=(batch_size, length)).astype(np.int32),
+        "mask": np.ones((batch_size, length), bool),
+        "labels": rng.integers(0, CLASSES, size=batch_size).astype(np.int32),
+        "weights": np.ones(batch_size, np.float32),
+    }
+
+
+def _flops(compiled) -> float:
+    cost = compiled.cost_analysis()
+    if isinstance(cost, list | tuple):
+        cost = cost[0]
+    return float(cost.get("flops", 0.0)) if cost else 0.0
+
+
+def time_blocks(run_block, repeats: int) -> list[float]:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run_block()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def bench_jax(config: dict, steps_per_block: int, repeats: int) -> dict:
+    from jaxnn.models import get_model
+
+    mesh = make_mesh()
+    model = get_model(config, vocab_size=VOCAB, num_classes=CLASSES)
+    steps = build_steps(config, model, CLASSES, total_steps=10_000, mesh=mesh)
+    state = init_train_state(config, model, steps, mesh, length=16)
+    batch_size, length = config["train"]["batch_size"], config["data"]["max_len"]
+    batch = shard_batch(synthetic_batch(batch_size, length), mesh)
+    start = time.perf_counter()
+    compiled = steps.train_step.lower(state, batch).compile()
+    compile_s = time.perf_counter() - start
+    flops = _flops(compiled)
+    holder = [state]
+
+    def block():
+        s = holder[0]
+        for _ in range(steps_per_block):
+            s = compiled(s, batch)
+        jax.block_until_ready(s.step)
+        holder[0] = s
+
+    block()  # warmup
+    times = time_blocks(block, repeats)
+    step_s = statistics.median(times) / steps_per_block
+    return {
+        "compile_s": compile_s,
+        "step_s": step_s,
+        "examples_per_s": batch_size / step_s,
+        "tokens_per_s": batch_size * length / step_s,
+        "flops_per_step": flops,
+        "flops_per_s": flops / step_s,
+        "block_times_s": times,
+    }
+
+
+def matmul_rate(n: int = 1024, repeats: int = 7) -> dict:
+    """float32 [n, n] @ [n, n] under jit: 2 n^3 FLOPs per call."""
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+    b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
+    f = jax.jit(lambda x, y: x @ y)
+    f(a, b).block_until_ready()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        f(a, b).block_until_ready()
+        times.append(time.perf_counter() - start)
+    seconds = statistics.median(times)
+    return {"n": n, "seconds": seconds, "flops_per_s": 2 * n**3 / seconds}
+
+
+# ----------------------------------------------------------------------------------------------
+# PyTorch: the same models and steps
+# ----------------------------------------------------------------------------------------------
+
+
+def bench_torch(name: str, config: dict, steps_per_block: int, repeats: int) -> dict | None:
+    try:
+        import torch
+        from torch import nn
+    except ImportError:
+        return None
+    torch.manual_seed(0)
+    m = config["model"]
+    batch_size, length = config["train"]["batch_size"], config["data"]["max_len"]
+    host = synthetic_batch(batch_size, length)
+    tokens = torch.from_numpy(host["tokens"]).long()
+    mask = torch.from_numpy(host["mask"])
+    labels = torch.from_numpy(host["labels"]).long()
+    mask32 = (1 << 32) - 1
+
+    def bigram_ids(tok):
+        a, b = tok[:, :-1], tok[:, 1:]
+        h = (a * 0x9E3779B1 + b) & mask32
+        h = h ^ (h >> 16)
+        h = (h * 0x85EBCA6B) & mask32
+        h = h ^ (h >> 13)
+        h = (h * 0xC2B2AE35) & mask32
+        h = h ^ (h >> 16)
+        return h % m["bigram_buckets"]
+
+    if name == "bow":
+
+        class Bow(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.embed = nn.Embedding(VOCAB, m["embed_dim"], sparse=True)
+                self.bigram = nn.Embedding(m["bigram_buckets"], m["embed_dim"], sparse=True)
+                self.head = nn.Linear(m["embed_dim"], CLASSES)
+
+            def forward(self, tok, msk):
+                bmask = msk[:, :-1] & msk[:, 1:]
+                total = (self.embed(tok) * msk[..., None]).sum(1)
+                total = total + (self.bigram(bigram_ids(tok)) * bmask[..., None]).sum(1)
+                count = (msk.sum(1) + bmask.sum(1)).clamp(min=1)[:, None]
+                return self.head(total / count)
+
+        model = Bow()
+        sparse_params = [model.embed.weight, model.bigram.weight]
+        dense_opt = torch.optim.Adam(model.head.parameters(), lr=1e-3)
+    else:
+
+        class Transformer(nn.Module):
+            def __init__(self):
+                super().__init__()
+                d = m["embed_dim"]
+                self.embed = nn.Embedding(VOCAB, d, sparse=True)
+                self.position = nn.Embedding(length, d)
+                layer = nn.TransformerEncoderLayer(
+                    d,
+                    m["num_heads"],
+                    m["mlp_dim"],
+                    dropout=m["dropout"],
+                    activation="gelu",
+                    batch_first=True,
+                    norm_first=True,
+                )
+                self.encoder = nn.TransformerEncoder(
+                    layer, m["num_layers"], enable_nested_tensor=False
+                )
+                self.norm = nn.LayerNorm(d)
+                self.dropout = nn.Dropout(m["dropout"])
+                self.head = nn.Linear(d, CLASSES)
+
+            def forward(self, tok, msk):
+                x = self.embed(tok) + self.position(torch.arange(tok.shape[1]))[None]
+                x = self.dropout(x)
+                x = self.encoder(x, src_key_padding_mask=~msk)
+                x = self.norm(x)
+                pooled = (x * msk[..., None]).sum(1) / msk.sum(1, keepdim=True).clamp(min=1)
+                return self.head(self.dropout(pooled))
+
+        model = Transformer()
+        sparse_params = [model.embed.weight]
+        dense = [p for n, p in model.named_parameters() if n != "embed.weight"]
+        dense_opt = torch.optim.AdamW(dense, lr=1e-3, weight_decay=0.01)
+    sparse_opt = torch.optim.SparseAdam(sparse_params, lr=1e-3)
+    model.train()
+
+    def step():
+        dense_opt.zero_grad(set_to_none=True)
+        sparse_opt.zero_grad(set_to_none=True)
+        loss = nn.functional.cross_entropy(model(tokens, mask), labels)
+        loss.backward()
+        dense_opt.step()
+        sparse_opt.step()
+
+    def block():
+        for _ in range(steps_per_block):
+            step()
+
+    block()  # warmup
+    times = time_blocks(block, repeats)
+    step_s = statistics.median(times) / steps_per_block
+    return {
+        "step_s": step_s,
+        "examples_per_s": batch_size / step_s,
+        "tokens_per_s": batch_size * length / step_s,
+        "threads": torch.get_num_threads(),
+        "version": torch.__version__,
+        "block_times_s": times,
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# Compilations over a real epoch
+# ----------------------------------------------------------------------------------------------
+
+
+def epoch_compilations(corpus: str) -> dict:
+    from jaxnn.train.loop import Trainer, load_data
+
+    config = base_config()
+    config.data.corpus = corpus
+    config.data.max_len = 1024
+    config.model.embed_dim = 32
+    config.model.bigram_buckets = 2**18
+    config.train.batch_size = 32
+    config.train.progress_bar = False
+    config = validate_config(config)
+    data = load_data(config)
+    trainer = Trainer(config, data)
+    lengths = {
+        int(trainer.train_batches.make_batch(i)["tokens"].shape[1])
+        for i in trainer.train_batches.order(0)
+    }
+    state = trainer.init_state()
+    start = time.perf_counter()
+    state = trainer.run_epoch(state, 0)
+    jax.block_until_ready(state.step)
+    seconds = time.perf_counter() - start
+    compilations = trainer.train_step._cache_size()
+    return {
+        "corpus": corpus,
+        "steps": trainer.steps_per_epoch,
+        "buckets": list(trainer.buckets),
+        "bucket_lengths_used": sorted(lengths),
+        "compilations": int(compilations),
+        "epoch_s_including_compiles": seconds,
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+def write_outputs(results: dict) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "train.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    rows = [
+        "| model | B x T | jaxnn tokens/s | jaxnn examples/s | compile s | GFLOP/step | "
+        "MFU vs matmul | PyTorch tokens/s | jaxnn / PyTorch |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, r in results["models"].items():
+        j, t = r["jax"], r.get("torch")
+        ratio = f"{j['tokens_per_s'] / t['tokens_per_s']:.2f}x" if t else "n/a"
+        rows.append(
+            f"| {name} | {r['batch_size']} x {r['length']} | {j['tokens_per_s']:,.0f} | "
+            f"{j['examples_per_s']:,.1f} | {j['compile_s']:.1f} | "
+            f"{j['flops_per_step'] / 1e9:.2f} | {r['mfu_vs_matmul']:.1%} | "
+            f"{t['tokens_per_s']:,.0f} | {ratio} |"
+            if t
+            else f"| {name} | {r['batch_size']} x {r['length']} | {j['tokens_per_s']:,.0f} | "
+            f"{j['examples_per_s']:,.1f} | {j['compile_s']:.1f} | "
+            f"{j['flops_per_step'] / 1e9:.2f} | {r['mfu_vs_matmul']:.1%} | n/a | n/a |"
+        )
+    mm = results["matmul"]
+    lines = [
+        "# Train-step benchmark (benchmarks/train.py)",
+        "",
+        f"Devices: {results['devices']}. {results['machine']}. Load average at start: "
+        f"{results['load_average']}.",
+        "",
+        *rows,
+        "",
+        f"Dense matmul rate, same run: {mm['flops_per_s'] / 1e9:.1f} GFLOP/s "
+        f"({mm['n']}x{mm['n']} float32). MFU = model FLOPs per step (XLA cost analysis) / step "
+        "time / that rate.",
+    ]
+    ep = results.get("epoch")
+    if ep:
+        lines += [
+            "",
+            f"One full epoch of {ep['corpus']} ({ep['steps']} steps): {ep['compilations']} "
+            f"compilations of the train step; bucket lengths used {ep['bucket_lengths_used']} "
+            f"of {ep['buckets']}.",
+        ]
+    (RESULTS / "train.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(results["models"])
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    x = np.arange(len(names))
+    jax_rates = [results["models"][n]["jax"]["tokens_per_s"] for n in names]
+    torch_rates = [
+        (results["models"][n].get("torch") or {}).get("tokens_per_s", 0.0) for n in names
+    ]
+    ax.bar(x - 0.2, jax_rates, 0.4, label="jaxnn (jit)")
+    ax.bar(x + 0.2, torch_rates, 0.4, label="PyTorch (eager)")
+    ax.set_xticks(x, names)
+    ax.set_ylabel("train tokens/s")
+    ax.set_yscale("log")
+    ax.legend()
+    ax.set_title("train-step throughput (median)")
+    ax2.bar(x, [results["models"][n]["mfu_vs_matmul"] for n in names])
+    ax2.axhline(0.4, color="gray", ls="--", label="40% target")
+    ax2.set_xticks(x, names)
+    ax2.set_ylabel("model FLOP/s / matmul FLOP/s")
+    ax2.legend()
+    ax2.set_title("utilisation vs dense matmul")
+    fig.tight_layout()
+    fig.savefig(RESULTS / "train.png", dpi=100)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smaller batches, fewer repeats")
+    parser.add_argument("--no-torch", action="store_true")
+    parser.add_argument("--epoch-corpus", default="bbc_news", help="'' skips the epoch count")
+    args = parser.parse_args()
+    repeats = 3 if args.quick else 5
+    configs = model_configs(args.quick)
+    results = {
+        "devices": describe_mesh(make_mesh()),
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+        "jax_version": jax.__version__,
+        "models": {},
+    }
+    results["matmul"] = matmul_rate()
+    for name, config in configs.items():
+        per_block = 4 if name == "bow" else 2
+        print(f"[{name}] jaxnn ...", flush=True)
+        jax_result = bench_jax(config, per_block, repeats)
+        torch_result = None
+        if not args.no_torch:
+            print(f"[{name}] PyTorch ...", flush=True)
+            torch_result = bench_torch(name, config, per_block, repeats)
+        results["models"][name] = {
+            "batch_size": config["train"]["batch_size"],
+            "length": config["data"]["max_len"],
+            "model": config["model"],
+            "jax": jax_result,
+            "torch": torch_result,
+            "mfu_vs_matmul": jax_result["flops_per_s"] / results["matmul"]["flops_per_s"],
+            "jax_over_torch_tokens": (
+                jax_result["tokens_per_s"] / torch_result["tokens_per_s"] if torch_result else None
+            ),
+        }
+    results["matmul_after"] = matmul_rate()
+    if args.epoch_corpus:
+        print(f"[epoch] {args.epoch_corpus} ...", flush=True)
+        results["epoch"] = epoch_compilations(args.epoch_corpus)
+    write_outputs(results)
+    print((RESULTS / "train.md").read_text())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,150 @@
+"""jaxnn/models/bow.py against a NumPy transcription of the bag-of-words formula."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxnn.models import BowClassifier, hashed_bigram_ids
+
+
+def _numpy_bigram_ids(tokens: np.ndarray, buckets: int) -> np.ndarray:
+    a = tokens[:, :-1].astype(np.uint64)
+    b = tokens[:, 1:].astype(np.uint64)
+    m = (1 << 32) - 1
+    h = (a * 0x9E3779B1 + b) & m
+    h ^= h >> 16
+    h = (h * 0x85EBCA6B) & m
+    h ^= h >> 13
+    h = (h * 0xC2B2AE35) & m
+    h ^= h >> 16
+    return (h % buckets).astype(np.int32)
+
+
+def _batch(seed=0, batch=5, length=9, vocab=50):
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(0, length + 1, size=batch)
+    lengths[0] = 0  # an all-padding row
+    lengths[1] = length
+    mask = np.arange(length) < lengths[:, None]
+    tokens = np.where(mask, rng.integers(2, vocab, size=(batch, length)), 0).astype(np.int32)
+    return tokens, mask
+
+
+@pytest.mark.parametrize("buckets", [1, 97, 2**20])
+def test_hashed_bigram_ids_match_numpy(buckets):
+    tokens = np.random.default_rng(1).integers(0, 2**31 - 1, size=(4, 12)).astype(np.int32)
+    tokens[0, :3] = [0, 1, 2**31 - 1]
+    ours = np.asarray(jax.jit(hashed_bigram_ids, static_argnums=1)(jnp.asarray(tokens), buckets))
+    np.testing.assert_array_equal(ours, _numpy_bigram_ids(tokens, buckets))
+    assert ours.min() >= 0 and ours.max() < buckets
+
+
+def test_hashed_bigram_ids_spread_and_order_matters():
+    ids = np.asarray(hashed_bigram_ids(jnp.asarray([[3, 4, 3]]), 2**20))
+    assert ids[0, 0] != ids[0, 1]  # (3, 4) and (4, 3) are different bigrams
+    tokens = np.random.default_rng(0).integers(2, 5000, size=(64, 64))
+    ids = np.asarray(hashed_bigram_ids(jnp.asarray(tokens), 1024))
+    counts = np.bincount(ids.ravel(), minlength=1024)
+    assert counts.max() < 20  # about 4 per bucket: no clustering
+
+
+def test_single_token_gives_no_bigrams():
+    assert hashed_bigram_ids(jnp.zeros((3, 1), jnp.int32), 10).shape == (3, 0)
+
+
+def _numpy_forward(params, tokens, mask, buckets, activation=None):
+    table = np.asarray(params["embed"]["embedding"], np.float64)
+    vectors = [table[tokens]]
+    masks = [mask]
+    if buckets:
+        bigram_table = np.asarray(params["bigram_embed"]["embedding"], np.float64)
+        vectors.append(bigram_table[_numpy_bigram_ids(tokens, buckets)])
+        masks.append(mask[:, :-1] & mask[:, 1:])
+    total = sum((v * m[..., None]).sum(1) for v, m in zip(vectors, masks))
+    count = sum(m.sum(1) for m in masks)[:, None]
+    x = total / np.maximum(count, 1)
+    dense = sorted(
+        jax.tree_util.tree_flatten_with_path(params["head"])[0],
+        key=lambda item: jax.tree_util.keystr(item[0]),
+    )
+    kernels = [np.asarray(leaf, np.float64) for path, leaf in dense if path[-1].key == "kernel"]
+    biases = [np.asarray(leaf, np.float64) for path, leaf in dense if path[-1].key == "bias"]
+    for i, (w, b) in enumerate(zip(kernels, biases)):
+        x = x @ w + b
+        if i < len(kernels) - 1:
+            x = activation(x)
+    return x
+
+
+@pytest.mark.parametrize(
+    ("buckets", "hidden", "activation"),
+    [(0, 0, None), (64, 0, None), (64, 8, lambda x: np.maximum(x, 0))],
+)
+def test_logits_equal_numpy_mean_of_unigram_and_bigram_vectors(buckets, hidden, activation):
+    tokens, mask = _batch()
+    model = BowClassifier(
+        vocab_size=50, num_classes=3, embed_dim=6, hidden_size=hidden, bigram_buckets=buckets
+    )
+    variables = model.init(jax.random.key(0), tokens, mask, train=False)
+    logits = jax.jit(lambda v, t, m: model.apply(v, t, m, train=False))(variables, tokens, mask)
+    expected = _numpy_forward(variables["params"], tokens, mask, buckets, activation)
+    assert logits.shape == (5, 3) and logits.dtype == jnp.float32
+    np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_padding_positions_do_not_matter():
+    tokens, mask = _batch()
+    model = BowClassifier(vocab_size=50, num_classes=2, embed_dim=4, bigram_buckets=32)
+    variables = model.init(jax.random.key(1), tokens, mask, train=False)
+    garbage = np.where(mask, tokens, 7)  # other ids at padded positions
+    a = model.apply(variables, tokens, mask, train=False)
+    b = model.apply(variables, garbage, mask, train=False)
+    np.testing.assert_allclose(a, b, rtol=1e-6)
+
+
+def test_gradient_of_embedding_matches_numpy_for_linear_head():
+    tokens, mask = _batch(batch=3, length=5)
+    model = BowClassifier(vocab_size=50, num_classes=2, embed_dim=3)
+    variables = model.init(jax.random.key(2), tokens, mask, train=False)
+
+    def total_logit(params):
+        return model.apply({"params": params}, tokens, mask, train=False)[:, 1].sum()
+
+    grads = jax.grad(total_logit)(variables["params"])
+    kernel = next(
+        leaf
+        for path, leaf in jax.tree_util.tree_flatten_with_path(variables["params"]["head"])[0]
+        if path[-1].key == "kernel"
+    )
+    expected = np.zeros((50, 3))
+    for b in range(3):
+        n = mask[b].sum()
+        for t in np.flatnonzero(mask[b]):
+            expected[tokens[b, t]] += np.asarray(kernel)[:, 1] / n
+    np.testing.assert_allclose(grads["embed"]["embedding"], expected, rtol=1e-5, atol=1e-7)
+
+
+def test_dropout_acts_only_in_training():
+    tokens, mask = _batch()
+    model = BowClassifier(vocab_size=50, num_classes=2, embed_dim=8, dropout_rate=0.5)
+    variables = model.init(jax.random.key(0), tokens, mask, train=False)
+    eval_a = model.apply(variables, tokens, mask, train=False)
+    eval_b = model.apply(variables, tokens, mask, train=False)
+    np.testing.assert_array_equal(eval_a, eval_b)
+    train_a = model.apply(variables, tokens, mask, train=True, rngs={"dropout": jax.random.key(1)})
+    train_b = model.apply(variables, tokens, mask, train=True, rngs={"dropout": jax.random.key(2)})
+    assert not np.allclose(train_a, train_b)
+
+
+def test_feature_ids_and_table_names():
+    tokens, mask = _batch()
+    model = BowClassifier(vocab_size=50, num_classes=2, bigram_buckets=16)
+    features = model.apply({}, tokens, mask, method="feature_ids")
+    assert set(features) == set(model.table_names()) == {"embed", "bigram_embed"}
+    ids, bigram_mask = features["bigram_embed"]
+    assert ids.shape == (5, 8)
+    np.testing.assert_array_equal(bigram_mask, mask[:, :-1] & mask[:, 1:])
+    assert BowClassifier(vocab_size=5, num_classes=2).table_names() == ("embed",)

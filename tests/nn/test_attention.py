@@ -1,0 +1,117 @@
+"""jaxnn/nn/attention.py against flax.linen.MultiHeadDotProductAttention with the same weights."""
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from absl.testing import parameterized
+
+from jaxnn.nn import MultiHeadAttention
+
+RNG = np.random.default_rng(0)
+X = jnp.asarray(RNG.normal(size=(3, 6, 8)), jnp.float32)
+MASK = jnp.asarray([[1, 1, 1, 1, 0, 0], [1] * 6, [1, 1, 0, 0, 0, 0]], bool)
+
+
+def _variables(module, seed=0):
+    variables = module.init(jax.random.key(seed), X, MASK, deterministic=True)
+    keys = iter(jax.random.split(jax.random.key(seed + 1), 16))
+    # non-zero biases so that every parameter matters
+    return jax.tree.map(lambda p: p + 0.1 * jax.random.normal(next(keys), p.shape), variables)
+
+
+def _flax_reference(num_heads, qkv_features=None, out_features=None):
+    return nn.MultiHeadDotProductAttention(
+        num_heads=num_heads, qkv_features=qkv_features, out_features=out_features
+    )
+
+
+def _flax_apply(reference, variables, x, mask):
+    return reference.apply(variables, x, mask=mask[:, None, None, :], deterministic=True)
+
+
+class MultiHeadAttentionTest(chex.TestCase):
+    @chex.variants(with_jit=True, without_jit=True)
+    @parameterized.parameters(
+        ("reference", 2, None, None), ("auto", 4, 16, 5), ("chunked", 1, None, None)
+    )
+    def test_matches_flax_values_and_gradients(self, impl, heads, qkv, out):
+        ours = MultiHeadAttention(heads, qkv_features=qkv, out_features=out, attention_impl=impl)
+        reference = _flax_reference(heads, qkv, out)
+        variables = _variables(ours)
+        # the same parameter tree: flax's module accepts our variables as they are
+        assert jax.tree.structure(variables) == jax.tree.structure(
+            reference.init(jax.random.key(0), X)
+        )
+        got = self.variant(lambda v, x: ours.apply(v, x, MASK, deterministic=True))(variables, X)
+        np.testing.assert_allclose(got, _flax_apply(reference, variables, X, MASK), atol=2e-5)
+
+        cot = jnp.asarray(RNG.normal(size=got.shape), jnp.float32)
+        g_ours = self.variant(
+            jax.grad(lambda v, x: jnp.sum(ours.apply(v, x, MASK, deterministic=True) * cot), (0, 1))
+        )(variables, X)
+        g_ref = jax.grad(lambda v, x: jnp.sum(_flax_apply(reference, v, x, MASK) * cot), (0, 1))(
+            variables, X
+        )
+        for a, b in zip(jax.tree.leaves(g_ours), jax.tree.leaves(g_ref)):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_no_mask_and_padding_invariance():
+    ours = MultiHeadAttention(2)
+    variables = _variables(ours)
+    reference = _flax_reference(2)
+    np.testing.assert_allclose(
+        ours.apply(variables, X, deterministic=True),
+        reference.apply(variables, X, deterministic=True),
+        atol=2e-5,
+    )
+    # padded tokens are never attended to: changing them leaves real positions unchanged
+    garbage = jnp.where(MASK[..., None], X, 100.0)
+    a = ours.apply(variables, X, MASK, deterministic=True)
+    b = ours.apply(variables, garbage, MASK, deterministic=True)
+    np.testing.assert_allclose(a[np.asarray(MASK)], b[np.asarray(MASK)], rtol=1e-5, atol=1e-5)
+
+
+def test_all_padding_row_gives_the_output_bias():
+    ours = MultiHeadAttention(2)
+    variables = _variables(ours)
+    mask = MASK.at[2].set(False)
+    y = ours.apply(variables, X, mask, deterministic=True)
+    expected = jnp.broadcast_to(variables["params"]["out"]["bias"], (6, 8))
+    np.testing.assert_allclose(y[2], expected, rtol=1e-6)
+    assert bool(jnp.all(jnp.isfinite(y)))
+
+
+def test_attention_dropout_uses_the_dropout_stream():
+    ours = MultiHeadAttention(2, dropout_rate=0.5)
+    variables = _variables(ours)
+    det = ours.apply(variables, X, MASK, deterministic=True)
+    a = ours.apply(variables, X, MASK, deterministic=False, rngs={"dropout": jax.random.key(1)})
+    b = ours.apply(variables, X, MASK, deterministic=False, rngs={"dropout": jax.random.key(2)})
+    assert not np.allclose(a, det) and not np.allclose(a, b)
+    np.testing.assert_allclose(
+        det, MultiHeadAttention(2).apply(variables, X, MASK, deterministic=True), rtol=1e-6
+    )
+
+
+def test_dtype_bf16():
+    ours = MultiHeadAttention(2, dtype=jnp.bfloat16)
+    variables = _variables(ours)
+    assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(variables))
+    y = ours.apply(variables, X, MASK, deterministic=True)
+    assert y.dtype == jnp.bfloat16
+    ref = MultiHeadAttention(2).apply(variables, X, MASK, deterministic=True)
+    np.testing.assert_allclose(np.asarray(y, np.float32), ref, rtol=5e-2, atol=5e-2)
+
+
+def test_bad_shapes_raise():
+    ours = MultiHeadAttention(3)
+    with pytest.raises(ValueError, match="qkv_features=8 must be divisible by num_heads=3"):
+        ours.init(jax.random.key(0), X, MASK, deterministic=True)
+    with pytest.raises(ValueError, match=r"mask must have shape \[B, T\] = \(3, 6\)"):
+        MultiHeadAttention(2).init(jax.random.key(0), X, MASK[:, :5], deterministic=True)
+    with pytest.raises(ValueError, match="x must have rank 3"):
+        MultiHeadAttention(2).init(jax.random.key(0), X[0], deterministic=True)

@@ -1,0 +1,95 @@
+"""jaxnn/nn/mlp.py against a NumPy transcription of Dense -> activation -> ... -> Dense."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from absl.testing import parameterized
+
+from jaxnn.nn import MLP
+
+X = jax.random.normal(jax.random.key(0), (6, 5))
+
+
+def _np_mlp(params, x, activation):
+    h = np.asarray(x, np.float64)
+    layers = [params[f"Dense_{i}"] for i in range(len(params))]
+    for i, layer in enumerate(layers):
+        h = h @ np.asarray(layer["kernel"], np.float64) + np.asarray(layer["bias"], np.float64)
+        if i < len(layers) - 1:
+            h = activation(h)
+    return h
+
+
+NUMPY_ACTIVATIONS = {
+    "relu": lambda h: np.maximum(h, 0),
+    "tanh": np.tanh,
+    "sigmoid": lambda h: 1 / (1 + np.exp(-h)),
+    "identity": lambda h: h,
+}
+
+
+class MLPTest(chex.TestCase):
+    @chex.variants(with_jit=True, without_jit=True)
+    @parameterized.parameters(*NUMPY_ACTIVATIONS)
+    def test_matches_numpy(self, activation):
+        mlp = MLP((8, 7, 3), activation=activation)
+        params = mlp.init(jax.random.key(1), X, deterministic=True)["params"]
+        # random biases so that they matter
+        params = jax.tree.map(
+            lambda p: p + 0.1 * jax.random.normal(jax.random.key(2), p.shape), params
+        )
+        got = self.variant(lambda p, x: mlp.apply({"params": p}, x, deterministic=True))(params, X)
+        ref = _np_mlp(params, X, NUMPY_ACTIVATIONS[activation])
+        np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+        assert got.shape == (6, 3)
+
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_gradient_matches_numpy_for_one_hidden_layer(self):
+        mlp = MLP((4, 2), activation="relu")
+        params = mlp.init(jax.random.key(3), X, deterministic=True)["params"]
+        grad = self.variant(
+            jax.grad(lambda p: jnp.sum(mlp.apply({"params": p}, X, deterministic=True)))
+        )(params)
+        x = np.asarray(X, np.float64)
+        w1, b1 = np.asarray(params["Dense_0"]["kernel"]), np.asarray(params["Dense_0"]["bias"])
+        w2 = np.asarray(params["Dense_1"]["kernel"])
+        pre = x @ w1 + b1
+        d_hidden = np.ones((6, 2)) @ w2.T * (pre > 0)
+        np.testing.assert_allclose(grad["Dense_0"]["kernel"], x.T @ d_hidden, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(
+            grad["Dense_1"]["kernel"], np.maximum(pre, 0).T @ np.ones((6, 2)), rtol=1e-5
+        )
+
+
+def test_dropout_between_layers_only():
+    # one layer: no hidden activation, so no dropout even in training
+    single = MLP((3,), dropout_rate=0.9)
+    params = single.init(jax.random.key(0), X, deterministic=True)
+    rngs = {"dropout": jax.random.key(1)}
+    np.testing.assert_array_equal(
+        single.apply(params, X, deterministic=False, rngs=rngs),
+        single.apply(params, X, deterministic=True),
+    )
+    two = MLP((16, 3), dropout_rate=0.5)
+    params = two.init(jax.random.key(0), X, deterministic=True)
+    train = two.apply(params, X, deterministic=False, rngs=rngs)
+    assert not np.allclose(train, two.apply(params, X, deterministic=True))
+
+
+def test_dtype_computes_in_bf16_with_float32_params():
+    mlp = MLP((8, 2), dtype=jnp.bfloat16)
+    variables = mlp.init(jax.random.key(0), X, deterministic=True)
+    assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(variables))
+    y = mlp.apply(variables, X, deterministic=True)
+    assert y.dtype == jnp.bfloat16
+    ref = MLP((8, 2)).apply(variables, X, deterministic=True)
+    np.testing.assert_allclose(np.asarray(y, np.float32), ref, rtol=5e-2, atol=5e-2)
+
+
+def test_bad_configuration_raises():
+    with pytest.raises(ValueError, match="activation='swish'"):
+        MLP((2,), activation="swish").init(jax.random.key(0), X, deterministic=True)
+    with pytest.raises(ValueError, match="features"):
+        MLP(()).init(jax.random.key(0), X, deterministic=True)

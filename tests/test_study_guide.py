@@ -1,0 +1,111 @@
+"""The study guide's claims (../shared/seed-study-guide.txt), checked on jaxnn's own layers."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from jaxnn.nn import MLP
+from jaxnn.ops import identity, relu, softmax_cross_entropy
+
+
+def test_two_dense_layers_without_activation_are_one_dense_layer():
+    """§1/§2: W2 (W1 x + b1) + b2 = (W1 W2)ᵀ... one linear map: a stack collapses to one layer."""
+    mlp = MLP((7, 3), activation="identity")
+    x = jax.random.normal(jax.random.key(0), (16, 5))
+    params = mlp.init(jax.random.key(1), x, deterministic=True)["params"]
+    w1, b1 = (
+        np.asarray(params["Dense_0"]["kernel"], np.float64),
+        np.asarray(params["Dense_0"]["bias"]),
+    )
+    w2, b2 = (
+        np.asarray(params["Dense_1"]["kernel"], np.float64),
+        np.asarray(params["Dense_1"]["bias"]),
+    )
+    # the composed single layer: x W + b with W = W1 W2 [5, 3], b = b1 W2 + b2 [3]
+    w, b = w1 @ w2, b1 @ w2 + b2
+    two_layers = mlp.apply({"params": params}, x, deterministic=True)
+    np.testing.assert_allclose(two_layers, np.asarray(x, np.float64) @ w + b, rtol=1e-5, atol=1e-5)
+    # with a ReLU in between, no single matrix reproduces the stack: the least-squares best
+    # linear fit leaves a clear residual
+    nonlinear = MLP((7, 3), activation="relu").apply({"params": params}, x, deterministic=True)
+    design = np.concatenate([np.asarray(x, np.float64), np.ones((16, 1))], axis=1)
+    fit, *_ = np.linalg.lstsq(design, np.asarray(nonlinear, np.float64), rcond=None)
+    assert np.max(np.abs(design @ fit - np.asarray(nonlinear))) > 1e-2
+
+
+XOR_X = jnp.asarray([[0.0, 0.0], [0.0, 1.0], [1.0, 0.0], [1.0, 1.0]])
+XOR_Y = jnp.asarray([0, 1, 1, 0])
+
+
+def _train_xor(activation: str, seeds: jax.Array, steps: int = 300) -> np.ndarray:
+    """Accuracy on XOR of MLP((16, 2), activation) trained with Adam, one run per seed (vmap)."""
+    model = MLP((16, 2), activation=activation)
+    optimizer = optax.adam(0.05)
+
+    def loss_fn(params):
+        logits = model.apply({"params": params}, XOR_X, deterministic=True)
+        return jnp.mean(softmax_cross_entropy(logits, XOR_Y))
+
+    def run(seed):
+        params = model.init(jax.random.key(seed), XOR_X, deterministic=True)["params"]
+
+        def step(carry, _):
+            params, opt_state = carry
+            grads = jax.grad(loss_fn)(params)
+            updates, opt_state = optimizer.update(grads, opt_state, params)
+            return (optax.apply_updates(params, updates), opt_state), None
+
+        (params, _), _ = jax.lax.scan(step, (params, optimizer.init(params)), None, length=steps)
+        predictions = jnp.argmax(model.apply({"params": params}, XOR_X, deterministic=True), -1)
+        return jnp.mean(predictions == XOR_Y)
+
+    return np.asarray(jax.jit(jax.vmap(run))(seeds))
+
+
+def test_relu_mlp_fits_xor_but_a_linear_one_cannot():
+    """§2: non-linearity lets a model learn a boundary no linear model can (XOR)."""
+    seeds = jnp.arange(4)
+    relu_accuracy = _train_xor("relu", seeds)
+    linear_accuracy = _train_xor("identity", seeds)
+    np.testing.assert_array_equal(relu_accuracy, 1.0)
+    # XOR is not linearly separable: any linear classifier gets at most 3 of the 4 points
+    assert np.all(linear_accuracy <= 0.75), linear_accuracy
+
+
+def test_relu_is_not_linear():
+    """§2: ReLU is piecewise linear but not linear."""
+    a, b = jnp.float32(1.0), jnp.float32(-1.0)
+    assert float(relu(a + b)) == 0.0 and float(relu(a) + relu(b)) == 1.0  # additivity fails
+    assert float(relu(-2.0 * a)) != -2.0 * float(relu(a))  # homogeneity fails for c < 0
+
+
+_finite = st.floats(-1e3, 1e3, allow_nan=False, width=32)
+
+
+@settings(max_examples=40, deadline=None)
+@given(a=_finite, b=_finite, c=st.floats(0, 100, width=32))
+def test_property_relu_additivity_and_homogeneity(a, b, c):
+    a, b, c = np.float32(a), np.float32(b), np.float32(c)
+    relu_np = lambda v: np.asarray(relu(jnp.float32(v)))  # noqa: E731
+    # positively homogeneous: relu(c x) = c relu(x) for c >= 0 ...
+    np.testing.assert_allclose(relu_np(c * a), c * relu_np(a), rtol=1e-6)
+    # ... additive only when a and b have the same sign; opposite signs break it strictly
+    if a * b > 0 or a == 0 or b == 0:
+        np.testing.assert_allclose(relu_np(a + b), relu_np(a) + relu_np(b), rtol=1e-6)
+    else:
+        assert relu_np(a + b) < relu_np(a) + relu_np(b)
+        # a linear map (identity) has no such gap
+        np.testing.assert_allclose(identity(a + b), identity(a) + identity(b), rtol=1e-6)
+
+
+@pytest.mark.parametrize("rate", [0.3])
+def test_dropout_rate_is_the_fraction_zeroed(rate):
+    """§3: "dropout = 0.3 means 30% of neurons are randomly set to zero"."""
+    from jaxnn.ops import dropout
+
+    y = dropout(jnp.ones((100_000,)), rate, jax.random.key(0))
+    assert abs(float(jnp.mean(y == 0)) - rate) < 4 * np.sqrt(rate * (1 - rate) / 100_000)
