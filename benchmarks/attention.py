@@ -29,10 +29,9 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from jaxnn.ops.attention import dot_product_attention  # noqa: E402
+from jaxnn.ops.attention import dot_product_attention
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
@@ -62,13 +61,12 @@ def matmul_rate(dtype, size=2048, reps=10):
     return 2 * size**3 / median
 
 
-def jax_case(impl, mode, q, k, v):
+def jax_case(impl, mode):
+    """jit(fn)(q, k, v, cot): the output (fwd) or the gradients wrt q, k, v of Σ out·cot."""
     attend = lambda q, k, v: dot_product_attention(q, k, v, implementation=impl)
     if mode == "fwd":
-        return jax.jit(attend)
-    # A fixed random cotangent; sum(out * cot) differentiates like a real loss would.
-    cot = jax.random.normal(jax.random.key(1), q.shape, jnp.float32).astype(q.dtype)
-    loss = lambda q, k, v: jnp.sum((attend(q, k, v) * cot).astype(jnp.float32))
+        return jax.jit(lambda q, k, v, cot: attend(q, k, v))
+    loss = lambda q, k, v, cot: jnp.sum((attend(q, k, v) * cot).astype(jnp.float32))
     return jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
 
 
@@ -77,10 +75,11 @@ def bench_jax(impl, mode, shape, dtype, args):
     kq, kk, kv = jax.random.split(jax.random.key(0), 3)
     make = lambda key: jax.random.normal(key, (batch, t_len, heads, head_dim), jnp.float32)
     q, k, v = (make(key).astype(dtype) for key in (kq, kk, kv))
-    fn = jax_case(impl, mode, q, k, v)
+    cot = make(jax.random.key(1)).astype(dtype)  # a fixed random cotangent
+    fn = jax_case(impl, mode)
     start = time.perf_counter()
     try:
-        lowered = fn.lower(q, k, v)
+        lowered = fn.lower(q, k, v, cot)
         compiled = lowered.compile()
     except Exception as error:  # an implementation that cannot run here says why
         return {"status": f"unsupported: {type(error).__name__}: {str(error).splitlines()[0]}"}
@@ -91,7 +90,7 @@ def bench_jax(impl, mode, shape, dtype, args):
     if temp is not None and temp > args.max_memory_gib * 2**30:
         record["status"] = f"skipped: needs {temp / 2**30:.1f} GiB temporary memory"
         return record
-    median, times = timed(compiled, (q, k, v), args.reps, args.warmup)
+    median, times = timed(compiled, (q, k, v, cot), args.reps, args.warmup)
     # Peak resident memory of this whole process so far (Linux reports KiB).
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     record.update(status="ok", median_s=median, times_s=times, process_peak_rss_bytes=peak_rss)
@@ -225,7 +224,8 @@ def too_slow(records, key, max_seconds):
 
 def format_record(rec):
     base = (
-        f"{rec['impl']:>9s} {rec['mode']:>6s} B={rec['batch']} N={rec['heads']} T={rec['t_len']:>6d} "
+        f"{rec['impl']:>9s} {rec['mode']:>6s} B={rec['batch']} N={rec['heads']} "
+        f"T={rec['t_len']:>6d} "
         f"H={rec['head_dim']} {rec['dtype']:>8s}"
     )
     if rec.get("status") != "ok":
@@ -251,7 +251,9 @@ def write_markdown(report, path):
         + ", ".join(f"{k} {v / 1e9:.1f} GFLOP/s" for k, v in header["matmul_flops"].items()),
         "",
         "Each cell: median time, achieved GFLOP/s (forward 4·B·N·T·S·H, fwd+bwd 3.5×) and, for "
-        "JAX implementations, peak temporary memory of the compiled executable.",
+        "JAX implementations, peak temporary memory of the compiled executable. "
+        "'a/b speed' = time(b) / time(a): above 1 means a is faster. On a shared machine "
+        "compare ratios within one run; the matmul rate above shows how loaded it was.",
         "",
     ]
     impls = list(dict.fromkeys(r["impl"] for r in results))
@@ -379,9 +381,10 @@ def main(argv=None):
     report = run(args)
     RESULTS.mkdir(parents=True, exist_ok=True)
     stem = RESULTS / ("attention" + (f".{args.tag}" if args.tag else ""))
-    stem.with_suffix(".json").write_text(json.dumps(report, indent=1, default=float))
-    write_markdown(report, stem.with_suffix(".md"))
-    write_plot(report, stem.with_suffix(".png"))
+    path = lambda suffix: stem.parent / (stem.name + suffix)
+    path(".json").write_text(json.dumps(report, indent=1, default=float))
+    write_markdown(report, path(".md"))
+    write_plot(report, path(".png"))
     print(f"wrote {stem}.json, .md, .png")
 
 

@@ -181,14 +181,16 @@ def bench_torch(name: str, config: dict, steps_per_block: int, repeats: int) -> 
         class Bow(nn.Module):
             def __init__(self):
                 super().__init__()
-                self.embed = nn.Embedding(VOCAB, m["embed_dim"], sparse=True)
-                self.bigram = nn.Embedding(m["bigram_buckets"], m["embed_dim"], sparse=True)
-                self.head = nn.Linear(m["embed_dim"], CLASSES)
+                # EmbeddingBag: PyTorch's fused lookup + sum, sparse gradients
+                d, buckets = m["embed_dim"], m["bigram_buckets"]
+                self.embed = nn.EmbeddingBag(VOCAB, d, mode="sum", sparse=True)
+                self.bigram = nn.EmbeddingBag(buckets, d, mode="sum", sparse=True)
+                self.head = nn.Linear(d, CLASSES)
 
             def forward(self, tok, msk):
                 bmask = msk[:, :-1] & msk[:, 1:]
-                total = (self.embed(tok) * msk[..., None]).sum(1)
-                total = total + (self.bigram(bigram_ids(tok)) * bmask[..., None]).sum(1)
+                total = self.embed(tok, per_sample_weights=msk.float())
+                total = total + self.bigram(bigram_ids(tok), per_sample_weights=bmask.float())
                 count = (msk.sum(1) + bmask.sum(1)).clamp(min=1)[:, None]
                 return self.head(total / count)
 

@@ -90,7 +90,7 @@ _finite = st.floats(-1e3, 1e3, allow_nan=False, width=32)
 @given(a=_finite, b=_finite, c=st.floats(0, 100, width=32))
 def test_property_relu_additivity_and_homogeneity(a, b, c):
     a, b, c = np.float32(a), np.float32(b), np.float32(c)
-    relu_np = lambda v: np.asarray(relu(jnp.float32(v)))  # noqa: E731
+    relu_np = lambda v: np.asarray(relu(jnp.float32(v)))
     # positively homogeneous: relu(c x) = c relu(x) for c >= 0 ...
     np.testing.assert_allclose(relu_np(c * a), c * relu_np(a), rtol=1e-6)
     # ... additive only when a and b have the same sign; opposite signs break it strictly

@@ -33,7 +33,9 @@ class TransformerEncoderBlock(nn.Module):
       norm: "layer", "batch" or "rms". BatchNorm keeps running statistics in "batch_stats"
         (apply with ``mutable=["batch_stats"]`` when training) and counts only real tokens.
       attention_impl: passed to ``jaxnn.ops.dot_product_attention``.
-      dtype: computation dtype (parameters float32; norm and softmax statistics float32).
+      dtype: computation dtype of the norms, attention and MLP (parameters float32; norm and
+        softmax statistics float32). The residual stream keeps the dtype of x (x + branch
+        promotes): pass x in bfloat16 for a bfloat16 stream, float32 for a float32 one.
 
     Call: ``(x, mask, *, train)``: x [B, T, D], mask bool [B, T] (True = real token) or None
     -> [B, T, D]. Outputs at real positions do not depend on what padded positions hold.

@@ -605,13 +605,45 @@ def dot_product_attention(
       dropout_rate: attention dropout on the softmax weights (survivors scaled by 1/(1-rate)).
       dropout_rng: jax.random key, required when dropout_rate > 0.
       return_weights: also return the attention weights [B, N, T, S] (after dropout).
-      implementation: "reference" | "chunked" | "xla" | "cudnn" | "pallas" | "auto".
+      implementation: which kernel computes it; all give the same result (to rounding):
+
+        * "reference": materializes the [B, N, T, S] scores in float32. Supports every
+          argument, including dropout and return_weights. Memory O(B·N·T·S).
+        * "chunked": FlashAttention (Dao et al. 2022; Rabe & Staats 2021) in pure JAX. For
+          each (example, head), loops over query blocks and, inside, key/value blocks with an
+          online softmax (running max m and running sum l, output rescaled by exp(m_old -
+          m_new)), never holding a T×S matrix. A jax.custom_vjp backward recomputes each
+          block's probabilities from the saved log-sum-exp, so forward + backward memory is
+          O(T·H) per head plus one block. Block sizes come from the shape (up to 512 queries
+          × 1024 keys forward, 512 × 512 backward, evened out so any T and S work with
+          < 8 padded rows per block). Key blocks that are entirely causal-masked or beyond
+          the example's key_lengths are skipped. bf16/f16 inputs are computed in float32.
+          Supports mask, bias (with its gradient), is_causal and key_lengths; not dropout
+          or return_weights; reverse-mode differentiation only (no jax.jvp / jacfwd).
+        * "xla" / "cudnn": jax.nn.dot_product_attention's own implementations ("cudnn" needs
+          an NVIDIA GPU). Rows that see no key are set to zero afterwards (jax.nn would give
+          them uniform weights). No dropout or return_weights.
+        * "pallas": the Pallas flash-attention kernels shipped with JAX, on GPU (is_causal
+          only) and TPU (is_causal and bias); raises on CPU and for mask / key_lengths.
+        * "auto" (default): "reference" when dropout or return_weights is requested; else on
+          GPU "cudnn" for bf16/f16 with H <= 128 and H % 8 == 0, otherwise "xla"; on TPU
+          "pallas" when there is no mask or key_lengths, otherwise "xla"; on CPU "chunked"
+          when T·S >= 256², otherwise "reference" (small problems fit in cache and one
+          fused graph has less loop overhead).
+
+        An implementation that cannot honour an argument raises ValueError; nothing is
+        silently ignored.
 
     Returns:
       [B, T, N, H] in q's dtype (and the weights [B, N, T, S] in float32 if return_weights).
 
-    Edge cases: a query that can see no key at all (fully masked row) gives zeros, with zero
-    gradient and no NaN. Softmax statistics are computed in float32 for every input dtype.
+    Edge cases: a query that can see no key at all (fully masked row, key_lengths = 0) gives
+    zeros, with zero gradient and no NaN. Softmax statistics are float32 for every dtype.
+
+    Example:
+      >>> q = k = v = jnp.ones((2, 16, 4, 8))
+      >>> dot_product_attention(q, k, v, is_causal=True).shape
+      (2, 16, 4, 8)
     """
     _check_args(q, k, v, mask, bias, key_lengths, dropout_rate, dropout_rng, implementation)
     if implementation == "auto":

@@ -14,6 +14,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from jaxnn.train.config import ConfigError
+
 __all__ = [
     "DATA_AXIS",
     "batch_sharding",
@@ -34,10 +36,10 @@ def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
 
 
 def check_divisible(name: str, batch_size: int, mesh: Mesh) -> None:
-    """Raise ValueError naming ``name`` when the global batch does not split over the devices."""
+    """Raise `ConfigError` naming ``name`` when the global batch does not split over the devices."""
     count = mesh.shape[DATA_AXIS]
     if batch_size % count:
-        raise ValueError(
+        raise ConfigError(
             f"{name}={batch_size} must be divisible by the number of devices ({count}: "
             f"{describe_mesh(mesh)}); it is the global batch, split evenly over the devices"
         )

@@ -410,6 +410,11 @@ def fit(
       NonFiniteLossError: the loss became NaN/inf (no checkpoint is written after that step).
     """
     cfg = validate_config(config)
+    if trainer is None and mesh is None:
+        mesh = make_mesh()
+    if trainer is None:
+        check_divisible("train.batch_size", cfg["train"]["batch_size"], mesh)  # before any data
+        check_divisible("train.eval_batch_size", cfg["train"]["eval_batch_size"], mesh)
     if data is None:
         data = load_data(cfg)
     trainer = trainer or Trainer(cfg, data, mesh=mesh)
@@ -467,7 +472,8 @@ def fit(
     every = t["checkpoint_every_steps"]
 
     def on_step(state: TrainState, done: int) -> None:
-        if every and done < trainer.steps_per_epoch and int(state.step) % every == 0:
+        step = epoch * trainer.steps_per_epoch + done  # known on the host: no device sync
+        if every and done < trainer.steps_per_epoch and step % every == 0:
             save(state, epoch=epoch, batch_in_epoch=done)
 
     epoch = meta["epoch"]
@@ -649,9 +655,12 @@ def train_and_evaluate(
 
         log.info("%s is complete; results from %s", workdir, results_path)
         return json.loads(results_path.read_text(encoding="utf-8"))
+    mesh = make_mesh()
+    check_divisible("train.batch_size", cfg["train"]["batch_size"], mesh)  # before any data
+    check_divisible("train.eval_batch_size", cfg["train"]["eval_batch_size"], mesh)
     data = load_data(cfg)
     data.vocab.save(workdir / "vocab.json")
-    result = fit(cfg, data, workdir)
+    result = fit(cfg, data, workdir, mesh=mesh)
     trainer = result.trainer
     records = read_jsonl(workdir / "metrics.jsonl")
     if records:

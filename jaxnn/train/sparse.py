@@ -185,7 +185,8 @@ def sparse_gradient(
       SparseRows(indices int32 [K] sorted and distinct, values [K, D] in row_grads' dtype).
 
     Cost: a sort of N ids, a binary search of each, and a scatter-add of N rows into K:
-    O(N log N + N D); no [V, D] array.
+    O(N log N + N D); no [V, D] array. On CPU the duplicates are summed in lookup order
+    (deterministic, bitwise reproducible); on GPU the scatter-add's order is not fixed.
     Shapes are fixed (jit-friendly); ids >= 2^31 - 1 - K are not supported.
     """
     ids = jnp.asarray(ids)
@@ -474,10 +475,6 @@ def lazy_sgd(
 # --------------------------------------------------------------------------------------------
 # Composition with dense optax
 # --------------------------------------------------------------------------------------------
-class ClipByGlobalNormState(NamedTuple):
-    """No state."""
-
-
 def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
     """optax.clip_by_global_norm over a gradient tree holding arrays and `SparseRows`.
 
@@ -489,7 +486,7 @@ def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
 
     def init_fn(params):
         del params
-        return ClipByGlobalNormState()
+        return optax.EmptyState()
 
     def update_fn(updates, state, params=None):
         del params

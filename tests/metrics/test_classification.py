@@ -90,7 +90,7 @@ def _random_case(seed, batch, num_classes, weighted):
 
 
 class TestAgainstScikitLearn:
-    @pytest.mark.parametrize("seed", range(4))
+    @pytest.mark.parametrize("seed", range(3))
     @pytest.mark.parametrize("num_classes", [2, 5, 17])
     @pytest.mark.parametrize("weighted", [False, True])
     def test_random_jit(self, seed, num_classes, weighted):
@@ -127,7 +127,7 @@ class TestAgainstScikitLearn:
         _assert_same(_ours(labels, predictions, 4), ref)
         f1 = ref["f1"]
         np.testing.assert_allclose(
-            float(macro_f1(confusion_matrix(labels, predictions, 4))),
+            float(_ours(labels, predictions, 4)["macro_f1"]),
             (f1[0] + f1[1]) / 2,
             rtol=1e-6,
         )
@@ -162,7 +162,7 @@ class TestAgainstScikitLearn:
         labels = np.array([0, 1, 2], np.int32)
         predictions = np.array([0, 1, 2], np.int32)
         weights = jnp.array([1.0, 1.0, 0.0])
-        assert float(macro_f1(confusion_matrix(labels, predictions, 3, weights=weights))) == 1.0
+        assert float(_ours(labels, predictions, 3, weights)["macro_f1"]) == 1.0
 
 
 class TestEdgeCases:
@@ -245,8 +245,8 @@ class TestAccumulation:
             (np.array([0, 0, 0, 0], np.int32), np.array([0, 0, 0, 0], np.int32)),
             (np.array([0, 1, 1, 1], np.int32), np.array([1, 1, 0, 0], np.int32)),
         ]
-        per_batch = [float(macro_f1(confusion_matrix(lab, pred, 2))) for lab, pred in batches]
-        total = sum(confusion_matrix(lab, pred, 2) for lab, pred in batches)
+        per_batch = [float(_ours(lab, pred, 2)["macro_f1"]) for lab, pred in batches]
+        total = sum(_ours(lab, pred, 2)["cm"] for lab, pred in batches)
         labels = np.concatenate([b[0] for b in batches])
         predictions = np.concatenate([b[1] for b in batches])
         ref = skm.f1_score(labels, predictions, average="macro", zero_division=0)

@@ -1,12 +1,12 @@
 """jaxnn/nn/attention.py against flax.linen.MultiHeadDotProductAttention with the same weights."""
 
-import chex
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from absl.testing import parameterized
 
 from jaxnn.nn import MultiHeadAttention
 
@@ -15,9 +15,12 @@ X = jnp.asarray(RNG.normal(size=(3, 6, 8)), jnp.float32)
 MASK = jnp.asarray([[1, 1, 1, 1, 0, 0], [1] * 6, [1, 1, 0, 0, 0, 0]], bool)
 
 
-def _variables(module, seed=0):
-    variables = module.init(jax.random.key(seed), X, MASK, deterministic=True)
-    keys = iter(jax.random.split(jax.random.key(seed + 1), 16))
+@functools.cache
+def _variables(heads, qkv=None, out=None):
+    """Initialized (then perturbed) variables of MultiHeadAttention(heads, qkv, out)."""
+    module = MultiHeadAttention(heads, qkv_features=qkv, out_features=out)
+    variables = jax.jit(lambda k: module.init(k, X, MASK, deterministic=True))(jax.random.key(0))
+    keys = iter(jax.random.split(jax.random.key(1), 16))
     # non-zero biases so that every parameter matters
     return jax.tree.map(lambda p: p + 0.1 * jax.random.normal(next(keys), p.shape), variables)
 
@@ -32,36 +35,41 @@ def _flax_apply(reference, variables, x, mask):
     return reference.apply(variables, x, mask=mask[:, None, None, :], deterministic=True)
 
 
-class MultiHeadAttentionTest(chex.TestCase):
-    @chex.variants(with_jit=True, without_jit=True)
-    @parameterized.parameters(
-        ("reference", 2, None, None), ("auto", 4, 16, 5), ("chunked", 1, None, None)
-    )
-    def test_matches_flax_values_and_gradients(self, impl, heads, qkv, out):
-        ours = MultiHeadAttention(heads, qkv_features=qkv, out_features=out, attention_impl=impl)
-        reference = _flax_reference(heads, qkv, out)
-        variables = _variables(ours)
-        # the same parameter tree: flax's module accepts our variables as they are
-        assert jax.tree.structure(variables) == jax.tree.structure(
-            reference.init(jax.random.key(0), X)
-        )
-        got = self.variant(lambda v, x: ours.apply(v, x, MASK, deterministic=True))(variables, X)
-        np.testing.assert_allclose(got, _flax_apply(reference, variables, X, MASK), atol=2e-5)
+@pytest.mark.parametrize(
+    ("impl", "heads", "qkv", "out"),
+    [("reference", 2, None, None), ("auto", 4, 16, 5), ("chunked", 1, None, None)],
+)
+def test_matches_flax_values_and_gradients(impl, heads, qkv, out):
+    ours = MultiHeadAttention(heads, qkv_features=qkv, out_features=out, attention_impl=impl)
+    reference = _flax_reference(heads, qkv, out)
+    variables = _variables(heads, qkv, out)
+    # the same parameter tree: flax's module accepts our variables as they are
+    assert jax.tree.structure(variables) == jax.tree.structure(reference.init(jax.random.key(0), X))
+    cot = jnp.asarray(RNG.normal(size=(3, 6, out or 8)), jnp.float32)
 
-        cot = jnp.asarray(RNG.normal(size=got.shape), jnp.float32)
-        g_ours = self.variant(
-            jax.grad(lambda v, x: jnp.sum(ours.apply(v, x, MASK, deterministic=True) * cot), (0, 1))
-        )(variables, X)
-        g_ref = jax.grad(lambda v, x: jnp.sum(_flax_apply(reference, v, x, MASK) * cot), (0, 1))(
-            variables, X
-        )
-        for a, b in zip(jax.tree.leaves(g_ours), jax.tree.leaves(g_ref)):
-            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+    @jax.jit
+    def ours_value_and_grad(v, x):
+        f = lambda v, x: jnp.sum(ours.apply(v, x, MASK, deterministic=True) * cot)
+        return ours.apply(v, x, MASK, deterministic=True), jax.grad(f, (0, 1))(v, x)
+
+    @jax.jit
+    def flax_value_and_grad(v, x):
+        f = lambda v, x: jnp.sum(_flax_apply(reference, v, x, MASK) * cot)
+        return _flax_apply(reference, v, x, MASK), jax.grad(f, (0, 1))(v, x)
+
+    got, g_ours = ours_value_and_grad(variables, X)
+    ref, g_ref = flax_value_and_grad(variables, X)
+    np.testing.assert_allclose(got, ref, atol=2e-5)
+    for a, b in zip(jax.tree.leaves(g_ours), jax.tree.leaves(g_ref)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+    if impl == "reference":  # and once without jit
+        eager = ours.apply(variables, X, MASK, deterministic=True)
+        np.testing.assert_allclose(eager, ref, atol=2e-5)
 
 
 def test_no_mask_and_padding_invariance():
     ours = MultiHeadAttention(2)
-    variables = _variables(ours)
+    variables = _variables(2)
     reference = _flax_reference(2)
     np.testing.assert_allclose(
         ours.apply(variables, X, deterministic=True),
@@ -77,7 +85,7 @@ def test_no_mask_and_padding_invariance():
 
 def test_all_padding_row_gives_the_output_bias():
     ours = MultiHeadAttention(2)
-    variables = _variables(ours)
+    variables = _variables(2)
     mask = MASK.at[2].set(False)
     y = ours.apply(variables, X, mask, deterministic=True)
     expected = jnp.broadcast_to(variables["params"]["out"]["bias"], (6, 8))
@@ -87,7 +95,7 @@ def test_all_padding_row_gives_the_output_bias():
 
 def test_attention_dropout_uses_the_dropout_stream():
     ours = MultiHeadAttention(2, dropout_rate=0.5)
-    variables = _variables(ours)
+    variables = _variables(2)
     det = ours.apply(variables, X, MASK, deterministic=True)
     a = ours.apply(variables, X, MASK, deterministic=False, rngs={"dropout": jax.random.key(1)})
     b = ours.apply(variables, X, MASK, deterministic=False, rngs={"dropout": jax.random.key(2)})
@@ -99,7 +107,7 @@ def test_attention_dropout_uses_the_dropout_stream():
 
 def test_dtype_bf16():
     ours = MultiHeadAttention(2, dtype=jnp.bfloat16)
-    variables = _variables(ours)
+    variables = _variables(2)
     assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(variables))
     y = ours.apply(variables, X, MASK, deterministic=True)
     assert y.dtype == jnp.bfloat16

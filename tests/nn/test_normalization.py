@@ -1,4 +1,4 @@
-"""jaxnn/nn/normalization.py against flax.linen LayerNorm, RMSNorm and BatchNorm (same variables)."""
+"""jaxnn/nn/normalization.py against flax.linen LayerNorm, RMSNorm, BatchNorm (same variables)."""
 
 import flax.linen as nn
 import jax
@@ -141,7 +141,7 @@ def test_make_norm_and_apply_norm():
     assert isinstance(make_norm("layer"), LayerNorm)
     assert isinstance(make_norm("rms", epsilon=1e-3), RMSNorm)
     assert make_norm("batch", momentum=0.5).momentum == 0.5
-    with pytest.raises(ValueError, match="'group'.*layer, batch, rms"):
+    with pytest.raises(ValueError, match=r"'group'.*layer, batch, rms"):
         make_norm("group")
 
     class Block(nn.Module):

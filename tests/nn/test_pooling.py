@@ -25,5 +25,5 @@ def test_get_pool():
     assert isinstance(get_pool("mean"), MeanPool)
     assert isinstance(get_pool("max"), MaxPool)
     assert isinstance(get_pool("first"), FirstTokenPool)
-    with pytest.raises(ValueError, match="'cls'.*mean, max, first"):
+    with pytest.raises(ValueError, match=r"'cls'.*mean, max, first"):
         get_pool("cls")

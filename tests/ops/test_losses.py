@@ -105,7 +105,7 @@ def test_l2_penalty_all_leaves_and_masks(maybe_jit):
     np.testing.assert_allclose(
         l2_penalty(PARAMS, prefix), _np_sum_squares(*PARAMS["dense"].values()), rtol=1e-6
     )
-    kernels = lambda p: jax.tree_util.tree_map_with_path(  # noqa: E731
+    kernels = lambda p: jax.tree_util.tree_map_with_path(
         lambda path, _: getattr(path[-1], "key", None) == "kernel", p
     )
     np.testing.assert_allclose(

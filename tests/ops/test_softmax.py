@@ -23,6 +23,9 @@ def _logits(seed=0, shape=(3, 4, 9), scale=4.0):
     return np.random.default_rng(seed).normal(scale=scale, size=shape).astype(np.float32)
 
 
+COT = jnp.asarray(_logits(1))
+
+
 class SoftmaxReferenceTest(chex.TestCase):
     @chex.variants(with_jit=True, without_jit=True)
     @parameterized.parameters(-1, 0, 1)
@@ -31,9 +34,8 @@ class SoftmaxReferenceTest(chex.TestCase):
         for ours, theirs in ((softmax, jax.nn.softmax), (log_softmax, jax.nn.log_softmax)):
             got = self.variant(lambda v, f=ours: f(v, axis=axis))(x)
             np.testing.assert_allclose(got, theirs(x, axis=axis), rtol=1e-5, atol=1e-6)
-            cot = jnp.asarray(_logits(1))
-            grad = self.variant(jax.grad(lambda v, f=ours: jnp.sum(f(v, axis=axis) * cot)))(x)
-            ref = jax.grad(lambda v, f=theirs: jnp.sum(f(v, axis=axis) * cot))(x)
+            grad = self.variant(jax.grad(lambda v, f=ours: jnp.sum(f(v, axis=axis) * COT)))(x)
+            ref = jax.grad(lambda v, f=theirs: jnp.sum(f(v, axis=axis) * COT))(x)
             np.testing.assert_allclose(grad, ref, rtol=1e-4, atol=1e-5)
         np.testing.assert_allclose(
             self.variant(lambda v: softmax(v, axis=axis))(x),

@@ -34,6 +34,7 @@ V, D = 23, 5
 
 # one compilation per shape, shared by the tests (eager mode is tested once, separately)
 _sparse_gradient = jax.jit(sparse_gradient, static_argnames="size")
+_to_dense = jax.jit(SparseRows.to_dense, static_argnums=1)
 
 
 def _lazy_step(tx):
@@ -93,7 +94,7 @@ class TestSparseGradient:
         assert np.all(pad >= np.iinfo(np.int32).max - 36 + 1)
         assert np.all(np.diff(np.asarray(sg.indices)) > 0)
         np.testing.assert_array_equal(np.asarray(sg.values[k:]), 0)
-        np.testing.assert_allclose(np.asarray(sg.to_dense(7)), dense, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(np.asarray(_to_dense(sg, 7)), dense, rtol=1e-5, atol=1e-6)
 
     def test_is_the_gradient_of_the_gather(self):
         # autodiff of E[ids] gives the dense table gradient; the sparse form must equal it
@@ -110,7 +111,7 @@ class TestSparseGradient:
             return dense, sparse_gradient(ids, jax.grad(loss)(table[ids]))
 
         dense, sg = both(table)
-        np.testing.assert_allclose(np.asarray(sg.to_dense(V)), np.asarray(dense), rtol=1e-6)
+        np.testing.assert_allclose(np.asarray(_to_dense(sg, V)), np.asarray(dense), rtol=1e-6)
 
     def test_size_and_all_masked(self):
         rng = np.random.default_rng(2)
@@ -118,13 +119,16 @@ class TestSparseGradient:
         sg = _sparse_gradient(ids, row_grads, size=4)  # at most 4 distinct ids
         dense, touched = _np_dense_grad(ids, row_grads, num_rows=4)
         np.testing.assert_array_equal(np.asarray(sg.indices[: len(touched)]), touched)
-        np.testing.assert_allclose(np.asarray(sg.to_dense(4)), dense, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(np.asarray(_to_dense(sg, 4)), dense, rtol=1e-5, atol=1e-6)
+        small = _sparse_gradient(ids, row_grads, size=2)  # too few slots: the 2 smallest ids
+        np.testing.assert_array_equal(np.asarray(small.indices), touched[:2])
+        np.testing.assert_allclose(np.asarray(small.values), dense[touched[:2]], rtol=1e-5)
         empty = _sparse_gradient(ids, row_grads, np.zeros((2, 10), bool))
         assert np.all(np.asarray(empty.indices) >= np.iinfo(np.int32).max - 20 + 1)
-        np.testing.assert_array_equal(np.asarray(empty.to_dense(4)), 0)
+        np.testing.assert_array_equal(np.asarray(_to_dense(empty, 4)), 0)
 
     def test_is_a_pytree(self):
-        sg = sparse_gradient(np.array([1, 1, 0]), np.ones((3, 2), np.float32))
+        sg = _sparse_gradient(np.array([1, 1, 0]), np.ones((3, 2), np.float32))
         leaves, treedef = jax.tree.flatten(sg)
         assert len(leaves) == 2
         assert isinstance(jax.tree.unflatten(treedef, leaves), SparseRows)
@@ -396,8 +400,8 @@ def _np_lazy_adam(table, state, grad_dense, touched, lr, step, b1=0.9, b2=0.999,
 
 
 class TestComposition:
-    @pytest.mark.parametrize("clip_norm", [0.0, 0.05])
-    def test_train_step_matches_reference(self, clip_norm):
+    def test_train_step_matches_reference(self):
+        clip_norm = 0.05  # small enough to clip at every step
         rng = np.random.default_rng(12)
         params = _model_params(rng)
         lr = 0.05
@@ -426,14 +430,15 @@ class TestComposition:
         ref_params = jax.tree.map(lambda x: np.asarray(x, np.float64), params)
         ref_table_state = (np.zeros((V, D)), np.zeros((V, D)))
         ref_head_state = tx.init(params["head"])
-        clip = optax.clip_by_global_norm(clip_norm) if clip_norm else optax.identity()
+        clip = optax.clip_by_global_norm(clip_norm)
 
         @jax.jit
         def reference(params, head_state, ids, mask, labels):
             grads = jax.grad(_full_loss)(params, ids, mask, labels)
+            norm = optax.tree.norm(grads)
             grads, _ = clip.update(grads, clip.init(grads))
             head_updates, head_state = tx.update(grads["head"], head_state)
-            return grads["embed"]["embedding"], head_updates, head_state
+            return grads["embed"]["embedding"], head_updates, head_state, norm
 
         opt_state = opt.init(tx, params)
         for step in range(1, 4):
@@ -441,9 +446,10 @@ class TestComposition:
             mask = rng.random((4, 6)) < 0.8
             labels = rng.integers(0, 3, 4).astype(np.int32)
             f32 = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), ref_params)
-            table_grad, head_updates, ref_head_state = reference(
+            table_grad, head_updates, ref_head_state, norm = reference(
                 f32, ref_head_state, ids, mask, labels
             )
+            assert norm > clip_norm  # the clip acts
             ref_params["head"] = jax.tree.map(
                 lambda p, u: p + np.asarray(u, np.float64), ref_params["head"], head_updates
             )
@@ -550,6 +556,6 @@ class TestInPlace:
         if donated is None:
             pytest.skip("no memory analysis on this backend")
         assert donated.alias_size_in_bytes >= 3 * table_bytes
-        assert donated.temp_size_in_bytes < table_bytes / 8
+        assert donated.temp_size_in_bytes < table_bytes / 4
         # the check can fail: without donation the same step copies all three arrays
         assert analysis(()).alias_size_in_bytes == 0

@@ -156,7 +156,7 @@ def test_zero_sample_weights_leave_a_trial_untrained(data):
 
 def test_bad_input_is_refused_before_compiling(data):
     with pytest.raises(ValueError, match=r"model\.name='transformer'"):
-        VmappedBowTrainer(config(model__name="transformer"), data)
+        VmappedBowTrainer(config(model__name="transformer", model__embed_dim=8), data)
     trainer = VmappedBowTrainer(config(), data)
     with pytest.raises(ValueError, match="dropout in"):
         trainer.fit({"learning_rate": [0.1], "dropout": [1.0], "weight_decay": [0.0]}, [0])
