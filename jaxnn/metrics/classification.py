@@ -163,6 +163,8 @@ def macro_f1(cm: jax.Array) -> jax.Array:
     A class c is present when row c or column c of ``cm`` has non-zero weight; absent classes
     are left out of the mean (scikit-learn's ``f1_score(average="macro", zero_division=0)``
     without ``labels``). A class that is present but never predicted correctly counts as 0.
+    A class seen only in zero-weight (padding) rows is absent here; scikit-learn, given those
+    rows with ``sample_weight`` 0, would count it as present with F1 0.
 
     Args:
       cm: [C, C] confusion matrix, accumulated over the whole evaluation set.

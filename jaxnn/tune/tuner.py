@@ -455,7 +455,9 @@ def run_search(
 ) -> dict:
     """Random search or TPE over the tuner's candidate values, ``n_trials`` trials, resumable.
 
-    Every tuned hyperparameter is a categorical over its candidates; all vary at once. The study
+    Every tuned hyperparameter is a categorical over its candidates; all vary at once. TPE models
+    after min(10, max(3, n_trials // 3)) random start-up trials, seeded apart from random search's
+    so the two do not share their first trials. The study
     is ``<study_name>-<sampler>`` in the same storage. Returns {"sampler", "n_trials",
     "best": {"validation", "hyperparameters", "trial"}, "trials": [...]} on validation only.
     """
@@ -469,7 +471,11 @@ def run_search(
     optuna_sampler = (
         optuna.samplers.RandomSampler(seed=options.seed)
         if sampler == "random"
-        else optuna.samplers.TPESampler(seed=options.seed)
+        # TPE's default 10 random start-up trials would make a small budget a random search (with
+        # the same seed, the very same trials): start modelling after a third of the budget.
+        else optuna.samplers.TPESampler(
+            seed=options.seed + 1, n_startup_trials=min(10, max(3, n_trials // 3))
+        )
     )
     study = open_study(url, f"{options.study_name}-{sampler}", sampler=optuna_sampler)
     claims = Claims(study, stale_after_s=options.stale_after_s, heartbeat_s=options.heartbeat_s)

@@ -18,6 +18,14 @@ def _model(**kwargs):
     return TransformerClassifier(**{**defaults, **kwargs})
 
 
+def _init(model, tokens, mask):
+    return jax.jit(lambda t, m: model.init(jax.random.key(0), t, m, train=False))(tokens, mask)
+
+
+def _apply(model, variables, tokens, mask):
+    return jax.jit(lambda v, t, m: model.apply(v, t, m, train=False))(variables, tokens, mask)
+
+
 def _batch(length=10):
     rng = np.random.default_rng(0)
     lengths = np.array([length, 3, 1, 6])
@@ -28,20 +36,20 @@ def _batch(length=10):
 
 @pytest.mark.parametrize(
     ("norm", "pooling"),
-    [("layer", "mean"), ("rms", "max"), ("batch", "first"), ("layer", "first"), ("batch", "max")],
+    [("layer", "mean"), ("rms", "max"), ("batch", "first")],
 )
 def test_logits_shape_and_padding_invariance(norm, pooling):
     tokens, mask = _batch()
     model = _model(norm=norm, pooling=pooling)
-    variables = model.init(jax.random.key(0), tokens, mask, train=False)
-    logits = model.apply(variables, tokens, mask, train=False)
+    variables = _init(model, tokens, mask)
+    logits = _apply(model, variables, tokens, mask)
     assert logits.shape == (4, 3) and logits.dtype == jnp.float32
     assert np.all(np.isfinite(logits))
     # more padding at the end (a longer bucket) changes nothing for any row
     longer = np.pad(tokens, ((0, 0), (0, 6)))
     longer_mask = np.pad(mask, ((0, 0), (0, 6)))
     np.testing.assert_allclose(
-        model.apply(variables, longer, longer_mask, train=False), logits, rtol=1e-5, atol=1e-6
+        _apply(model, variables, longer, longer_mask), logits, rtol=1e-5, atol=1e-6
     )
     assert ("batch_stats" in variables) == (norm == "batch")
 
@@ -49,9 +57,9 @@ def test_logits_shape_and_padding_invariance(norm, pooling):
 def test_a_row_does_not_depend_on_other_rows_in_eval():
     tokens, mask = _batch()
     model = _model(norm="batch")
-    variables = model.init(jax.random.key(0), tokens, mask, train=False)
-    full = model.apply(variables, tokens, mask, train=False)
-    single = model.apply(variables, tokens[1:2], mask[1:2], train=False)
+    variables = _init(model, tokens, mask)
+    full = _apply(model, variables, tokens, mask)
+    single = _apply(model, variables, tokens[1:2], mask[1:2])
     np.testing.assert_allclose(full[1:2], single, rtol=1e-5, atol=1e-6)
 
 

@@ -44,7 +44,8 @@ def test_matches_flax_values_and_gradients(impl, heads, qkv, out):
     reference = _flax_reference(heads, qkv, out)
     variables = _variables(heads, qkv, out)
     # the same parameter tree: flax's module accepts our variables as they are
-    assert jax.tree.structure(variables) == jax.tree.structure(reference.init(jax.random.key(0), X))
+    flax_shapes = jax.eval_shape(reference.init, jax.random.key(0), X)
+    assert jax.tree.structure(variables) == jax.tree.structure(flax_shapes)
     cot = jnp.asarray(RNG.normal(size=(3, 6, out or 8)), jnp.float32)
 
     @jax.jit
@@ -71,15 +72,17 @@ def test_no_mask_and_padding_invariance():
     ours = MultiHeadAttention(2)
     variables = _variables(2)
     reference = _flax_reference(2)
+    no_mask = jax.jit(lambda v, x: ours.apply(v, x, deterministic=True))
     np.testing.assert_allclose(
-        ours.apply(variables, X, deterministic=True),
-        reference.apply(variables, X, deterministic=True),
+        no_mask(variables, X),
+        jax.jit(lambda v, x: reference.apply(v, x, deterministic=True))(variables, X),
         atol=2e-5,
     )
     # padded tokens are never attended to: changing them leaves real positions unchanged
     garbage = jnp.where(MASK[..., None], X, 100.0)
-    a = ours.apply(variables, X, MASK, deterministic=True)
-    b = ours.apply(variables, garbage, MASK, deterministic=True)
+    masked = jax.jit(lambda v, x: ours.apply(v, x, MASK, deterministic=True))
+    a = masked(variables, X)
+    b = masked(variables, garbage)
     np.testing.assert_allclose(a[np.asarray(MASK)], b[np.asarray(MASK)], rtol=1e-5, atol=1e-5)
 
 
@@ -87,7 +90,7 @@ def test_all_padding_row_gives_the_output_bias():
     ours = MultiHeadAttention(2)
     variables = _variables(2)
     mask = MASK.at[2].set(False)
-    y = ours.apply(variables, X, mask, deterministic=True)
+    y = jax.jit(lambda v, m: ours.apply(v, X, m, deterministic=True))(variables, mask)
     expected = jnp.broadcast_to(variables["params"]["out"]["bias"], (6, 8))
     np.testing.assert_allclose(y[2], expected, rtol=1e-6)
     assert bool(jnp.all(jnp.isfinite(y)))
@@ -96,22 +99,24 @@ def test_all_padding_row_gives_the_output_bias():
 def test_attention_dropout_uses_the_dropout_stream():
     ours = MultiHeadAttention(2, dropout_rate=0.5)
     variables = _variables(2)
-    det = ours.apply(variables, X, MASK, deterministic=True)
-    a = ours.apply(variables, X, MASK, deterministic=False, rngs={"dropout": jax.random.key(1)})
-    b = ours.apply(variables, X, MASK, deterministic=False, rngs={"dropout": jax.random.key(2)})
-    assert not np.allclose(a, det) and not np.allclose(a, b)
-    np.testing.assert_allclose(
-        det, MultiHeadAttention(2).apply(variables, X, MASK, deterministic=True), rtol=1e-6
+    run = jax.jit(
+        lambda key, det: ours.apply(variables, X, MASK, deterministic=det, rngs={"dropout": key}),
+        static_argnums=1,
     )
+    det = run(jax.random.key(0), True)
+    a, b = run(jax.random.key(1), False), run(jax.random.key(2), False)
+    assert not np.allclose(a, det) and not np.allclose(a, b)
+    without = jax.jit(lambda v: MultiHeadAttention(2).apply(v, X, MASK, deterministic=True))
+    np.testing.assert_allclose(det, without(variables), rtol=1e-5, atol=1e-6)
 
 
 def test_dtype_bf16():
     ours = MultiHeadAttention(2, dtype=jnp.bfloat16)
     variables = _variables(2)
     assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(variables))
-    y = ours.apply(variables, X, MASK, deterministic=True)
+    y = jax.jit(lambda v: ours.apply(v, X, MASK, deterministic=True))(variables)
     assert y.dtype == jnp.bfloat16
-    ref = MultiHeadAttention(2).apply(variables, X, MASK, deterministic=True)
+    ref = jax.jit(lambda v: MultiHeadAttention(2).apply(v, X, MASK, deterministic=True))(variables)
     np.testing.assert_allclose(np.asarray(y, np.float32), ref, rtol=5e-2, atol=5e-2)
 
 

@@ -30,9 +30,17 @@ NUMPY_ACTIVATIONS = {
 }
 
 
+@pytest.mark.parametrize("activation", ["tanh", "identity"])
+def test_matches_numpy_jitted(activation):
+    mlp = MLP((8, 3), activation=activation)
+    params = jax.jit(lambda k: mlp.init(k, X, deterministic=True))(jax.random.key(1))["params"]
+    got = jax.jit(lambda p: mlp.apply({"params": p}, X, deterministic=True))(params)
+    np.testing.assert_allclose(got, _np_mlp(params, X, NUMPY_ACTIVATIONS[activation]), atol=1e-5)
+
+
 class MLPTest(chex.TestCase):
     @chex.variants(with_jit=True, without_jit=True)
-    @parameterized.parameters(*NUMPY_ACTIVATIONS)
+    @parameterized.parameters("relu", "sigmoid")
     def test_matches_numpy(self, activation):
         mlp = MLP((8, 7, 3), activation=activation)
         params = mlp.init(jax.random.key(1), X, deterministic=True)["params"]

@@ -120,7 +120,9 @@ def test_dropout_only_in_training():
         lambda key, train: block.apply(variables, X, MASK, train=train, rngs={"dropout": key}),
         static_argnums=1,
     )
-    np.testing.assert_allclose(run(jax.random.key(0), False), same_without_dropout, rtol=1e-6)
+    np.testing.assert_allclose(
+        run(jax.random.key(0), False), same_without_dropout, rtol=1e-5, atol=1e-6
+    )
     a = run(jax.random.key(1), True)
     b = run(jax.random.key(2), True)
     assert not np.allclose(a, b) and not np.allclose(a, same_without_dropout)

@@ -32,6 +32,7 @@ SCRIPT = textwrap.dedent(
     config.train.batch_size = 16
     config.train.eval_batch_size = 64
     config.train.num_epochs = 1
+    config.train.max_steps_per_epoch = 8
     data = load_data(config)
     two = make_mesh()
     print("MESH", describe_mesh(two))

@@ -24,6 +24,7 @@ def corpus_csv(tmp_path, monkeypatch):
     return path
 
 
+@pytest.mark.slow  # three compilations on real files; run with -m slow
 def test_runner_groups_same_shape_trials_and_reports_validation_only(corpus_csv):
     cfg = base_config()
     cfg.data.corpus = str(corpus_csv)

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import optuna
+import pytest
 
 from jaxnn.tune.study import config_key
 
@@ -90,6 +91,7 @@ def test_two_processes_share_one_study_and_run_each_trial_once(tmp_path):
         assert saved["final"]["test"] == finals_test[0].user_attrs["record"]["test_metrics"]
 
 
+@pytest.mark.slow  # the in-process interrupt test of test_tuner.py covers resuming quickly
 def test_killed_tuner_resumes_without_redoing_finished_trials(tmp_path):
     storage = f"sqlite:///{tmp_path / 'tune.db'}"
     proc = start(tmp_path, "killed", storage=storage, block_at=4)

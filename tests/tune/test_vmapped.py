@@ -74,11 +74,17 @@ def reference_params(cfg, data, lr, wd, seed):
     "over, lr, wd",
     [
         ({"optim__optimizer": "adam"}, 1e-2, 1e-3),  # l2 in the loss
-        ({"optim__optimizer": "adamw", "optim__grad_clip_norm": 0.5}, 3e-2, 1e-2),  # decoupled
-        (
+        pytest.param(  # decoupled decay, clipping
+            {"optim__optimizer": "adamw", "optim__grad_clip_norm": 0.5},
+            3e-2,
+            1e-2,
+            marks=pytest.mark.slow,
+        ),
+        pytest.param(  # momentum, warmup + cosine schedule
             {"optim__optimizer": "sgd", "optim__schedule": "cosine", "optim__warmup_steps": 3},
             0.3,
             0.0,
+            marks=pytest.mark.slow,
         ),
     ],
 )
