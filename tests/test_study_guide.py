@@ -15,7 +15,7 @@ def test_two_dense_layers_without_activation_are_one_dense_layer():
     """§1/§2: W2 (W1 x + b1) + b2 = (W1 W2)ᵀ... one linear map: a stack collapses to one layer."""
     mlp = MLP((7, 3), activation="identity")
     x = jax.random.normal(jax.random.key(0), (16, 5))
-    params = mlp.init(jax.random.key(1), x, deterministic=True)["params"]
+    params = jax.jit(lambda k: mlp.init(k, x, deterministic=True))(jax.random.key(1))["params"]
     w1, b1 = (
         np.asarray(params["Dense_0"]["kernel"], np.float64),
         np.asarray(params["Dense_0"]["bias"]),

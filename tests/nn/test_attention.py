@@ -37,7 +37,7 @@ def _flax_apply(reference, variables, x, mask):
 
 @pytest.mark.parametrize(
     ("impl", "heads", "qkv", "out"),
-    [("reference", 2, None, None), ("auto", 4, 16, 5), ("chunked", 1, None, None)],
+    [("reference", 2, None, None), ("chunked", 4, 16, 5)],
 )
 def test_matches_flax_values_and_gradients(impl, heads, qkv, out):
     ours = MultiHeadAttention(heads, qkv_features=qkv, out_features=out, attention_impl=impl)
@@ -63,9 +63,6 @@ def test_matches_flax_values_and_gradients(impl, heads, qkv, out):
     np.testing.assert_allclose(got, ref, atol=2e-5)
     for a, b in zip(jax.tree.leaves(g_ours), jax.tree.leaves(g_ref)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
-    if impl == "reference":  # and once without jit
-        eager = ours.apply(variables, X, MASK, deterministic=True)
-        np.testing.assert_allclose(eager, ref, atol=2e-5)
 
 
 def test_no_mask_and_padding_invariance():

@@ -43,7 +43,7 @@ class MLPTest(chex.TestCase):
     @parameterized.parameters("relu", "sigmoid")
     def test_matches_numpy(self, activation):
         mlp = MLP((8, 7, 3), activation=activation)
-        params = mlp.init(jax.random.key(1), X, deterministic=True)["params"]
+        params = jax.jit(lambda k: mlp.init(k, X, deterministic=True))(jax.random.key(1))["params"]
         # random biases so that they matter
         params = jax.tree.map(
             lambda p: p + 0.1 * jax.random.normal(jax.random.key(2), p.shape), params
@@ -56,7 +56,7 @@ class MLPTest(chex.TestCase):
     @chex.variants(with_jit=True, without_jit=True)
     def test_gradient_matches_numpy_for_one_hidden_layer(self):
         mlp = MLP((4, 2), activation="relu")
-        params = mlp.init(jax.random.key(3), X, deterministic=True)["params"]
+        params = jax.jit(lambda k: mlp.init(k, X, deterministic=True))(jax.random.key(3))["params"]
         grad = self.variant(
             jax.grad(lambda p: jnp.sum(mlp.apply({"params": p}, X, deterministic=True)))
         )(params)

@@ -36,8 +36,9 @@ SCRIPT = textwrap.dedent(
     data = load_data(config)
     two = make_mesh()
     print("MESH", describe_mesh(two))
-    batch = shard_batch(Trainer(config, data, mesh=two).train_batches.make_batch(np.arange(16)), two)
-    print("SHARDS", len(batch["tokens"].addressable_shards), batch["tokens"].addressable_shards[0].data.shape)
+    host = Trainer(config, data, mesh=two).train_batches.make_batch(np.arange(16))
+    shards = shard_batch(host, two)["tokens"].addressable_shards
+    print("SHARDS", len(shards), shards[0].data.shape)
     a = fit(config, data, mesh=two)
     b = fit(config, data, mesh=make_mesh(jax.devices()[:1]))
     for x, y in zip(jax.tree.leaves(a.best_variables), jax.tree.leaves(b.best_variables)):
