@@ -71,28 +71,30 @@ class MLPTest(chex.TestCase):
         )
 
 
+def _init(mlp):
+    return jax.jit(lambda k: mlp.init(k, X, deterministic=True))(jax.random.key(0))
+
+
 def test_dropout_between_layers_only():
+    rngs = {"dropout": jax.random.key(1)}
     # one layer: no hidden activation, so no dropout even in training
     single = MLP((3,), dropout_rate=0.9)
-    params = single.init(jax.random.key(0), X, deterministic=True)
-    rngs = {"dropout": jax.random.key(1)}
-    np.testing.assert_array_equal(
-        single.apply(params, X, deterministic=False, rngs=rngs),
-        single.apply(params, X, deterministic=True),
-    )
+    params = _init(single)
+    run = jax.jit(lambda p, det: single.apply(p, X, deterministic=det, rngs=rngs), static_argnums=1)
+    np.testing.assert_array_equal(run(params, False), run(params, True))
     two = MLP((16, 3), dropout_rate=0.5)
-    params = two.init(jax.random.key(0), X, deterministic=True)
-    train = two.apply(params, X, deterministic=False, rngs=rngs)
-    assert not np.allclose(train, two.apply(params, X, deterministic=True))
+    params = _init(two)
+    run = jax.jit(lambda p, det: two.apply(p, X, deterministic=det, rngs=rngs), static_argnums=1)
+    assert not np.allclose(run(params, False), run(params, True))
 
 
 def test_dtype_computes_in_bf16_with_float32_params():
     mlp = MLP((8, 2), dtype=jnp.bfloat16)
-    variables = mlp.init(jax.random.key(0), X, deterministic=True)
+    variables = _init(mlp)
     assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(variables))
-    y = mlp.apply(variables, X, deterministic=True)
+    y = jax.jit(lambda v: mlp.apply(v, X, deterministic=True))(variables)
     assert y.dtype == jnp.bfloat16
-    ref = MLP((8, 2)).apply(variables, X, deterministic=True)
+    ref = jax.jit(lambda v: MLP((8, 2)).apply(v, X, deterministic=True))(variables)
     np.testing.assert_allclose(np.asarray(y, np.float32), ref, rtol=5e-2, atol=5e-2)
 
 

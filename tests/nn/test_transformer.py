@@ -113,19 +113,14 @@ def test_matches_flax_composition_and_ignores_padding(norm, activation):
 def test_dropout_only_in_training():
     block = TransformerEncoderBlock(num_heads=2, mlp_dim=16, dropout_rate=0.3)
     variables = _variables("layer", "gelu")
-    same_without_dropout = jax.jit(
-        lambda v: TransformerEncoderBlock(num_heads=2, mlp_dim=16).apply(v, X, MASK, train=False)
-    )(variables)
     run = jax.jit(
         lambda key, train: block.apply(variables, X, MASK, train=train, rngs={"dropout": key}),
         static_argnums=1,
     )
-    np.testing.assert_allclose(
-        run(jax.random.key(0), False), same_without_dropout, rtol=1e-5, atol=1e-6
-    )
-    a = run(jax.random.key(1), True)
-    b = run(jax.random.key(2), True)
-    assert not np.allclose(a, b) and not np.allclose(a, same_without_dropout)
+    # evaluation: deterministic, whatever the key
+    np.testing.assert_array_equal(run(jax.random.key(0), False), run(jax.random.key(1), False))
+    a, b = run(jax.random.key(1), True), run(jax.random.key(2), True)
+    assert not np.allclose(a, b) and not np.allclose(a, run(jax.random.key(1), False))
 
 
 def test_bf16_and_bad_input():
