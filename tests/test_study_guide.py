@@ -15,7 +15,14 @@ def test_two_dense_layers_without_activation_are_one_dense_layer():
     """§1/§2: W2 (W1 x + b1) + b2 = (W1 W2)ᵀ... one linear map: a stack collapses to one layer."""
     mlp = MLP((7, 3), activation="identity")
     x = jax.random.normal(jax.random.key(0), (16, 5))
-    params = jax.jit(lambda k: mlp.init(k, x, deterministic=True))(jax.random.key(1))["params"]
+    rng = np.random.default_rng(1)
+    params = {  # the shapes of mlp.init's params, random values (biases too, so they matter)
+        "Dense_0": {"kernel": rng.normal(size=(5, 7)) / 2, "bias": rng.normal(size=7)},
+        "Dense_1": {"kernel": rng.normal(size=(7, 3)) / 2, "bias": rng.normal(size=3)},
+    }
+    params = jax.tree.map(lambda p: jnp.asarray(p, jnp.float32), params)
+    shapes = jax.eval_shape(lambda: mlp.init(jax.random.key(0), x, deterministic=True)["params"])
+    assert jax.tree.map(jnp.shape, params) == jax.tree.map(lambda s: s.shape, shapes)
     w1, b1 = (
         np.asarray(params["Dense_0"]["kernel"], np.float64),
         np.asarray(params["Dense_0"]["bias"]),

@@ -1,7 +1,5 @@
 """jaxnn/nn/attention.py against flax.linen.MultiHeadDotProductAttention with the same weights."""
 
-import functools
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -13,16 +11,6 @@ from jaxnn.nn import MultiHeadAttention
 RNG = np.random.default_rng(0)
 X = jnp.asarray(RNG.normal(size=(3, 6, 8)), jnp.float32)
 MASK = jnp.asarray([[1, 1, 1, 1, 0, 0], [1] * 6, [1, 1, 0, 0, 0, 0]], bool)
-
-
-@functools.cache
-def _variables(heads, qkv=None, out=None):
-    """Initialized (then perturbed) variables of MultiHeadAttention(heads, qkv, out)."""
-    module = MultiHeadAttention(heads, qkv_features=qkv, out_features=out)
-    variables = jax.jit(lambda k: module.init(k, X, MASK, deterministic=True))(jax.random.key(0))
-    keys = iter(jax.random.split(jax.random.key(1), 16))
-    # non-zero biases so that every parameter matters
-    return jax.tree.map(lambda p: p + 0.1 * jax.random.normal(next(keys), p.shape), variables)
 
 
 def _flax_reference(num_heads, qkv_features=None, out_features=None):
@@ -39,10 +27,10 @@ def _flax_apply(reference, variables, x, mask):
     ("impl", "heads", "qkv", "out"),
     [("reference", 2, None, None), ("chunked", 4, 16, 5)],
 )
-def test_matches_flax_values_and_gradients(impl, heads, qkv, out):
+def test_matches_flax_values_and_gradients(random_variables, impl, heads, qkv, out):
     ours = MultiHeadAttention(heads, qkv_features=qkv, out_features=out, attention_impl=impl)
     reference = _flax_reference(heads, qkv, out)
-    variables = _variables(heads, qkv, out)
+    variables = random_variables(ours, X, MASK, deterministic=True)
     # the same parameter tree: flax's module accepts our variables as they are
     flax_shapes = jax.eval_shape(reference.init, jax.random.key(0), X)
     assert jax.tree.structure(variables) == jax.tree.structure(flax_shapes)
@@ -65,9 +53,9 @@ def test_matches_flax_values_and_gradients(impl, heads, qkv, out):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
 
-def test_no_mask_and_padding_invariance():
+def test_no_mask_and_padding_invariance(random_variables):
     ours = MultiHeadAttention(2)
-    variables = _variables(2)
+    variables = random_variables(ours, X, MASK, deterministic=True)
     reference = _flax_reference(2)
     no_mask = jax.jit(lambda v, x: ours.apply(v, x, deterministic=True))
     np.testing.assert_allclose(
@@ -83,9 +71,9 @@ def test_no_mask_and_padding_invariance():
     np.testing.assert_allclose(a[np.asarray(MASK)], b[np.asarray(MASK)], rtol=1e-5, atol=1e-5)
 
 
-def test_all_padding_row_gives_the_output_bias():
+def test_all_padding_row_gives_the_output_bias(random_variables):
     ours = MultiHeadAttention(2)
-    variables = _variables(2)
+    variables = random_variables(ours, X, MASK, deterministic=True)
     mask = MASK.at[2].set(False)
     y = jax.jit(lambda v, m: ours.apply(v, X, m, deterministic=True))(variables, mask)
     expected = jnp.broadcast_to(variables["params"]["out"]["bias"], (6, 8))
@@ -93,9 +81,9 @@ def test_all_padding_row_gives_the_output_bias():
     assert bool(jnp.all(jnp.isfinite(y)))
 
 
-def test_attention_dropout_uses_the_dropout_stream():
+def test_attention_dropout_uses_the_dropout_stream(random_variables):
     ours = MultiHeadAttention(2, dropout_rate=0.5)
-    variables = _variables(2)
+    variables = random_variables(ours, X, MASK, deterministic=True)
     run = jax.jit(
         lambda key, det: ours.apply(variables, X, MASK, deterministic=det, rngs={"dropout": key}),
         static_argnums=1,
@@ -107,9 +95,9 @@ def test_attention_dropout_uses_the_dropout_stream():
     np.testing.assert_allclose(det, without(variables), rtol=1e-5, atol=1e-6)
 
 
-def test_dtype_bf16():
+def test_dtype_bf16(random_variables):
     ours = MultiHeadAttention(2, dtype=jnp.bfloat16)
-    variables = _variables(2)
+    variables = random_variables(ours, X, MASK, deterministic=True)
     assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(variables))
     y = jax.jit(lambda v: ours.apply(v, X, MASK, deterministic=True))(variables)
     assert y.dtype == jnp.bfloat16

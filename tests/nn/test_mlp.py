@@ -8,6 +8,7 @@ import pytest
 from absl.testing import parameterized
 
 from jaxnn.nn import MLP
+from tests.nn.conftest import make_random_variables
 
 X = jax.random.normal(jax.random.key(0), (6, 5))
 
@@ -33,7 +34,7 @@ NUMPY_ACTIVATIONS = {
 @pytest.mark.parametrize("activation", ["tanh", "identity"])
 def test_matches_numpy_jitted(activation):
     mlp = MLP((8, 3), activation=activation)
-    params = jax.jit(lambda k: mlp.init(k, X, deterministic=True))(jax.random.key(1))["params"]
+    params = _init(mlp)["params"]
     got = jax.jit(lambda p: mlp.apply({"params": p}, X, deterministic=True))(params)
     np.testing.assert_allclose(got, _np_mlp(params, X, NUMPY_ACTIVATIONS[activation]), atol=1e-5)
 
@@ -43,11 +44,7 @@ class MLPTest(chex.TestCase):
     @parameterized.parameters("relu", "sigmoid")
     def test_matches_numpy(self, activation):
         mlp = MLP((8, 7, 3), activation=activation)
-        params = jax.jit(lambda k: mlp.init(k, X, deterministic=True))(jax.random.key(1))["params"]
-        # random biases so that they matter
-        params = jax.tree.map(
-            lambda p: p + 0.1 * jax.random.normal(jax.random.key(2), p.shape), params
-        )
+        params = _init(mlp)["params"]
         got = self.variant(lambda p, x: mlp.apply({"params": p}, x, deterministic=True))(params, X)
         ref = _np_mlp(params, X, NUMPY_ACTIVATIONS[activation])
         np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
@@ -56,7 +53,7 @@ class MLPTest(chex.TestCase):
     @chex.variants(with_jit=True, without_jit=True)
     def test_gradient_matches_numpy_for_one_hidden_layer(self):
         mlp = MLP((4, 2), activation="relu")
-        params = jax.jit(lambda k: mlp.init(k, X, deterministic=True))(jax.random.key(3))["params"]
+        params = _init(mlp)["params"]
         grad = self.variant(
             jax.grad(lambda p: jnp.sum(mlp.apply({"params": p}, X, deterministic=True)))
         )(params)
@@ -72,7 +69,7 @@ class MLPTest(chex.TestCase):
 
 
 def _init(mlp):
-    return jax.jit(lambda k: mlp.init(k, X, deterministic=True))(jax.random.key(0))
+    return make_random_variables(mlp, X, deterministic=True)
 
 
 def test_dropout_between_layers_only():

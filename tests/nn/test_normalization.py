@@ -7,15 +7,11 @@ import numpy as np
 import pytest
 
 from jaxnn.nn import BatchNorm, LayerNorm, RMSNorm, apply_norm, make_norm
+from tests.nn.conftest import make_random_variables
 
 RNG = np.random.default_rng(0)
 X = jnp.asarray(RNG.normal(loc=2.0, scale=3.0, size=(3, 5, 4)), jnp.float32)
 MASK = jnp.asarray([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 1, 0, 0, 0]], bool)
-
-
-def _randomize(variables, seed=1):
-    keys = iter(jax.random.split(jax.random.key(seed), 16))
-    return jax.tree.map(lambda p: p + 0.3 * jax.random.normal(next(keys), p.shape), variables)
 
 
 @pytest.mark.parametrize(
@@ -23,9 +19,8 @@ def _randomize(variables, seed=1):
     [(LayerNorm(), nn.LayerNorm(epsilon=1e-6)), (RMSNorm(), nn.RMSNorm(epsilon=1e-6))],
 )
 def test_per_sample_norms_match_flax(ours, theirs):
-    variables = ours.init(jax.random.key(0), X)
+    variables = make_random_variables(ours, X)
     assert jax.tree.structure(variables) == jax.tree.structure(theirs.init(jax.random.key(0), X))
-    variables = _randomize(variables)
     np.testing.assert_allclose(
         jax.jit(ours.apply)(variables, X), theirs.apply(variables, X), rtol=1e-5, atol=2e-5
     )
@@ -48,7 +43,7 @@ def test_batch_norm_matches_flax_over_training_steps_and_eval():
     # init does not move the running statistics (as flax)
     np.testing.assert_array_equal(v_ours["batch_stats"]["mean"], 0.0)
     np.testing.assert_array_equal(v_ours["batch_stats"]["var"], 1.0)
-    params = _randomize({"params": v_ours["params"]})["params"]
+    params = make_random_variables(ours, X, use_running_average=False)["params"]
     v_ours = {"params": params, "batch_stats": v_ours["batch_stats"]}
     v_theirs = dict(v_ours)
     step = jax.jit(
@@ -95,7 +90,7 @@ def test_batch_norm_matches_flax_over_training_steps_and_eval():
 
 def test_masked_batch_norm_equals_flax_on_the_real_rows_only():
     ours = BatchNorm()
-    variables = _randomize(ours.init(jax.random.key(0), X, use_running_average=False))
+    variables = make_random_variables(ours, X, use_running_average=False)
     y, upd = ours.apply(variables, X, train=True, mask=MASK, mutable=["batch_stats"])
     rows = X[np.asarray(MASK)]
     ref_y, ref_upd = nn.BatchNorm(momentum=0.9, epsilon=1e-5).apply(
