@@ -149,6 +149,7 @@ def _train(args, kill_at=0):
     )
 
 
+@pytest.mark.slow  # three subprocesses, ~75 s on 2 cores
 def test_sigkilled_run_resumes_to_bitwise_the_same_parameters(synthetic_corpus, tmp_path):
     args = [
         f"--config={ROOT / 'configs' / 'tiny.py'}",

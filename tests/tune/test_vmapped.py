@@ -123,6 +123,7 @@ def test_lazy_rows_equal_dense_for_plain_sgd_and_untouched_rows_stay(neutral):
     assert np.abs(final[used] - init[used]).max() > 1e-2
 
 
+@pytest.mark.slow  # ~25 s on 2 cores
 def test_vmapped_group_equals_separate_runs_and_a_diverging_trial_fails_alone(data):
     cfg = config(train__num_epochs=3)
     hyper = {
