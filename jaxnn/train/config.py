@@ -15,9 +15,11 @@ keys (and the study guide's names for the hyperparameters, §12) are the same fo
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import ml_collections
@@ -115,6 +117,21 @@ def base_config() -> ml_collections.ConfigDict:
     config.train.max_steps_per_epoch = 0  # 0 = a full epoch; else stop each epoch early
     config.train.progress_bar = True
     return config
+
+
+def config_from_file(path: str | Path) -> ml_collections.ConfigDict:
+    """``get_config()`` of a config file, so one config can start from another.
+
+    configs/imdb_bow.py, for example, is configs/default.py with more epochs:
+    ``config = config_from_file(Path(__file__).with_name("default.py"))``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {str(path)!r} does not exist")
+    spec = importlib.util.spec_from_file_location(f"_jaxnn_config_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
 
 
 def config_to_dict(config: ml_collections.ConfigDict | Mapping) -> dict:
