@@ -60,6 +60,7 @@ def model_configs(quick: bool) -> dict[str, dict]:
     tr.model.mlp_dim = 256
     tr.model.activation = "gelu"
     tr.model.dropout = 0.1
+    tr.model.attention_dropout = 0.0  # PyTorch's twin below gets the same (self_attn.dropout)
     tr.optim.optimizer = "adamw"
     tr.optim.weight_decay = 0.01
     tr.train.batch_size = 64
@@ -214,6 +215,7 @@ def bench_torch(name: str, config: dict, steps_per_block: int, repeats: int) -> 
                     batch_first=True,
                     norm_first=True,
                 )
+                layer.self_attn.dropout = m["attention_dropout"]
                 self.encoder = nn.TransformerEncoder(
                     layer, m["num_layers"], enable_nested_tensor=False
                 )

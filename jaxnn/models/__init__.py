@@ -68,6 +68,7 @@ def get_model(config: Mapping[str, Any], *, vocab_size: int, num_classes: int) -
             num_heads=m["num_heads"],
             mlp_dim=m["mlp_dim"],
             dropout_rate=m["dropout"],
+            attention_dropout_rate=m["attention_dropout"],
             activation=m["activation"],
             norm=m["norm"],
             pooling=m["pooling"],

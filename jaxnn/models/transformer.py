@@ -42,7 +42,9 @@ class TransformerClassifier(nn.Module):
       num_layers: N blocks (0 = pooled embeddings straight to the head).
       num_heads: attention heads.
       mlp_dim: F, the feed-forward hidden size.
-      dropout_rate: on embeddings, attention weights, block outputs and the pooled vector.
+      dropout_rate: on embeddings, block outputs and the pooled vector.
+      attention_dropout_rate: on the attention weights (None = ``dropout_rate``); 0 lets
+        ``attention_impl="auto"`` pick the memory-efficient kernel.
       activation: of the feed-forward layer (relu, gelu, tanh, sigmoid).
       norm: "layer", "batch" or "rms".
       pooling: "mean", "max" or "first".
@@ -58,6 +60,7 @@ class TransformerClassifier(nn.Module):
     num_heads: int = 4
     mlp_dim: int = 256
     dropout_rate: float = 0.0
+    attention_dropout_rate: float | None = None
     activation: str = "gelu"
     norm: str = "layer"
     pooling: str = "mean"
@@ -74,6 +77,7 @@ class TransformerClassifier(nn.Module):
                 num_heads=self.num_heads,
                 mlp_dim=self.mlp_dim,
                 dropout_rate=self.dropout_rate,
+                attention_dropout_rate=self.attention_dropout_rate,
                 activation=self.activation,
                 norm=self.norm,
                 attention_impl=self.attention_impl,

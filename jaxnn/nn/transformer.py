@@ -27,8 +27,11 @@ class TransformerEncoderBlock(nn.Module):
     Attributes:
       num_heads: N attention heads (D divisible by N).
       mlp_dim: F, the feed-forward hidden size.
-      dropout_rate: on the attention weights, the feed-forward hidden layer and both branch
-        outputs; drawn from the "dropout" RNG stream when ``train``.
+      dropout_rate: on the feed-forward hidden layer and both branch outputs; drawn from the
+        "dropout" RNG stream when ``train``.
+      attention_dropout_rate: on the attention weights; None means ``dropout_rate``. Attention
+        dropout needs the materialized score matrix (implementation "reference"), so a rate > 0
+        keeps ``attention_impl="auto"`` off the faster kernels.
       activation: name of the feed-forward activation (``jaxnn.ops.ACTIVATIONS``).
       norm: "layer", "batch" or "rms". BatchNorm keeps running statistics in "batch_stats"
         (apply with ``mutable=["batch_stats"]`` when training) and counts only real tokens.
@@ -49,6 +52,7 @@ class TransformerEncoderBlock(nn.Module):
     num_heads: int
     mlp_dim: int
     dropout_rate: float = 0.0
+    attention_dropout_rate: float | None = None
     activation: str = "gelu"
     norm: str = "layer"
     attention_impl: str = "auto"
@@ -68,7 +72,11 @@ class TransformerEncoderBlock(nn.Module):
         )
         h = MultiHeadAttention(
             num_heads=self.num_heads,
-            dropout_rate=self.dropout_rate,
+            dropout_rate=(
+                self.dropout_rate
+                if self.attention_dropout_rate is None
+                else self.attention_dropout_rate
+            ),
             attention_impl=self.attention_impl,
             dtype=self.dtype,
             name="attention",

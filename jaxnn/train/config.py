@@ -78,6 +78,9 @@ def base_config() -> ml_collections.ConfigDict:
     config.model.num_hidden_layers = 1  # hidden layers of the head when hidden_size > 0
     config.model.activation = "relu"  # relu, gelu, tanh, sigmoid
     config.model.dropout = 0.0  # rate p in [0, 1)
+    # transformer: dropout on the attention weights, apart from model.dropout (as in Flax's
+    # examples); > 0 forces the "reference" attention, which materializes the T x S scores
+    config.model.attention_dropout = 0.0
     config.model.dtype = "float32"  # compute dtype; parameters stay float32
     # bow only
     config.model.bigram_buckets = 0  # rows of the hashed bigram table (0 = unigrams only)
@@ -234,6 +237,7 @@ def validate_config(config: ml_collections.ConfigDict | Mapping) -> dict:
     _check_int(flat, "model.num_hidden_layers", 0)
     _check_choice(flat, "model.activation", ACTIVATIONS)
     _check_number(flat, "model.dropout", 0, 1, low_open=False, high_open=True)
+    _check_number(flat, "model.attention_dropout", 0, 1, low_open=False, high_open=True)
     _check_choice(flat, "model.dtype", DTYPES)
     _check_int(flat, "model.bigram_buckets", 0)
     _check_int(flat, "model.num_layers", 0)

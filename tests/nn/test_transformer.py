@@ -118,6 +118,29 @@ def test_dropout_only_in_training():
     assert not np.allclose(a, b) and not np.allclose(a, run(jax.random.key(1), False))
 
 
+def test_attention_dropout_is_its_own_rate():
+    """attention_dropout_rate=0 keeps a fast kernel usable while the rest of the block drops."""
+    variables = _variables("layer", "gelu")
+    key = jax.random.key(3)
+
+    def run(**kwargs):
+        block = TransformerEncoderBlock(num_heads=2, mlp_dim=16, attention_impl="chunked", **kwargs)
+        return block.apply(variables, X, MASK, train=True, rngs={"dropout": key})
+
+    with pytest.raises(ValueError, match="dropout_rate"):  # inherited 0.3 on the weights
+        run(dropout_rate=0.3)
+    dropped = run(dropout_rate=0.3, attention_dropout_rate=0.0)
+    reference = TransformerEncoderBlock(
+        num_heads=2,
+        mlp_dim=16,
+        attention_impl="reference",
+        dropout_rate=0.3,
+        attention_dropout_rate=0.0,
+    ).apply(variables, X, MASK, train=True, rngs={"dropout": key})
+    np.testing.assert_allclose(dropped, reference, rtol=1e-5, atol=1e-5)
+    assert not np.allclose(dropped, run(dropout_rate=0.0))
+
+
 def test_bf16_and_bad_input():
     block = TransformerEncoderBlock(num_heads=2, mlp_dim=16, dtype=jnp.bfloat16)
     variables = _variables("layer", "gelu")

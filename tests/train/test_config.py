@@ -54,6 +54,7 @@ def _with(path: str, value):
         ("optim.learning_rate", -1e-3, "(0"),
         ("model.dropout", 1.0, "[0, 1)"),
         ("model.dropout", -0.1, "[0, 1)"),
+        ("model.attention_dropout", 1.0, "[0, 1)"),
         ("train.batch_size", 0, ">= 1"),
         ("optim.optimizer", "rmsprop", "adam, adamw, sgd"),
         ("model.activation", "swish", "relu, gelu, tanh, sigmoid"),
