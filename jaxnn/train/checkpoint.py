@@ -58,14 +58,7 @@ class Checkpoints:
 
     def save(self, step: int, state: Any, meta: dict) -> None:
         """Save the whole train state and the loop's position ``meta`` (JSON) at ``step``."""
-        self._latest.save(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)
-            ),
-            force=True,
-        )
-        self._latest.wait_until_finished()
+        _save(self._latest, step, "state", state, meta)
 
     def restore(self, like: Any = None, step: int | None = None) -> tuple[Any, dict]:
         """(state, meta) of ``step`` (default newest), shaped and sharded like ``like``.
@@ -75,11 +68,7 @@ class Checkpoints:
         step = self._latest.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"no checkpoint under {self.latest_dir}")
-        target = ocp.args.StandardRestore(None if like is None else _abstract(like))
-        restored = self._latest.restore(
-            step, args=ocp.args.Composite(state=target, meta=ocp.args.JsonRestore())
-        )
-        return restored["state"], dict(restored["meta"])
+        return _restore(self._latest, step, "state", like)
 
     # --- best parameters ---------------------------------------------------------------------
     def best_step(self) -> int | None:
@@ -87,28 +76,33 @@ class Checkpoints:
 
     def save_best(self, step: int, variables: Any, meta: dict) -> None:
         """Replace the best checkpoint with ``variables`` (params, batch_stats) and ``meta``."""
-        self._best.save(
-            step,
-            args=ocp.args.Composite(
-                variables=ocp.args.StandardSave(variables), meta=ocp.args.JsonSave(meta)
-            ),
-            force=True,
-        )
-        self._best.wait_until_finished()
+        _save(self._best, step, "variables", variables, meta)
 
     def restore_best(self, like: Any) -> tuple[Any, dict]:
         """(variables, meta) of the best checkpoint, shaped and sharded like ``like``."""
         step = self._best.latest_step()
         if step is None:
             raise FileNotFoundError(f"no best checkpoint under {self.best_dir}")
-        restored = self._best.restore(
-            step,
-            args=ocp.args.Composite(
-                variables=ocp.args.StandardRestore(_abstract(like)), meta=ocp.args.JsonRestore()
-            ),
-        )
-        return restored["variables"], dict(restored["meta"])
+        return _restore(self._best, step, "variables", like)
 
     def close(self) -> None:
         self._latest.close()
         self._best.close()
+
+
+def _save(manager: ocp.CheckpointManager, step: int, name: str, tree: Any, meta: dict) -> None:
+    """Save ``tree`` under item ``name`` and ``meta`` as JSON at ``step``; wait until written."""
+    args = ocp.args.Composite(
+        **{name: ocp.args.StandardSave(tree), "meta": ocp.args.JsonSave(meta)}
+    )
+    manager.save(step, args=args, force=True)
+    manager.wait_until_finished()
+
+
+def _restore(manager: ocp.CheckpointManager, step: int, name: str, like: Any) -> tuple[Any, dict]:
+    """(item ``name``, meta) at ``step``; shaped and sharded like ``like`` (None: as saved)."""
+    target = ocp.args.StandardRestore(None if like is None else _abstract(like))
+    restored = manager.restore(
+        step, args=ocp.args.Composite(**{name: target, "meta": ocp.args.JsonRestore()})
+    )
+    return restored[name], dict(restored["meta"])
