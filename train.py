@@ -28,6 +28,37 @@ from ml_collections import config_flags
 
 ROOT = Path(__file__).resolve().parent
 
+
+def _config_file(argv: list[str]) -> Path:
+    """The --config file named on the command line (configs/default.py when none is)."""
+    for i, arg in enumerate(argv):
+        if arg.startswith("--config="):
+            return Path(arg.split("=", 1)[1])
+        if arg == "--config" and i + 1 < len(argv):
+            return Path(argv[i + 1])
+    return ROOT / "configs" / "default.py"
+
+
+def refuse_unknown_overrides(argv: list[str]) -> int:
+    """0, or 2 after naming a --config.<key> override that the config file does not have."""
+    from jaxnn.train.config import ConfigError, check_override_keys, config_from_file
+
+    path = _config_file(argv)
+    if not path.is_file():  # config_flags reports a missing file itself
+        return 0
+    try:
+        check_override_keys(config_from_file(path), argv[1:])
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+# config_flags parses the default config file and its overrides while defining the flag, and
+# cannot add a key: refuse an unknown --config.<key> with a clear message before that happens.
+if __name__ == "__main__" and (_code := refuse_unknown_overrides(sys.argv)):
+    sys.exit(_code)
+
 _CONFIG = config_flags.DEFINE_config_file(
     "config", str(ROOT / "configs" / "default.py"), "Run config file (get_config())."
 )

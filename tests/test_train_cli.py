@@ -41,9 +41,12 @@ def test_bad_value_is_refused_before_anything_runs(tmp_path, override, message):
 
 
 def test_unknown_override_key_is_refused(tmp_path):
-    result = _run("--config=configs/tiny.py", f"--workdir={tmp_path}", "--config.optim.lr=0.1")
-    assert result.returncode != 0
-    assert "lr" in result.stderr
+    workdir = tmp_path / "run"
+    result = _run("--config=configs/tiny.py", f"--workdir={workdir}", "--config.optim.lr=0.1")
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "config.optim.lr='0.1' is not allowed; unknown key" in result.stderr
+    assert "optim.learning_rate" in result.stderr  # the keys that do exist are listed
+    assert not workdir.exists()
 
 
 def test_default_config_is_imdb_and_default_workdir_is_under_runs(tmp_path):

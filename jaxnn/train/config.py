@@ -137,6 +137,32 @@ def config_from_file(path: str | Path) -> ml_collections.ConfigDict:
     return module.get_config()
 
 
+def _fail_unknown_key(key: str, value: object, schema: Mapping[str, Any]) -> None:
+    """Raise ConfigError for ``key``, listing the known keys of its section (or the sections)."""
+    section = key.split(".")[0]
+    allowed = sorted(k for k in schema if k.startswith(section + "."))
+    if not allowed:
+        allowed = sorted({k.split(".")[0] for k in schema})
+    _fail(key, value, f"unknown key; allowed keys here: {', '.join(allowed)}")
+
+
+def check_override_keys(config: ml_collections.ConfigDict, args: list[str]) -> None:
+    """Refuse ``--config.<key>=value`` flags whose key ``config`` lacks, naming the known keys.
+
+    ml_collections' config_flags cannot add a key and fails with a bare AttributeError; this
+    runs first, on the same config file, so the user sees which key is wrong and what exists.
+    """
+    schema = _flatten(config_to_dict(config))
+    for i, arg in enumerate(args):
+        if not arg.startswith("--config."):
+            continue
+        key, has_value, value = arg[len("--config.") :].partition("=")
+        if not has_value and i + 1 < len(args):  # "--config.key value"
+            value = args[i + 1]
+        if key not in schema:
+            _fail_unknown_key(key, value, schema)
+
+
 def config_to_dict(config: ml_collections.ConfigDict | Mapping) -> dict:
     """A plain, JSON-serialisable nested dict (tuples become lists)."""
     if isinstance(config, ml_collections.ConfigDict):
@@ -195,15 +221,8 @@ def validate_config(config: ml_collections.ConfigDict | Mapping) -> dict:
     given = config_to_dict(config)
     schema = _flatten(config_to_dict(base_config()))
     flat = _flatten(given)
-    sections = {k.split(".")[0] for k in schema if "." in k}
-    unknown = sorted(set(flat) - set(schema))
-    for key in unknown:
-        section = key.split(".")[0]
-        if section in sections:
-            allowed = sorted(k for k in schema if k.startswith(section + "."))
-        else:
-            allowed = sorted({k.split(".")[0] for k in schema})
-        _fail(key, flat[key], f"unknown key; allowed keys here: {', '.join(allowed)}")
+    for key in sorted(set(flat) - set(schema)):
+        _fail_unknown_key(key, flat[key], schema)
     missing = sorted(set(schema) - set(flat))
     if missing:
         raise ConfigError(

@@ -127,3 +127,12 @@ def test_weight_decay_mode_resolution(optimizer, mode, effective):
 def test_bool_is_not_an_int():
     with pytest.raises(ConfigError, match=r"train\.batch_size"):
         validate_config(_with("train.batch_size", True))
+
+
+def test_override_keys_are_checked_against_the_config_file():
+    config = base_config()
+    config_lib.check_override_keys(config, ["--config.optim.learning_rate=0.1", "--workdir=x"])
+    with pytest.raises(ConfigError, match=r"config\.optim\.lr='0\.1'.*optim\.learning_rate"):
+        config_lib.check_override_keys(config, ["--config.optim.lr=0.1"])
+    with pytest.raises(ConfigError, match=r"config\.optm\.lr='3'.*allowed keys here: data, model"):
+        config_lib.check_override_keys(config, ["--config.optm.lr", "3"])
