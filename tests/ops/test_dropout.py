@@ -11,22 +11,67 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from jaxnn.ops import dropout
+from jaxnn.ops.dropout import uniform_bits16
+
+
+def _rotl(x, r):
+    return (x << np.uint32(r)) | (x >> np.uint32(32 - r))
+
+
+def numpy_threefry2x32(key, x0, x1):
+    """Threefry-2x32, 20 rounds (Salmon et al. 2011, Random123), transcribed in NumPy uint32."""
+    k0, k1 = (np.uint32(k) for k in key)
+    ks = [k0, k1, np.uint32(k0 ^ k1 ^ np.uint32(0x1BD11BDA))]
+    rotations = ((13, 15, 26, 6), (17, 29, 16, 24))
+    x0, x1 = x0 + ks[0], x1 + ks[1]
+    for group in range(5):
+        for r in rotations[group % 2]:
+            x0 = x0 + x1
+            x1 = _rotl(x1, r) ^ x0
+        x0 = x0 + ks[(group + 1) % 3]
+        x1 = x1 + ks[(group + 2) % 3] + np.uint32(group + 1)
+    return x0, x1
+
+
+def numpy_dropout(x, rate, key):
+    """The docstring rule: four 16-bit draws per Threefry(key, (row-major index, 0))."""
+    x = np.asarray(x, np.float64)
+    lead, last = x.shape[:-1], x.shape[-1]
+    groups = -(-last // 4)
+    counter = np.arange(int(np.prod(lead, dtype=np.int64)) * groups, dtype=np.uint32)
+    with np.errstate(over="ignore"):
+        w0, w1 = numpy_threefry2x32(key, counter, np.zeros_like(counter))
+    draws = np.stack([w0 & 0xFFFF, w0 >> 16, w1 & 0xFFFF, w1 >> 16], -1)
+    draws = draws.reshape(*lead, 4 * groups)[..., :last]
+    threshold = min(round(rate * 2**16), 2**16 - 1)
+    keep = draws >= threshold
+    return np.where(keep, x * 2**16 / (2**16 - threshold), 0.0), keep, threshold
 
 
 class DropoutTest(chex.TestCase):
     @chex.variants(with_jit=True, without_jit=True)
     def test_matches_numpy_transcription_of_the_formula(self):
         rate = 0.3
+        # 8 x 50: the last group of each row is partial (50 = 4 * 12 + 2)
         x = jnp.asarray(np.random.default_rng(0).normal(size=(8, 50)), jnp.float32)
         key = jax.random.key(1)
         y = self.variant(lambda v, k: dropout(v, rate, k))(x, key)
-        # the keep mask is Bernoulli(1 - rate) drawn from the key: survivors are x / (1 - rate)
-        keep = np.asarray(jax.random.bernoulli(key, 1.0 - rate, x.shape))
-        expected = np.where(keep, np.asarray(x, np.float64) / (1.0 - rate), 0.0)
+        expected, keep, threshold = numpy_dropout(x, rate, jax.random.key_data(key))
+        assert threshold == 19661  # round(0.3 * 65536)
         np.testing.assert_allclose(y, expected, rtol=1e-6)
-        # gradient: 1/(1 - rate) where kept, 0 where dropped
+        # gradient: the scale where kept, 0 where dropped
         grad = self.variant(jax.grad(lambda v, k: jnp.sum(dropout(v, rate, k))))(x, key)
-        np.testing.assert_allclose(grad, keep / (1.0 - rate), rtol=1e-6)
+        np.testing.assert_allclose(grad, keep * 2**16 / (2**16 - threshold), rtol=1e-6)
+
+    def test_numpy_threefry_matches_jax_random_known_answer(self):
+        """The NumPy transcription itself against jax.random's Threefry (raw key bits)."""
+        key = np.asarray([0x13198A2E, 0x03707344], np.uint32)
+        counts = np.arange(6, dtype=np.uint32)
+        with np.errstate(over="ignore"):
+            w0, w1 = numpy_threefry2x32(key, counts[:3], counts[3:])
+        from jax.extend.random import threefry_2x32
+
+        np.testing.assert_array_equal(np.concatenate([w0, w1]), threefry_2x32(key, counts))
 
     @chex.variants(with_jit=True, without_jit=True)
     def test_identity_and_zero_cases(self):
@@ -93,4 +138,38 @@ def test_property_zero_fraction_and_mean(rate, seed):
     assert abs(zero_fraction - rate) <= 4.0 * math.sqrt(rate * (1 - rate) / n)
     # each output is 1/(1 - rate) w.p. 1 - rate else 0: mean 1, variance rate / (1 - rate)
     assert abs(y.mean() - 1.0) <= 4.0 * math.sqrt(rate / (1.0 - rate) / n)
-    np.testing.assert_allclose(y[y != 0], 1.0 / (1.0 - rate), rtol=1e-6)
+    threshold = round(rate * 2**16)
+    np.testing.assert_allclose(y[y != 0], 2**16 / (2**16 - threshold), rtol=1e-6)
+
+
+def test_uniform_bits16_are_uniform_and_uncorrelated_within_a_word():
+    """The four draws of one hash are used side by side: check they behave as independent."""
+    draws = np.asarray(uniform_bits16(jax.random.key(5), (400, 1000)), np.float64) / 65535.0
+    n = draws.size
+    assert abs(draws.mean() - 0.5) < 4 * math.sqrt(1 / 12 / n)
+    counts, _ = np.histogram(draws, bins=16, range=(0, 1))
+    chi2 = np.sum((counts - n / 16) ** 2 / (n / 16))
+    assert chi2 < 45.0  # 15 degrees of freedom: p ~ 1e-4
+    for lag in (1, 2, 3, 4):
+        corr = np.corrcoef(draws[:, :-lag].ravel(), draws[:, lag:].ravel())[0, 1]
+        assert abs(corr) < 4 / math.sqrt(n), (lag, corr)
+
+
+def test_other_key_implementations_and_shapes():
+    """rbg keys fall back to jax.random.bits; legacy uint32 keys, scalars and odd shapes work."""
+    for key in (jax.random.key(0, impl="rbg"), jax.random.PRNGKey(0)):
+        y = np.asarray(dropout(jnp.ones((3, 5)), 0.5, key))
+        assert y.shape == (3, 5) and set(np.unique(y)) <= {0.0, 2.0}
+    np.testing.assert_array_equal(
+        dropout(jnp.ones(5), 0.4, jax.random.PRNGKey(2)),
+        dropout(jnp.ones(5), 0.4, jax.random.key(2)),
+    )
+    assert dropout(jnp.float32(3.0), 0.5, jax.random.key(0)).shape == ()
+    assert uniform_bits16(jax.random.key(0), (2, 0, 3)).shape == (2, 0, 3)
+
+
+def test_rate_rounds_to_a_multiple_of_2_to_the_minus_16_and_never_drops_all():
+    key = jax.random.key(0)
+    y = np.asarray(dropout(jnp.ones(2**20), 1.0 - 1e-9, key))  # 16 survivors expected
+    assert 0 < np.count_nonzero(y) and np.allclose(y[y != 0], 65536.0)
+    np.testing.assert_array_equal(dropout(jnp.ones(64), 1e-9, key), 1.0)
