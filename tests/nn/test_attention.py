@@ -1,5 +1,6 @@
 """jaxnn/nn/attention.py against flax.linen.MultiHeadDotProductAttention with the same weights."""
 
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -113,3 +114,12 @@ def test_bad_shapes_raise():
         MultiHeadAttention(2).init(jax.random.key(0), X, MASK[:, :5], deterministic=True)
     with pytest.raises(ValueError, match="x must have rank 3"):
         MultiHeadAttention(2).init(jax.random.key(0), X[0], deterministic=True)
+
+
+def test_initialization_equals_flax():
+    """Parameters are initialized exactly like flax's MultiHeadDotProductAttention (same tree,
+    same RNG paths, same initializers), so a flax checkpoint and ours are interchangeable."""
+    x = jnp.ones((2, 5, 16))
+    ours = MultiHeadAttention(num_heads=4).init(jax.random.key(3), x, deterministic=True)
+    theirs = nn.MultiHeadDotProductAttention(num_heads=4).init(jax.random.key(3), x)
+    chex.assert_trees_all_equal(ours, theirs)
