@@ -2,9 +2,11 @@
 
 Runs unchanged on CPU, GPU or TPU. For every shape it reports, per implementation and for the
 forward and the forward+backward pass: compile time, the median of repeated timings after
-warm-up (jax.block_until_ready), achieved FLOP/s (forward 4·B·N·T·S·H, forward+backward 3.5×
-that) and its share of the device's dense matmul rate measured in the same run, and the peak
-temporary memory of the compiled executable (memory_analysis()).
+warm-up (jax.block_until_ready; the repetitions of all implementations of one shape are
+interleaved, so load from other processes hits them alike), achieved FLOP/s (forward
+4·B·N·T·S·H, forward+backward 3.5× that) and its share of the device's dense matmul rate
+measured in the same run, and the peak temporary memory of the compiled executable
+(memory_analysis()).
 
     python benchmarks/attention.py --quick          # a few minutes on 2 CPU cores
     python benchmarks/attention.py --full           # T = 128 … 16384, H ∈ {64, 128}, f32+bf16
@@ -42,23 +44,12 @@ def attention_flops(batch, heads, t_len, s_len, head_dim, mode):
     return forward if mode == "fwd" else 3.5 * forward
 
 
-def timed(fn, args, reps, warmup):
-    for _ in range(warmup):
-        jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), times
-
-
 def matmul_rate(dtype, size=2048, reps=10):
     """Dense [size, size] @ [size, size] FLOP/s through JAX on the default device."""
     x = jax.random.normal(jax.random.key(0), (size, size), jnp.float32).astype(dtype)
     fn = jax.jit(lambda a, b: jnp.dot(a, b, preferred_element_type=jnp.float32))
-    median, _ = timed(fn, (x, x), reps, warmup=2)
-    return 2 * size**3 / median
+    times = time_interleaved({"matmul": lambda: jax.block_until_ready(fn(x, x))}, reps, 2)
+    return 2 * size**3 / statistics.median(times["matmul"])
 
 
 def jax_case(impl, mode):
@@ -70,7 +61,14 @@ def jax_case(impl, mode):
     return jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
 
 
-def bench_jax(impl, mode, shape, dtype, args):
+def time_once(run):
+    start = time.perf_counter()
+    run()
+    return time.perf_counter() - start
+
+
+def prepare_jax(impl, mode, shape, dtype, args):
+    """(record, run): compile time and temporary memory, and a callable that runs it once."""
     batch, heads, t_len, head_dim = shape
     kq, kk, kv = jax.random.split(jax.random.key(0), 3)
     make = lambda key: jax.random.normal(key, (batch, t_len, heads, head_dim), jnp.float32)
@@ -82,34 +80,32 @@ def bench_jax(impl, mode, shape, dtype, args):
         lowered = fn.lower(q, k, v, cot)
         compiled = lowered.compile()
     except Exception as error:  # an implementation that cannot run here says why
-        return {"status": f"unsupported: {type(error).__name__}: {str(error).splitlines()[0]}"}
+        status = f"unsupported: {type(error).__name__}: {str(error).splitlines()[0]}"
+        return {"status": status}, None
     compile_s = time.perf_counter() - start
     memory = compiled.memory_analysis()
     temp = None if memory is None else int(memory.temp_size_in_bytes)
     record = {"compile_s": compile_s, "temp_bytes": temp}
     if temp is not None and temp > args.max_memory_gib * 2**30:
         record["status"] = f"skipped: needs {temp / 2**30:.1f} GiB temporary memory"
-        return record
-    median, times = timed(compiled, (q, k, v, cot), args.reps, args.warmup)
-    # Peak resident memory of this whole process so far (Linux reports KiB).
-    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    record.update(status="ok", median_s=median, times_s=times, process_peak_rss_bytes=peak_rss)
-    return record
+        return record, None
+    return record, lambda: jax.block_until_ready(compiled(q, k, v, cot))
 
 
-def bench_torch(mode, shape, dtype_name, args):
+def prepare_torch(mode, shape, dtype_name):
+    """(record, run) for torch's scaled_dot_product_attention, or (None, None) without torch."""
     try:
         import torch
     except ImportError:
-        return None
+        return None, None
     batch, heads, t_len, head_dim = shape
     device = "cpu"
     if jax.default_backend() == "gpu":
         if not torch.cuda.is_available():
-            return None
+            return None, None
         device = "cuda"
     elif jax.default_backend() != "cpu":
-        return None
+        return None, None
     dtype = getattr(torch, dtype_name)
     make = lambda: torch.randn(batch, heads, t_len, head_dim, device=device, dtype=dtype)
     q, k, v = make(), make(), make()
@@ -128,22 +124,26 @@ def bench_torch(mode, shape, dtype_name, args):
             sdpa(q, k, v).backward(cot)
         sync()
 
-    for _ in range(args.warmup):
-        run()
-    times = []
-    for _ in range(args.reps):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return {
-        "status": "ok",
-        "median_s": statistics.median(times),
-        "times_s": times,
+    record = {
         "compile_s": 0.0,
         "temp_bytes": None,
         "torch_version": torch.__version__,
         "torch_threads": torch.get_num_threads(),
     }
+    return record, run
+
+
+def time_interleaved(runners, reps, warmup):
+    """Median time of each runner; repetitions are interleaved (rep 1 of every runner, then
+    rep 2, ...) so that load from other processes hits all of them alike."""
+    for run in runners.values():
+        for _ in range(warmup):
+            run()
+    times = {name: [] for name in runners}
+    for _ in range(reps):
+        for name, run in runners.items():
+            times[name].append(time_once(run))
+    return times
 
 
 def default_impls():
@@ -181,30 +181,43 @@ def run(args):
                     for t_len in args.seq_lens:
                         shape = (batch, heads, t_len, head_dim)
                         for mode in args.modes:
-                            for impl in [*impls, "torch"] if args.torch else impls:
-                                key = dict(impl=impl, mode=mode, batch=batch, heads=heads)
-                                key.update(t_len=t_len, s_len=t_len, head_dim=head_dim)
-                                key["dtype"] = dtype_name
-                                if too_slow(records, key, args.max_seconds):
-                                    rec = {"status": "skipped: extrapolated time too long"}
-                                elif impl == "torch":
-                                    rec = bench_torch(mode, shape, dtype_name, args)
-                                    if rec is None:
-                                        continue
-                                else:
-                                    rec = bench_jax(impl, mode, shape, DTYPES[dtype_name], args)
-                                rec = {**key, **rec}
-                                if rec.get("status") == "ok":
-                                    flops = attention_flops(
-                                        batch, heads, t_len, t_len, head_dim, mode
-                                    )
-                                    rec["flops"] = flops / rec["median_s"]
-                                    rec["matmul_share"] = (
-                                        rec["flops"] / header["matmul_flops"][dtype_name]
-                                    )
-                                records.append(rec)
-                                print(format_record(rec), flush=True)
+                            records += bench_shape(args, impls, header, shape, mode, dtype_name)
     return {"header": header, "results": records}
+
+
+def bench_shape(args, impls, header, shape, mode, dtype_name):
+    """Records of every implementation (and torch) on one shape and mode, timed interleaved."""
+    batch, heads, t_len, head_dim = shape
+    pending, runners = {}, {}
+    for impl in [*impls, "torch"] if args.torch else impls:
+        key = dict(impl=impl, mode=mode, batch=batch, heads=heads)
+        key.update(t_len=t_len, s_len=t_len, head_dim=head_dim, dtype=dtype_name)
+        if too_slow(args.history, key, args.max_seconds):
+            rec, run = {"status": "skipped: extrapolated time too long"}, None
+        elif impl == "torch":
+            rec, run = prepare_torch(mode, shape, dtype_name)
+            if rec is None:
+                continue
+        else:
+            rec, run = prepare_jax(impl, mode, shape, DTYPES[dtype_name], args)
+        pending[impl] = {**key, **rec}
+        if run is not None:
+            runners[impl] = run
+    times = time_interleaved(runners, args.reps, args.warmup)
+    # Peak resident memory of this whole process so far (Linux reports KiB).
+    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    records = []
+    for impl, rec in pending.items():
+        if impl in times:
+            median = statistics.median(times[impl])
+            flops = attention_flops(batch, heads, t_len, t_len, head_dim, mode)
+            rec.update(status="ok", median_s=median, times_s=times[impl])
+            rec.update(process_peak_rss_bytes=peak_rss, flops=flops / median)
+            rec["matmul_share"] = rec["flops"] / header["matmul_flops"][dtype_name]
+        records.append(rec)
+        args.history.append(rec)
+        print(format_record(rec), flush=True)
+    return records
 
 
 def too_slow(records, key, max_seconds):
@@ -253,7 +266,8 @@ def write_markdown(report, path):
         "Each cell: median time, achieved GFLOP/s (forward 4·B·N·T·S·H, fwd+bwd 3.5×) and, for "
         "JAX implementations, peak temporary memory of the compiled executable. "
         "'a/b speed' = time(b) / time(a): above 1 means a is faster. On a shared machine "
-        "compare ratios within one run; the matmul rate above shows how loaded it was.",
+        "compare ratios within one run (the repetitions of one shape are interleaved across "
+        "implementations); the matmul rate above shows how loaded it was.",
         "",
     ]
     impls = list(dict.fromkeys(r["impl"] for r in results))
@@ -373,6 +387,7 @@ def parse_args(argv=None):
         args.max_seconds = math.inf
         args.tag = args.tag or "long"
     args.seq_lens = args.seq_lens or [128, 512, 2048]
+    args.history = []  # records so far, for too_slow
     return args
 
 

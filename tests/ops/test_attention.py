@@ -64,6 +64,8 @@ def small_blocks(monkeypatch):
     """Blocks far smaller than T and S so every test crosses block and padding boundaries."""
     monkeypatch.setattr(attention, "_FWD_BLOCKS", (16, 32))
     monkeypatch.setattr(attention, "_BWD_BLOCKS", (8, 16))
+    # Forward one (example, head) per step, backward all heads of one example per step.
+    monkeypatch.setattr(attention, "_GROUP_BUDGET", 512)
 
 
 # ------------------------------------------------------------------------------------------
@@ -221,6 +223,70 @@ def test_implementation_matches_reference_half(implementation, dtype, small_bloc
     _assert_matches_reference(implementation, "causal+lengths", jit=True, dtype=dtype, tol=2e-2)
 
 
+@pytest.mark.parametrize(("budget", "groups"), [(256 * 2, (1, 2)), (256 * 8, (2, 4))])
+def test_chunked_head_groups_match_reference(monkeypatch, budget, groups):
+    """Batching (example, head) pairs per step: some heads of an example, several examples
+    (one head per step and all heads of one example are the small_blocks fixture's forward
+    and backward); with a bias broadcast over B (its gradient sums over the examples of a
+    group) and a per-example mask."""
+    monkeypatch.setattr(attention, "_FWD_BLOCKS", (16, 16))
+    monkeypatch.setattr(attention, "_BWD_BLOCKS", (16, 16))
+    monkeypatch.setattr(attention, "_GROUP_BUDGET", budget)
+    assert attention._group_sizes(2, 4, 16 * 16) == groups
+    q, k, v = _qkv(batch=2, t_len=21, s_len=27, heads=4, head_dim=8)
+    kwargs = _make_case("causal+mask+bias+lengths", 2, 21, 27, 4)
+    args = (q, k, v, kwargs["bias"])
+    want, want_grads = _value_and_grads("reference", kwargs, True)(*args)
+    got, got_grads = _value_and_grads("chunked", kwargs, True)(*args)
+    assert _rel_err(got, want) < 1e-5
+    for g, w in zip(got_grads, want_grads):
+        assert g.shape == w.shape and _rel_err(g, w) < 1e-5
+
+
+@pytest.mark.parametrize(
+    ("batch", "heads", "elems", "budget", "expected"),
+    [
+        (4, 8, 512 * 1024, 512 * 1024, (1, 1)),  # long sequences: one head per step
+        (4, 8, 512 * 512, 512 * 1024, (1, 2)),
+        (64, 4, 256 * 256, 512 * 1024, (2, 4)),  # T = 256: all heads of 2 examples
+        (3, 6, 100, 450, (1, 3)),  # 4 heads would fit but does not divide N = 6
+        (5, 2, 100, 450, (1, 2)),  # 2 examples would fit but do not divide B = 5
+        (2, 2, 10**6, 10, (1, 1)),  # a block larger than the budget: still one head
+    ],
+)
+def test_group_sizes_rule(monkeypatch, batch, heads, elems, budget, expected):
+    monkeypatch.setattr(attention, "_GROUP_BUDGET", budget)
+    gb, gn = attention._group_sizes(batch, heads, elems)
+    assert (gb, gn) == expected
+    assert batch % gb == 0 and heads % gn == 0
+
+
+@pytest.mark.parametrize("length", [1, 7, 8, 100, 512, 513, 1000, 2048, 3000, 65536])
+def test_block_split_rule(length):
+    """Padded length and blocks: each block divides the padded length, is a multiple of 8
+    (or the whole short sequence rounded up), is at most its target (or the base block), and
+    padding is less than 8 rows per base block."""
+    padded, (small, large) = attention._split(length, (512, 1024))
+    assert padded >= length and padded % small == 0 and padded % large == 0
+    assert small % 8 == 0 and large % small == 0
+    assert small <= max(512, 8) and large <= max(1024, small)
+    num = padded // small
+    assert padded - length < 8 * num
+    assert num == -(-length // 512)  # the fewest blocks of at most 512
+
+
+def test_causal_and_length_block_skipping_bounds():
+    """Key blocks wholly above the causal diagonal or past every key length are not visited."""
+    st = attention._Static(100, 100, 112, 112, 16, 16, (True, False, False, True))
+    lengths = jnp.array([40, 20])
+    # Queries 0..15 see keys <= 15: only block 0; queries 96..99 see up to key 99, but no
+    # example has more than 40 keys: blocks 0..2.
+    assert int(attention._key_block_range(st, lengths, 0)) == 1
+    assert int(attention._key_block_range(st, lengths, 96)) == 3
+    st = attention._Static(100, 100, 112, 112, 16, 16, (False, False, False, False))
+    assert int(attention._key_block_range(st, None, 0)) == 7
+
+
 def test_chunked_uses_float32_statistics_for_bf16():
     # Logits around 200 with differences of 0.05: bf16 softmax statistics would lose them.
     q, k, v = _qkv(batch=1, t_len=64, s_len=64, heads=1, head_dim=64)
@@ -263,6 +329,10 @@ def test_auto_on_cpu_is_documented_choice_and_correct():
     assert attention._auto(q, k, 0.0, False, None, None) == "chunked"
     small_q, small_k, _ = _qkv(batch=1, t_len=16, s_len=16)
     assert attention._auto(small_q, small_k, 0.0, False, None, None) == "reference"
+    q128, k128, _ = _qkv(batch=1, t_len=128, s_len=128)
+    assert attention._auto(q128, k128, 0.0, False, None, None) == "chunked"
+    q64, k64, _ = _qkv(batch=1, t_len=64, s_len=255)
+    assert attention._auto(q64, k64, 0.0, False, None, None) == "reference"
     assert attention._auto(q, k, 0.1, False, None, None) == "reference"
     assert attention._auto(q, k, 0.0, True, None, None) == "reference"
     np.testing.assert_allclose(
