@@ -14,6 +14,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jaxnn.ops.dropout import dropout
+
 __all__ = ["IMPLEMENTATIONS", "dot_product_attention"]
 
 IMPLEMENTATIONS = ("reference", "chunked", "xla", "cudnn", "pallas", "auto")
@@ -102,11 +104,6 @@ def _combined_mask(mask, is_causal, key_lengths, t_len, s_len, q_offset=0, k_off
     return out
 
 
-def _dropout_keep(rng, rate, shape):
-    """Keep pattern of attention dropout: True with probability 1 - rate, shape [B, N, T, S]."""
-    return jax.random.bernoulli(rng, 1.0 - rate, shape)
-
-
 # --------------------------------------------------------------------------------------------
 # "reference": materializes the [B, N, T, S] scores
 # --------------------------------------------------------------------------------------------
@@ -133,12 +130,8 @@ def _reference(q, k, v, mask, bias, is_causal, key_lengths, dropout_rate, dropou
     unnorm = jnp.where(valid, jnp.exp(shifted), 0.0)
     denom = jnp.sum(unnorm, axis=-1, keepdims=True)
     weights = unnorm / jnp.where(denom > 0, denom, 1.0)
-    if dropout_rate > 0.0:
-        if dropout_rate >= 1.0:
-            weights = jnp.zeros_like(weights)
-        else:
-            keep = _dropout_keep(dropout_rng, dropout_rate, weights.shape)
-            weights = jnp.where(keep, weights / (1.0 - dropout_rate), 0.0)
+    # attention dropout is jaxnn.ops.dropout on the weights (the same 16-bit Threefry draws)
+    weights = dropout(weights, dropout_rate, dropout_rng)
     out = jnp.einsum("bnts,bsnh->btnh", weights, vf, precision=lax.Precision.HIGHEST)
     return out.astype(q.dtype), weights
 
