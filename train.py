@@ -7,6 +7,16 @@
 The same command on the same workdir resumes from the newest checkpoint; a finished run just
 prints its results. A workdir holding a different config is refused (--overwrite starts over).
 
+Every local device is used (the global batch is split over them). Several hosts: run the same
+command on each host with a shared --workdir, joined by jax.distributed:
+
+    python train.py --config=... --workdir=/shared/run \
+        --coordinator_address=host0:1234 --num_processes=2 --process_id=<0 or 1>
+
+(or the environment variables JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID; on
+SLURM, Open MPI, Cloud TPU pods and Kubernetes JAX detects them itself). Only process 0 logs and
+writes metrics, plots and results; every process writes its shards of the checkpoints.
+
 Flow (all in jaxnn.train.loop.train_and_evaluate):
   config (a ConfigDict from configs/*.py with dotted overrides) -> validate (bad input fails here)
   -> data: corpus, vocabulary from train, int32 batches (jaxnn.data)
@@ -66,6 +76,23 @@ _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Run directory (default: a new runs/<config>-<time> folder)."
 )
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Delete the workdir's previous run first.")
+_DISTRIBUTED = flags.DEFINE_enum(
+    "distributed",
+    "auto",
+    ["auto", "on", "off"],
+    "jax.distributed.initialize: auto = when the flags below (or JAX_COORDINATOR_ADDRESS, "
+    "JAX_NUM_PROCESSES, JAX_PROCESS_ID) are given or JAX detects a cluster; on; off.",
+)
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "host:port of process 0 (multi-host runs)."
+)
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes (hosts).")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's id, 0..num_processes-1.")
+_INIT_TIMEOUT = flags.DEFINE_integer(
+    "initialization_timeout",
+    300,
+    "Seconds to wait for the coordinator / the other processes before failing.",
+)
 
 
 def main(argv: list[str]) -> int:
@@ -77,12 +104,29 @@ def main(argv: list[str]) -> int:
     for noisy in ("absl", "jax._src.xla_bridge", "orbax"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
+    import jax
+
     from jaxnn.train import (
         ConfigError,
         ConfigMismatchError,
         NonFiniteLossError,
         train_and_evaluate,
     )
+    from jaxnn.train.distributed import DistributedInitError, initialize_distributed
+
+    try:  # before anything asks JAX for its devices
+        initialize_distributed(
+            _COORDINATOR.value,
+            _NUM_PROCESSES.value,
+            _PROCESS_ID.value,
+            mode=_DISTRIBUTED.value,
+            timeout_s=_INIT_TIMEOUT.value,
+        )
+    except (ConfigError, DistributedInitError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if jax.process_index() != 0:  # process 0 speaks for the run
+        logging.getLogger().setLevel(logging.WARNING)
 
     config = _CONFIG.value
     workdir = _WORKDIR.value
@@ -98,6 +142,8 @@ def main(argv: list[str]) -> int:
     except NonFiniteLossError as err:
         print(f"error: {err}", file=sys.stderr)
         return 3
+    if jax.process_index() != 0:
+        return 0
     test, val = results["test"], results["val"]
     print(
         f"validation (best epoch {results['best_epoch']}): accuracy {val['accuracy']:.4f}, "

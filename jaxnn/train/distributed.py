@@ -1,14 +1,32 @@
-"""Devices: one `jax.sharding.Mesh` over every device with a "data" axis (data parallelism).
+"""Devices and processes: one `jax.sharding.Mesh` over every device, data parallel (+ FSDP).
 
-The global batch (``train.batch_size``) is split along "data": each of the M devices holds B / M
-rows; parameters and optimizer state are replicated (the same on every device). The jitted steps
-name these shardings explicitly, so XLA inserts the gradient all-reduce itself (no pmap).
-On one CPU this is a 1-device mesh and costs nothing.
+The mesh has a "data" axis (data parallelism) and, with ``mesh.fsdp = F > 1``, a second "fsdp"
+axis: M devices form an (M / F) x F grid. The global batch (``train.batch_size`` = B) is split
+over *all* M devices (B / M rows each, along ("data", "fsdp")). Parameters and optimizer state
+are replicated when F = 1; with F > 1 each leaf is split along its largest axis that F divides
+(ZeRO-3 / FSDP style: a device keeps 1/F of every large leaf), and small or indivisible leaves
+stay replicated (`state_sharding`). The jitted steps name these shardings explicitly, so XLA
+inserts the gradient all-reduce (and the FSDP all-gathers / reduce-scatters) itself: no pmap,
+and the same numbers as one device up to the order of floating-point sums. BatchNorm and every
+batch sum in the step are sums over the global batch (the sharded batch axis is reduced across
+devices by XLA). On one CPU this is a 1-device mesh and costs nothing.
+
+Several processes (hosts): `initialize_distributed` joins them with
+``jax.distributed.initialize`` (explicit coordinator / process count / process id, or JAX's own
+cluster auto-detection: SLURM, Open MPI, Cloud TPU pods, Kubernetes). Then ``jax.devices()``
+lists every process's devices, the mesh spans them all, and each process feeds only the rows
+of each global batch that live on its own devices (`local_rows`, `shard_batch`).
 """
 
 from __future__ import annotations
 
+import logging
+import math
+import os
+import socket
+import time
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import jax
 import numpy as np
@@ -18,26 +36,64 @@ from jaxnn.train.config import ConfigError
 
 __all__ = [
     "DATA_AXIS",
+    "FSDP_AXIS",
+    "DistributedInitError",
     "batch_sharding",
     "check_divisible",
     "describe_mesh",
+    "initialize_distributed",
+    "leaf_spec",
+    "local_rows",
     "make_mesh",
     "replicated",
     "shard_batch",
+    "state_sharding",
 ]
 
 DATA_AXIS = "data"
+FSDP_AXIS = "fsdp"
+# leaves with fewer elements than this stay replicated under FSDP (biases, norms, counters)
+FSDP_MIN_SIZE = 1024
+
+log = logging.getLogger("jaxnn.train")
 
 
-def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
-    """A 1-D mesh with axis "data" over ``devices`` (default: every device, all processes)."""
+class DistributedInitError(RuntimeError):
+    """``jax.distributed.initialize`` could not join the processes (coordinator unreachable)."""
+
+
+# ----------------------------------------------------------------------------------------------
+# The mesh
+# ----------------------------------------------------------------------------------------------
+
+
+def make_mesh(devices: Sequence[jax.Device] | None = None, *, fsdp: int = 1) -> Mesh:
+    """The device mesh: axis "data" over ``devices`` (default: every device of every process);
+    with ``fsdp`` = F > 1 a 2-D mesh ("data", "fsdp") of shape (M / F, F).
+
+    Devices are laid out in ``jax.devices()`` order (grouped by process), so an FSDP group of F
+    consecutive devices stays within one host whenever F divides the devices per host.
+
+    Raises:
+      ConfigError: naming ``mesh.fsdp`` when it is < 1 or does not divide the device count.
+    """
     devices = list(jax.devices() if devices is None else devices)
-    return Mesh(np.asarray(devices), (DATA_AXIS,))
+    if isinstance(fsdp, bool) or not isinstance(fsdp, int) or fsdp < 1:
+        raise ConfigError(f"config.mesh.fsdp={fsdp!r} is not allowed; allowed: an int >= 1")
+    if len(devices) % fsdp:
+        raise ConfigError(
+            f"config.mesh.fsdp={fsdp} is not allowed; it must divide the number of devices "
+            f"({len(devices)}: {_device_names(devices)})"
+        )
+    if fsdp == 1:
+        return Mesh(np.asarray(devices), (DATA_AXIS,))
+    grid = np.asarray(devices, dtype=object).reshape(len(devices) // fsdp, fsdp)
+    return Mesh(grid, (DATA_AXIS, FSDP_AXIS))
 
 
 def check_divisible(name: str, batch_size: int, mesh: Mesh) -> None:
     """Raise `ConfigError` naming ``name`` when the global batch does not split over the devices."""
-    count = mesh.shape[DATA_AXIS]
+    count = mesh.size
     if batch_size % count:
         raise ConfigError(
             f"{name}={batch_size} must be divisible by the number of devices ({count}: "
@@ -46,8 +102,8 @@ def check_divisible(name: str, batch_size: int, mesh: Mesh) -> None:
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
-    """Leading (batch) axis split along "data"."""
-    return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
+    """Leading (batch) axis split over every mesh axis ("data", and "fsdp" if present)."""
+    return NamedSharding(mesh, PartitionSpec(tuple(mesh.axis_names)))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -55,8 +111,65 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
 
 
+def leaf_spec(shape: Sequence[int], fsdp: int, min_size: int = FSDP_MIN_SIZE) -> PartitionSpec:
+    """The FSDP partition of one leaf of shape ``shape``: split its largest axis that ``fsdp``
+    divides (the first such on ties) along "fsdp"; replicated (``PartitionSpec()``) when
+    fsdp = 1, the leaf has < ``min_size`` elements, or no axis is divisible.
+
+    >>> leaf_spec((1000, 64), 4)        # PartitionSpec('fsdp', None)
+    >>> leaf_spec((64, 1000), 4)        # PartitionSpec(None, 'fsdp')
+    >>> leaf_spec((10,), 4)             # PartitionSpec()
+    """
+    shape = tuple(int(d) for d in shape)
+    if fsdp == 1 or math.prod(shape) < min_size:
+        return PartitionSpec()
+    divisible = [i for i, d in enumerate(shape) if d % fsdp == 0]
+    if not divisible:
+        return PartitionSpec()
+    axis = max(divisible, key=lambda i: (shape[i], -i))
+    spec: list[str | None] = [None] * len(shape)
+    spec[axis] = FSDP_AXIS
+    return PartitionSpec(*spec)
+
+
+def state_sharding(tree: Any, mesh: Mesh, min_size: int = FSDP_MIN_SIZE) -> Any:
+    """A pytree of `NamedSharding`s like ``tree`` (arrays or ShapeDtypeStructs): every leaf
+    replicated on a 1-D mesh; on a ("data", "fsdp") mesh each leaf split by `leaf_spec`."""
+    fsdp = mesh.shape.get(FSDP_AXIS, 1)
+    return jax.tree.map(lambda x: NamedSharding(mesh, leaf_spec(x.shape, fsdp, min_size)), tree)
+
+
+# ----------------------------------------------------------------------------------------------
+# Batches: each process feeds its own rows
+# ----------------------------------------------------------------------------------------------
+
+
+def local_rows(batch_size: int, mesh: Mesh) -> slice:
+    """The rows of a global batch of ``batch_size`` that live on this process's devices.
+
+    One process: ``slice(0, batch_size)``. P processes with the usual device order: process p
+    holds the contiguous rows [p B / P, (p + 1) B / P).
+    """
+    indices = batch_sharding(mesh).addressable_devices_indices_map((batch_size,))
+    starts = sorted(
+        {
+            (s[0].start or 0, batch_size if s[0].stop is None else s[0].stop)
+            for s in indices.values()
+        }
+    )
+    lo, hi = starts[0][0], starts[-1][1]
+    covered = sum(stop - start for start, stop in starts)
+    if covered != hi - lo:
+        raise ValueError(
+            f"this process's devices hold non-contiguous rows of the batch ({starts}); build the "
+            "mesh from jax.devices() in its order"
+        )
+    return slice(lo, hi)
+
+
 def shard_batch(batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
-    """Host batch (NumPy, this process's rows) -> global jax.Arrays sharded along "data"."""
+    """Host batch (NumPy: this process's rows, `local_rows`; all of them with one process) ->
+    global jax.Arrays whose batch axis is sharded over the whole mesh."""
     sharding = batch_sharding(mesh)
     return {
         key: jax.make_array_from_process_local_data(sharding, np.asarray(value))
@@ -65,10 +178,137 @@ def shard_batch(batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Ar
     }
 
 
+def _device_names(devices: Sequence[jax.Device]) -> str:
+    names = ", ".join(str(d) for d in devices[:8]) + (", ..." if len(devices) > 8 else "")
+    return names
+
+
 def describe_mesh(mesh: Mesh) -> str:
-    """e.g. "1 device (cpu): TFRT_CPU_0" or "4 devices (gpu): cuda:0, cuda:1, ..."."""
+    """e.g. "1 device (cpu): TFRT_CPU_0; mesh data=1" or
+    "8 devices (gpu) in 2 processes: cuda:0, ...; mesh data=4 x fsdp=2"."""
     devices = list(mesh.devices.flat)
     platforms = sorted({d.platform for d in devices})
-    names = ", ".join(str(d) for d in devices[:8]) + (", ..." if len(devices) > 8 else "")
     plural = "s" if len(devices) != 1 else ""
-    return f"{len(devices)} device{plural} ({'/'.join(platforms)}): {names}"
+    processes = len({d.process_index for d in devices})
+    where = f" in {processes} processes" if processes > 1 else ""
+    shape = " x ".join(f"{name}={size}" for name, size in mesh.shape.items())
+    return (
+        f"{len(devices)} device{plural} ({'/'.join(platforms)}){where}: "
+        f"{_device_names(devices)}; mesh {shape}"
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Several processes
+# ----------------------------------------------------------------------------------------------
+
+
+def _cluster_detected() -> bool:
+    """Whether JAX's auto-detection recognises a cluster (SLURM, Open MPI, TPU pod, k8s)."""
+    try:  # a private module: degrade to "no cluster" if it moves
+        from jax._src import clusters
+
+        return any(
+            env.is_env_present()
+            for env in clusters.ClusterEnv._cluster_types
+            if not getattr(env, "opt_in_only_method", False)
+        )
+    except Exception:
+        return False
+
+
+def _wait_for_coordinator(address: str, timeout_s: float) -> None:
+    """Poll a TCP connection to ``address`` (host:port) until it opens or ``timeout_s`` passes.
+
+    ``jax.distributed.initialize`` aborts the whole process (not a Python exception) when the
+    coordinator never answers, so the non-coordinator processes check first.
+    """
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")
+    if not host or not port.isdigit():
+        raise DistributedInitError(
+            f"coordinator_address={address!r} is not allowed; expected host:port"
+        )
+    deadline = time.monotonic() + timeout_s
+    last: OSError | None = None
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((host, int(port)), timeout=min(2.0, timeout_s)):
+                return
+        except OSError as err:
+            last = err
+            time.sleep(0.25)
+    raise DistributedInitError(
+        f"the coordinator at coordinator_address={address!r} could not be reached within "
+        f"initialization_timeout={timeout_s:g} s ({last}); start process 0 there first, or check "
+        "the address, the port and the firewall"
+    )
+
+
+def initialize_distributed(
+    coordinator_address: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+    *,
+    mode: str = "auto",
+    timeout_s: int = 300,
+) -> bool:
+    """Join this process to a multi-process JAX run; True when ``jax.distributed`` is now on.
+
+    Every argument left None is read from the environment (JAX_COORDINATOR_ADDRESS,
+    JAX_NUM_PROCESSES, JAX_PROCESS_ID), and what is still missing is left to JAX's cluster
+    auto-detection. ``mode``:
+
+      "auto": initialize when any of the three is given or a cluster is detected; else run as
+              one process (a laptop, one GPU box: nothing to join).
+      "on":   always initialize (auto-detection must then find what is not given).
+      "off":  never (one process).
+
+    A non-coordinator process whose coordinator is not reachable within ``timeout_s`` seconds
+    raises `DistributedInitError` naming the address (never a hang); process 0 waits up to
+    ``timeout_s`` for the others (JAX's ``initialization_timeout``).
+    """
+    if mode not in ("auto", "on", "off"):
+        raise ConfigError(f"distributed={mode!r} is not allowed; allowed: auto, on, off")
+    if timeout_s < 1:
+        raise ConfigError(f"initialization_timeout={timeout_s!r} is not allowed; allowed: >= 1")
+    if mode == "off":
+        return False
+    env = os.environ
+    coordinator_address = coordinator_address or env.get("JAX_COORDINATOR_ADDRESS") or None
+    if num_processes is None and env.get("JAX_NUM_PROCESSES"):
+        num_processes = int(env["JAX_NUM_PROCESSES"])
+    if process_id is None and env.get("JAX_PROCESS_ID"):
+        process_id = int(env["JAX_PROCESS_ID"])
+    explicit = (coordinator_address, num_processes, process_id) != (None, None, None)
+    if mode == "auto" and not explicit and not _cluster_detected():
+        return False
+    if num_processes is not None and num_processes < 1:
+        raise ConfigError(f"num_processes={num_processes} is not allowed; allowed: >= 1")
+    if process_id is not None and num_processes is not None and not 0 <= process_id < num_processes:
+        raise ConfigError(
+            f"process_id={process_id} is not allowed; allowed: 0 <= process_id < "
+            f"num_processes={num_processes}"
+        )
+    if coordinator_address and process_id not in (None, 0):
+        _wait_for_coordinator(coordinator_address, timeout_s)
+    log.info(
+        "jax.distributed.initialize(coordinator_address=%s, num_processes=%s, process_id=%s)",
+        coordinator_address,
+        num_processes,
+        process_id,
+    )
+    jax.distributed.initialize(
+        coordinator_address=coordinator_address,
+        num_processes=num_processes,
+        process_id=process_id,
+        initialization_timeout=int(timeout_s),
+    )
+    log.info(
+        "process %d of %d: %d local devices, %d in all",
+        jax.process_index(),
+        jax.process_count(),
+        jax.local_device_count(),
+        jax.device_count(),
+    )
+    return True

@@ -20,6 +20,7 @@ parameters as an uninterrupted one (on CPU).
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import time
@@ -45,12 +46,15 @@ from jaxnn.train.distributed import (
     batch_sharding,
     check_divisible,
     describe_mesh,
+    local_rows,
     make_mesh,
     replicated,
     shard_batch,
+    state_sharding,
 )
 from jaxnn.train.logs import MetricsLog, plot_learning_curves, read_jsonl, write_json
 from jaxnn.train.optim import make_optimizer, make_schedule
+from jaxnn.train.precision import DynamicLossScale
 from jaxnn.train.state import NO_NONFINITE, TrainState, zero_train_metrics
 from jaxnn.train.step import make_eval_step, make_train_step, zero_eval_metrics
 
@@ -64,6 +68,7 @@ __all__ = [
     "fit",
     "init_train_state",
     "load_data",
+    "mesh_from_config",
     "train_and_evaluate",
 ]
 
@@ -120,15 +125,83 @@ def load_test(config: Mapping[str, Any], data: Prepared) -> EncodedSplit:
 # ----------------------------------------------------------------------------------------------
 
 
+def mesh_from_config(config: Mapping[str, Any]) -> jax.sharding.Mesh:
+    """The mesh over every device (all processes), with ``config.mesh.fsdp`` parameter shards;
+    checks that the global batch sizes divide by the device count (ConfigError otherwise)."""
+    mesh = make_mesh(fsdp=config["mesh"]["fsdp"])
+    check_divisible("train.batch_size", config["train"]["batch_size"], mesh)
+    check_divisible("train.eval_batch_size", config["train"]["eval_batch_size"], mesh)
+    return mesh
+
+
+def is_main_process() -> bool:
+    """Process 0 writes logs, plots and results (every process writes its checkpoint shards)."""
+    return jax.process_index() == 0
+
+
+def _sync(name: str) -> None:
+    """Barrier across processes (no-op with one)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
 @dataclass(frozen=True)
 class Steps:
-    """The optimizer and the jitted steps of one config and model (see `build_steps`)."""
+    """The optimizer and the jitted steps of one config and model (see `build_steps`).
+
+    ``state_sharding`` is the `TrainState` of `NamedSharding`s the steps take and return
+    (replicated, or FSDP-split leaves with ``mesh.fsdp > 1``); ``init`` builds a fresh state.
+    """
 
     schedule: Any
     tx: Any
     sparse: sparse_lib.SparseEmbeddingOptimizer | None
     train_step: Callable
     eval_step: Callable
+    state_sharding: Any = None
+    init: Callable | None = None
+
+
+def _make_init(
+    config: Mapping[str, Any], model: Any, tx: Any, sparse: Any
+) -> Callable[[int], TrainState]:
+    """``init(length) -> TrainState``: parameters from key(seed), fresh optimizer state, and a
+    dynamic loss scale for float16 (parameter shapes do not depend on ``length``)."""
+    key = jax.random.PRNGKey(config["seed"])
+    init_key, dropout_key = jax.random.split(key)
+    optim = config["optim"]
+    half = config["model"]["dtype"] == "float16"
+
+    def init(length: int) -> TrainState:
+        tokens = jnp.zeros((1, length), jnp.int32)
+        mask = jnp.ones((1, length), bool)
+        variables = model.init(init_key, tokens, mask, train=False)
+        params = variables["params"]
+        opt_state = sparse.init(tx, params) if sparse is not None else tx.init(params)
+        loss_scale = None
+        if half:
+            loss_scale = DynamicLossScale.create(
+                optim["initial_loss_scale"], period=optim["loss_scale_period"]
+            )
+        return TrainState(
+            step=jnp.zeros((), jnp.int32),
+            params=params,
+            batch_stats=variables.get("batch_stats", {}),
+            opt_state=opt_state,
+            rng=dropout_key,
+            metrics=zero_train_metrics(),
+            loss_scale=loss_scale,
+        )
+
+    return init
+
+
+def _variables_sharding(state_sharding: TrainState, has_batch_stats: bool) -> dict[str, Any]:
+    if has_batch_stats:
+        return {"params": state_sharding.params, "batch_stats": state_sharding.batch_stats}
+    return {"params": state_sharding.params}
 
 
 def build_steps(
@@ -137,11 +210,17 @@ def build_steps(
     num_classes: int,
     total_steps: int,
     mesh: jax.sharding.Mesh,
+    *,
+    init_length: int = 16,
 ) -> Steps:
     """Optimizer (dense Optax + lazy sparse tables) and the jitted train/eval steps.
 
-    train_step: ``(state, batch) -> state``, the state donated and replicated, the batch sharded
-    along "data". eval_step: ``(variables, sums, batch) -> sums``, the sums donated.
+    ``init_length`` is the token length of the dummy batch whose shapes give the parameter
+    shapes (the Trainer passes its smallest bucket; nothing is computed).
+
+    train_step: ``(state, batch) -> state``, the state donated, replicated (or FSDP-split with
+    ``mesh.fsdp > 1``: `jaxnn.train.distributed.state_sharding`), the batch sharded over the
+    whole mesh. eval_step: ``(variables, sums, batch) -> sums``, the sums donated.
     """
     optim = config["optim"]
     schedule = make_schedule(optim, total_steps)
@@ -151,47 +230,35 @@ def build_steps(
     tx = make_optimizer(optim, total_steps, clip=sparse is None)
     l2 = optim["weight_decay"] if weight_decay_mode(optim) == "l2" else 0.0
     rep, bat = replicated(mesh), batch_sharding(mesh)
+    init = _make_init(config, model, tx, sparse)
+    abstract = jax.eval_shape(lambda: init(init_length))  # shapes only: nothing computed
+    shardings = state_sharding(abstract, mesh)
+    variables = _variables_sharding(shardings, bool(abstract.batch_stats))
     train_step = jax.jit(
         make_train_step(model, tx, l2_weight_decay=l2, sparse=sparse),
-        in_shardings=(rep, bat),
-        out_shardings=rep,
+        in_shardings=(shardings, bat),
+        out_shardings=shardings,
         donate_argnums=0,
     )
     eval_step = jax.jit(
         make_eval_step(model, num_classes),
-        in_shardings=(rep, rep, bat),
+        in_shardings=(variables, rep, bat),
         out_shardings=rep,
         donate_argnums=1,
     )
-    return Steps(schedule, tx, sparse, train_step, eval_step)
+    return Steps(schedule, tx, sparse, train_step, eval_step, shardings, init)
 
 
 def init_train_state(
     config: Mapping[str, Any], model: Any, steps: Steps, mesh: jax.sharding.Mesh, length: int
 ) -> TrainState:
-    """Parameters from key(seed) and a fresh optimizer state, replicated over ``mesh``."""
-    key = jax.random.PRNGKey(config["seed"])
-    init_key, dropout_key = jax.random.split(key)
-    tokens = jnp.zeros((1, length), jnp.int32)
-    mask = jnp.ones((1, length), bool)
-
-    def init():
-        variables = model.init(init_key, tokens, mask, train=False)
-        params = variables["params"]
-        if steps.sparse is not None:
-            opt_state = steps.sparse.init(steps.tx, params)
-        else:
-            opt_state = steps.tx.init(params)
-        return TrainState(
-            step=jnp.zeros((), jnp.int32),
-            params=params,
-            batch_stats=variables.get("batch_stats", {}),
-            opt_state=opt_state,
-            rng=dropout_key,
-            metrics=zero_train_metrics(),
-        )
-
-    return jax.jit(init, out_shardings=replicated(mesh))()
+    """Parameters from key(seed) and a fresh optimizer state, laid out on ``mesh`` as the steps
+    expect (``steps.state_sharding``: replicated, or FSDP-split)."""
+    init = steps.init or _make_init(config, model, steps.tx, steps.sparse)
+    shardings = steps.state_sharding
+    if shardings is None:
+        shardings = state_sharding(jax.eval_shape(lambda: init(length)), mesh)
+    return jax.jit(lambda: init(length), out_shardings=shardings)()
 
 
 class Trainer:
@@ -200,7 +267,7 @@ class Trainer:
     Attributes:
       config: the validated config (plain dict).
       model: the flax module.
-      mesh: the device mesh (axis "data").
+      mesh: the device mesh (axis "data", and "fsdp" with ``mesh.fsdp > 1``).
       train_batches: the `BatchIterator` of the training split.
       steps_per_epoch, total_steps: for the schedule.
       train_step: jitted ``(state, batch) -> state``, state donated, batch sharded on "data".
@@ -218,7 +285,9 @@ class Trainer:
     ):
         self.config = cfg = validate_config(config)
         self.data = data
-        self.mesh = make_mesh() if mesh is None else mesh
+        if mesh is None:
+            mesh = mesh_from_config(cfg)
+        self.mesh = mesh
         check_divisible("train.batch_size", cfg["train"]["batch_size"], self.mesh)
         check_divisible("train.eval_batch_size", cfg["train"]["eval_batch_size"], self.mesh)
         self.num_classes = data.num_classes
@@ -239,7 +308,14 @@ class Trainer:
             min(full, t["max_steps_per_epoch"]) if t["max_steps_per_epoch"] else full
         )
         self.total_steps = self.steps_per_epoch * t["num_epochs"]
-        steps = build_steps(cfg, self.model, self.num_classes, self.total_steps, self.mesh)
+        steps = build_steps(
+            cfg,
+            self.model,
+            self.num_classes,
+            self.total_steps,
+            self.mesh,
+            init_length=self.buckets[0],
+        )
         self.steps = steps
         self.schedule, self.tx, self.sparse = steps.schedule, steps.tx, steps.sparse
         self.train_step, self.eval_step = steps.train_step, steps.eval_step
@@ -250,13 +326,16 @@ class Trainer:
         return init_train_state(self.config, self.model, self.steps, self.mesh, self.buckets[0])
 
     def reset_metrics(self, state: TrainState) -> TrainState:
-        return state.replace(metrics=jax.device_put(zero_train_metrics(), replicated(self.mesh)))
+        metrics = jax.jit(zero_train_metrics, out_shardings=replicated(self.mesh))()
+        return state.replace(metrics=metrics)
 
     # --- training ------------------------------------------------------------------------------
     def batches(self, epoch: int, start: int = 0) -> Iterator[dict[str, jax.Array]]:
-        """Sharded batches ``start..steps_per_epoch-1`` of ``epoch``, built ahead on a thread."""
+        """Sharded batches ``start..steps_per_epoch-1`` of ``epoch``, built ahead on a thread.
+
+        Each process builds only its rows of every global batch (`process_batch`)."""
         order = self.train_batches.order(epoch)[start : self.steps_per_epoch]
-        host = (self.train_batches.make_batch(index) for index in order)
+        host = (process_batch(self.train_batches, index, self.mesh) for index in order)
         return prefetch(host, self.config["data"]["prefetch"], lambda b: shard_batch(b, self.mesh))
 
     def train_summary(self, state: TrainState) -> dict[str, float]:
@@ -331,12 +410,40 @@ class Trainer:
             buckets=self.buckets,
             sort_pool=self.config["data"]["sort_pool"],
         )
-        sums = jax.device_put(zero_eval_metrics(self.num_classes), replicated(self.mesh))
-        host = iter(batches)
+        zeros = jax.jit(
+            lambda: zero_eval_metrics(self.num_classes), out_shardings=replicated(self.mesh)
+        )
+        sums = zeros()
+        host = (process_batch(batches, index, self.mesh) for index in batches.order(0))
         for batch in prefetch(host, 2, lambda b: shard_batch(b, self.mesh)):
             sums = self.eval_step(variables, sums, batch)
         sums = jax.device_get(sums)
         return metrics_from_confusion(sums, split)
+
+
+def process_batch(batches: BatchIterator, index: np.ndarray, mesh: jax.sharding.Mesh) -> dict:
+    """This process's rows (`local_rows`) of the global batch of examples ``index``.
+
+    One process: ``batches.make_batch(index)``. Several: only the examples of this process's
+    rows are gathered and padded, to the bucket length of the whole global batch (every process
+    must agree on the shape), so no process builds another's rows.
+    """
+    size = batches.batch_size
+    rows = local_rows(size, mesh)
+    if rows == slice(0, size):
+        return batches.make_batch(index)
+    longest = int(batches.lengths[index].max(initial=0))
+    bucket = np.asarray(batches.buckets)
+    length = int(bucket[np.searchsorted(bucket, longest)])
+    local = batches.make_batch(index[rows])  # padded to B rows, to its own bucket length
+    count = rows.stop - rows.start
+    out = {}
+    for key, value in local.items():
+        value = value[:count]
+        if key in ("tokens", "mask") and value.shape[1] < length:
+            value = np.pad(value, ((0, 0), (0, length - value.shape[1])))
+        out[key] = value
+    return out
 
 
 def metrics_from_confusion(sums: Mapping[str, np.ndarray], split: EncodedSplit) -> dict[str, Any]:
@@ -360,8 +467,16 @@ def _all_finite(tree: Any) -> jax.Array:
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
 
 
-def _host_copy(tree: Any) -> Any:
-    return jax.tree.map(lambda x: np.array(x, copy=True), tree)
+def _snapshot(tree: Any) -> Any:
+    """A copy that survives the donation of ``tree`` to the next step: host NumPy arrays when
+    this process holds every element, else device copies with the same sharding."""
+
+    def copy(x):
+        if x.is_fully_addressable:
+            return np.array(x, copy=True)
+        return jax.jit(jnp.copy, out_shardings=x.sharding)(x)
+
+    return jax.tree.map(copy, tree)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -411,9 +526,9 @@ def fit(
     """
     cfg = validate_config(config)
     if trainer is None and mesh is None:
-        mesh = make_mesh()
+        mesh = mesh_from_config(cfg)  # before any data: fsdp and batch sizes fit the devices
     if trainer is None:
-        check_divisible("train.batch_size", cfg["train"]["batch_size"], mesh)  # before any data
+        check_divisible("train.batch_size", cfg["train"]["batch_size"], mesh)
         check_divisible("train.eval_batch_size", cfg["train"]["eval_batch_size"], mesh)
     if data is None:
         data = load_data(cfg)
@@ -446,7 +561,8 @@ def fit(
     if workdir is not None:
         workdir = Path(workdir)
         checkpoints = Checkpoints(workdir, keep=t["keep_checkpoints"])
-        metrics_log = MetricsLog(workdir)
+        # every process reads metrics.jsonl (the history); only process 0 writes it
+        metrics_log = MetricsLog(workdir) if is_main_process() else None
         if checkpoints.latest_step() is not None:
             state, meta = checkpoints.restore(state)
             log.info(
@@ -455,9 +571,15 @@ def fit(
                 meta["epoch"] + 1,
                 meta["batch_in_epoch"],
             )
-            metrics_log.truncate(int(state.step))
+            if metrics_log is not None:
+                metrics_log.truncate(int(state.step))
 
-    history = [r for r in metrics_log.records()] if metrics_log else []
+    if metrics_log is not None:
+        history = list(metrics_log.records())
+    elif workdir is not None and (workdir / "metrics.jsonl").is_file():
+        history = [r for r in read_jsonl(workdir / "metrics.jsonl") if r["step"] <= int(state.step)]
+    else:
+        history = []
     run_start = time.perf_counter() - meta["wall_time"]
 
     def save(state: TrainState, **position) -> None:
@@ -531,7 +653,7 @@ def fit(
                 if checkpoints is not None:
                     checkpoints.save_best(step, state.variables(), meta["best"])
                 else:
-                    best_variables = _host_copy(state.variables())
+                    best_variables = _snapshot(state.variables())
             else:
                 meta["bad_epochs"] += 1
             epoch += 1
@@ -601,8 +723,6 @@ def prepare_workdir(config: Mapping[str, Any], workdir: str | Path, *, overwrite
         log.info("overwrite: removing %s", workdir)
         shutil.rmtree(workdir)
     if saved_path.is_file():
-        import json
-
         saved = json.loads(saved_path.read_text(encoding="utf-8"))
         if saved != wanted:
             diffs = _diff(saved, wanted)
@@ -648,22 +768,37 @@ def train_and_evaluate(
     """
     start = time.perf_counter()
     cfg = validate_config(config)  # before any data or compile
-    workdir = prepare_workdir(cfg, workdir, overwrite=overwrite)
+    mesh = mesh_from_config(cfg)  # fsdp and batch sizes must fit the devices, before any data
+    main = is_main_process()
+    refused = None
+    if main:  # one process creates (or clears) the shared workdir; the others wait for it
+        try:
+            workdir = prepare_workdir(cfg, workdir, overwrite=overwrite)
+        except ConfigMismatchError as err:
+            refused = err
+    _sync("jaxnn_prepare_workdir")
+    if refused is not None:
+        raise refused
+    workdir = Path(workdir)
+    if not main:
+        saved = workdir / "config.json"
+        if not saved.is_file() or json.loads(saved.read_text("utf-8")) != config_to_dict(cfg):
+            raise ConfigMismatchError(
+                f"process {jax.process_index()}: {saved} does not hold this run's config (process "
+                "0 refused the workdir, or the workdir is not on a filesystem all hosts share)"
+            )
     results_path = workdir / "results.json"
     if results_path.is_file():
-        import json
-
         log.info("%s is complete; results from %s", workdir, results_path)
         return json.loads(results_path.read_text(encoding="utf-8"))
-    mesh = make_mesh()
-    check_divisible("train.batch_size", cfg["train"]["batch_size"], mesh)  # before any data
-    check_divisible("train.eval_batch_size", cfg["train"]["eval_batch_size"], mesh)
     data = load_data(cfg)
-    data.vocab.save(workdir / "vocab.json")
+    if main:
+        data.vocab.save(workdir / "vocab.json")
     result = fit(cfg, data, workdir, mesh=mesh)
     trainer = result.trainer
+    _sync("jaxnn_fit_done")
     records = read_jsonl(workdir / "metrics.jsonl")
-    if records:
+    if records and main:
         plot_learning_curves(records, workdir / "learning_curves.png", title=f"{data.name}")
     variables = best_variables(result, workdir)
     test_split = load_test(cfg, data)
@@ -693,5 +828,7 @@ def train_and_evaluate(
         },
         "history": records,
     }
-    write_json(results_path, results)
+    if main:
+        write_json(results_path, results)
+    _sync("jaxnn_results")
     return results

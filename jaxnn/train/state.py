@@ -39,6 +39,8 @@ class TrainState:
     opt_state: Optax state (plus the sparse tables' moments).
     rng: uint32 [2] base PRNG key; step t's dropout key is fold_in(rng, t).
     metrics: the epoch's running sums (`zero_train_metrics`).
+    loss_scale: the float16 dynamic loss scale (`jaxnn.train.precision.DynamicLossScale`), or
+      None (float32 / bfloat16: an empty subtree, so their checkpoints do not change).
     """
 
     step: jax.Array
@@ -47,6 +49,7 @@ class TrainState:
     opt_state: Any
     rng: jax.Array
     metrics: dict[str, jax.Array]
+    loss_scale: Any = None
 
     def variables(self) -> dict[str, Any]:
         """The flax variables for ``model.apply``."""

@@ -9,6 +9,10 @@ Train step t, on a batch of B examples with labels y_b and weights w_b (0 on pad
     L       = L_task + lambda * sum_i w_i^2               only with weight_decay_mode "l2" (§3)
     g       = dL / dparams;  then Optax (clipping, Adam/AdamW/SGD, schedule: jaxnn.train.optim)
 
+With ``model.dtype = "float16"`` the state carries a dynamic loss scale s: the step
+differentiates s * L, divides the gradients by s, and skips the update (params and optimizer
+state unchanged, s halved) when they are not finite (jaxnn.train.precision).
+
 BatchNorm running statistics are updated from the batch in the same step. With
 ``sparse_embeddings`` the embedding tables never get a dense gradient: the step differentiates
 with respect to the looked-up rows table[ids] [B, T', D] and hands (ids, row gradients) to the
@@ -37,6 +41,7 @@ from jaxnn.metrics import confusion_matrix
 from jaxnn.ops import softmax_cross_entropy
 from jaxnn.train import sparse as sparse_lib
 from jaxnn.train.optim import l2_loss
+from jaxnn.train.precision import all_finite
 from jaxnn.train.state import NO_NONFINITE, TrainState
 
 __all__ = ["make_eval_step", "make_train_step", "zero_eval_metrics"]
@@ -63,6 +68,38 @@ def _update_metrics(state: TrainState, loss, loss_sum, weight, logits, labels, w
         "correct": state.metrics["correct"] + correct,
         "nonfinite_step": first_bad,
     }
+
+
+def _scaled(state: TrainState, loss: jax.Array) -> jax.Array:
+    """s * loss under a dynamic loss scale, else the loss itself."""
+    return loss if state.loss_scale is None else state.loss_scale.scale_loss(loss)
+
+
+def _unscale(state: TrainState, grads: Any) -> tuple[Any, jax.Array | None]:
+    """(grads / s, all finite) under a dynamic loss scale, else (grads, None)."""
+    if state.loss_scale is None:
+        return grads, None
+    grads = state.loss_scale.unscale(grads)
+    return grads, all_finite(grads)
+
+
+def _finish(state: TrainState, finite, update: Callable, new_vars) -> TrainState:
+    """The next state, ``update() -> (params, opt_state)``; with a loss scale, a step whose
+    gradients are not finite keeps the old params and optimizer state (skipped: `lax.cond`,
+    so a big sparse table is not copied) and the scale adapts."""
+    loss_scale = state.loss_scale
+    if loss_scale is None:
+        params, opt_state = update()
+    else:
+        params, opt_state = jax.lax.cond(finite, update, lambda: (state.params, state.opt_state))
+        loss_scale = loss_scale.adjust(finite)
+    return state.replace(
+        step=state.step + 1,
+        params=params,
+        batch_stats=new_vars.get("batch_stats", state.batch_stats),
+        opt_state=opt_state,
+        loss_scale=loss_scale,
+    )
 
 
 def make_train_step(
@@ -100,18 +137,18 @@ def make_train_step(
             )
             task, loss_sum, weight = _task_loss(logits, labels, weights)
             total = task + l2_loss(params, l2_weight_decay) if l2_weight_decay else task
-            return total, (task, loss_sum, weight, logits, new_vars)
+            return _scaled(state, total), (task, loss_sum, weight, logits, new_vars)
 
         grads, (task, loss_sum, weight, logits, new_vars) = jax.grad(loss_fn, has_aux=True)(
             state.params
         )
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        return state.replace(
-            step=state.step + 1,
-            params=params,
-            batch_stats=new_vars.get("batch_stats", state.batch_stats),
-            opt_state=opt_state,
+        grads, finite = _unscale(state, grads)
+
+        def update():
+            updates, opt_state = tx.update(grads, state.opt_state, state.params)
+            return optax.apply_updates(state.params, updates), opt_state
+
+        return _finish(state, finite, update, new_vars).replace(
             metrics=_update_metrics(state, task, loss_sum, weight, logits, labels, weights),
         )
 
@@ -140,19 +177,19 @@ def make_train_step(
             )
             task, loss_sum, weight = _task_loss(logits, labels, weights)
             total = task + l2_loss(dense_params, l2_weight_decay) if l2_weight_decay else task
-            return total, (task, loss_sum, weight, logits, new_vars)
+            return _scaled(state, total), (task, loss_sum, weight, logits, new_vars)
 
         (dense_grads, row_grads), (task, loss_sum, weight, logits, new_vars) = jax.grad(
             loss_fn, argnums=(0, 1), has_aux=True
         )(dense_params, rows)
-        params, opt_state = sparse.step(
-            tx, state.params, state.opt_state, dense_grads, ids, row_grads, masks
-        )
-        return state.replace(
-            step=state.step + 1,
-            params=params,
-            batch_stats=new_vars.get("batch_stats", state.batch_stats),
-            opt_state=opt_state,
+        (dense_grads, row_grads), finite = _unscale(state, (dense_grads, row_grads))
+
+        def update():
+            return sparse.step(
+                tx, state.params, state.opt_state, dense_grads, ids, row_grads, masks
+            )
+
+        return _finish(state, finite, update, new_vars).replace(
             metrics=_update_metrics(state, task, loss_sum, weight, logits, labels, weights),
         )
 
