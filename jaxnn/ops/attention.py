@@ -13,6 +13,7 @@ import math
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jax.sharding import PartitionSpec as P
 
 from jaxnn.ops.dropout import dropout
 
@@ -503,6 +504,39 @@ def _chunked(q, k, v, mask, bias, is_causal, key_lengths, blocks=None):
     return jnp.swapaxes(out[:, :, :t_len], 1, 2).astype(q.dtype)
 
 
+def _split_over_batch(kernel, q, k, v, mask, bias, is_causal, key_lengths):
+    """Run ``kernel`` on each device's examples when the batch is split over a device mesh.
+
+    XLA cannot partition the blocked kernel's loops along the batch: under a mesh it would
+    gather Q, K and V onto every device and compute the whole batch's attention everywhere.
+    When tracing happens under a mesh (``jax.sharding.use_abstract_mesh``, as jaxnn.train's
+    steps do) with more than one device and B divides by the device count, the kernel runs
+    under ``jax.shard_map`` with B split over every mesh axis (the batch layout of
+    jaxnn.train.distributed); per-example masks, biases and key lengths are split with it,
+    broadcast ones replicated. Attention never mixes examples, so the result is the same.
+    """
+    mesh = jax.sharding.get_abstract_mesh()
+    batch = q.shape[0]
+    if mesh.empty or mesh.size == 1 or batch % mesh.size:
+        return kernel(q, k, v, mask, bias, is_causal, key_lengths)
+    split = P(tuple(mesh.axis_names))
+
+    def spec(x, rank):
+        if x is None:
+            return None
+        return split if jnp.ndim(x) == rank and jnp.shape(x)[0] == batch else P()
+
+    mask4, bias4 = _as_rank4(mask), _as_rank4(bias)
+    in_specs = (split, split, split, spec(mask4, 4), spec(bias4, 4), spec(key_lengths, 1))
+    return jax.shard_map(
+        lambda *a: kernel(*a[:5], is_causal, a[5]),
+        mesh=mesh,
+        in_specs=in_specs,
+        out_specs=split,
+        check_vma=False,
+    )(q, k, v, mask4, bias4, key_lengths)
+
+
 # --------------------------------------------------------------------------------------------
 # "xla" / "cudnn" (jax.nn.dot_product_attention) and "pallas" (JAX's shipped flash kernels)
 # --------------------------------------------------------------------------------------------
@@ -705,7 +739,7 @@ def dot_product_attention(
         )
         return (out, weights) if return_weights else out
     if implementation == "chunked":
-        return _chunked(q, k, v, mask, bias, is_causal, key_lengths)
+        return _split_over_batch(_chunked, q, k, v, mask, bias, is_causal, key_lengths)
     if implementation in ("xla", "cudnn"):
         return _jax_nn(q, k, v, mask, bias, is_causal, key_lengths, implementation)
     return _pallas(q, k, v, mask, bias, is_causal, key_lengths)

@@ -20,12 +20,13 @@ of each global batch that live on its own devices (`local_rows`, `shard_batch`).
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
 import socket
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -48,6 +49,7 @@ __all__ = [
     "replicated",
     "shard_batch",
     "state_sharding",
+    "under_mesh",
 ]
 
 DATA_AXIS = "data"
@@ -312,3 +314,16 @@ def initialize_distributed(
         jax.device_count(),
     )
     return True
+
+
+def under_mesh(fn: Callable, mesh: Mesh) -> Callable:
+    """``fn`` traced under ``mesh``'s abstract mesh (`jax.sharding.use_abstract_mesh`), so the
+    ops that need it see the mesh: the blocked attention kernel runs under ``jax.shard_map``
+    on each device's examples instead of gathering the whole batch onto every device."""
+
+    @functools.wraps(fn)
+    def traced(*args, **kwargs):
+        with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+            return fn(*args, **kwargs)
+
+    return traced

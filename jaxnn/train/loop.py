@@ -51,6 +51,7 @@ from jaxnn.train.distributed import (
     replicated,
     shard_batch,
     state_sharding,
+    under_mesh,
 )
 from jaxnn.train.logs import MetricsLog, plot_learning_curves, read_jsonl, write_json
 from jaxnn.train.optim import make_optimizer, make_schedule
@@ -235,13 +236,13 @@ def build_steps(
     shardings = state_sharding(abstract, mesh)
     variables = _variables_sharding(shardings, bool(abstract.batch_stats))
     train_step = jax.jit(
-        make_train_step(model, tx, l2_weight_decay=l2, sparse=sparse),
+        under_mesh(make_train_step(model, tx, l2_weight_decay=l2, sparse=sparse), mesh),
         in_shardings=(shardings, bat),
         out_shardings=shardings,
         donate_argnums=0,
     )
     eval_step = jax.jit(
-        make_eval_step(model, num_classes),
+        under_mesh(make_eval_step(model, num_classes), mesh),
         in_shardings=(variables, rep, bat),
         out_shardings=rep,
         donate_argnums=1,
