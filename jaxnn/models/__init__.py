@@ -14,7 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxnn.models.bow import BowClassifier, hashed_bigram_ids
+from jaxnn.models.bow import BowClassifier, hashed_bigram_ids, hashed_ngram_ids, unique_ids
 from jaxnn.models.transformer import TransformerClassifier
 from jaxnn.ops import softmax
 
@@ -23,7 +23,9 @@ __all__ = [
     "TransformerClassifier",
     "get_model",
     "hashed_bigram_ids",
+    "hashed_ngram_ids",
     "predict_proba",
+    "unique_ids",
 ]
 
 MODEL_NAMES = ("bow", "transformer")
@@ -56,6 +58,9 @@ def get_model(config: Mapping[str, Any], *, vocab_size: int, num_classes: int) -
             activation=m["activation"],
             dropout_rate=m["dropout"],
             bigram_buckets=m["bigram_buckets"],
+            trigram_buckets=m["trigram_buckets"],
+            binary_features=m["binary_features"],
+            pooling=m["pooling"],
             dtype=_dtype(m["dtype"]),
         )
     if name == "transformer":

@@ -1,15 +1,20 @@
 """Bag-of-words classifier (fastText style): embeddings -> dropout -> masked mean -> MLP head.
 
-For a text with token ids x_1..x_n (and, optionally, hashed bigram ids b_1..b_{n-1}):
+For a text with token ids x_1..x_n (and, optionally, hashed bigram ids b_1..b_{n-1} and
+hashed trigram ids c_1..c_{n-2}), the bag of its K features (all of them, or with
+``binary_features`` each distinct id once per table, NBSVM's binarized counts):
 
-    pooled = (sum_i E[x_i] + sum_j G[b_j]) / (n + n_bigrams)        (study guide §7, mean pooling)
-    logits = MLP(pooled)                                             [B, C]
+    s      = sum_i E[x_i] + sum_j G[b_j] + sum_k H[c_k]                          [B, D]
+    pooled = s / K         (pooling "mean", study guide §7)
+           = s / sqrt(K)   (pooling "sqrt": the sum scaled by 1/sqrt(K))
+    logits = MLP(pooled)                                                         [B, C]
 
-E is the token table [V, D], G the hashed bigram table [bigram_buckets, D] (fastText's trick:
-a bigram (a, b) is looked up at row `hashed_bigram_ids` = mix(a, b) mod bigram_buckets, so
-the table has a fixed size whatever the number of distinct bigrams). Dropout (§3) acts on the
-embedded vectors before pooling; the head has ``num_hidden_layers`` hidden layers of
-``hidden_size`` units with ``activation`` (hidden_size = 0: a linear head, as in fastText).
+E is the token table [V, D], G the hashed bigram table [bigram_buckets, D], H the hashed
+trigram table [trigram_buckets, D] (fastText's trick: an n-gram is looked up at row
+`hashed_ngram_ids` = mix(ids) mod buckets, so a table has a fixed size whatever the number of
+distinct n-grams). Dropout (§3) acts on the embedded vectors before pooling; the head has
+``num_hidden_layers`` hidden layers of ``hidden_size`` units with ``activation``
+(hidden_size = 0: a linear head, as in fastText).
 
 The model splits in two so that a train step can update the tables sparsely (only the rows a
 batch touches; jaxnn.train.sparse):
@@ -34,11 +39,81 @@ import numpy as np
 from jaxnn.nn import MLP, Dropout
 from jaxnn.ops import mean_pool
 
-__all__ = ["BowClassifier", "hashed_bigram_ids"]
+__all__ = ["POOLINGS", "BowClassifier", "hashed_bigram_ids", "hashed_ngram_ids", "unique_ids"]
+
+POOLINGS = ("mean", "sqrt")
 
 _GOLDEN = np.uint32(0x9E3779B1)
 _MIX1 = np.uint32(0x85EBCA6B)
 _MIX2 = np.uint32(0xC2B2AE35)
+_INT32_MAX = np.iinfo(np.int32).max
+
+
+def _mix(h: jax.Array) -> jax.Array:
+    h = h ^ (h >> 16)
+    h = h * _MIX1
+    h = h ^ (h >> 13)
+    h = h * _MIX2
+    return h ^ (h >> 16)
+
+
+def hashed_ngram_ids(tokens: jax.Array, n: int, num_buckets: int) -> jax.Array:
+    """Row of the n-gram (tokens[:, t], ..., tokens[:, t+n-1]) in a table of ``num_buckets`` rows.
+
+    In uint32 arithmetic (wrapping mod 2^32), with a_1..a_n the n token ids:
+
+        h = a_1;  for k = 2..n:  h = mix(h * 0x9E3779B1 + a_k)
+        mix(h): h ^= h >> 16; h *= 0x85EBCA6B; h ^= h >> 13; h *= 0xC2B2AE35; h ^= h >> 16
+        id = h mod num_buckets
+
+    (murmur3's finalizer as the mix). n = 2 is `hashed_bigram_ids`.
+
+    Args:
+      tokens: int [B, T] token ids.
+      n: the n-gram order, >= 2.
+      num_buckets: rows of the table, >= 1.
+
+    Returns:
+      int32 [B, max(T - n + 1, 0)]. N-grams touching padding still get an id; mask them with
+      the AND of the n shifted masks (``BowClassifier.feature_ids`` does).
+    """
+    if isinstance(n, bool) or not isinstance(n, int) or n < 2:
+        raise ValueError(f"n must be an int >= 2, got {n!r}")
+    if num_buckets < 1:
+        raise ValueError(f"num_buckets must be >= 1, got {num_buckets}")
+    width = max(tokens.shape[1] - n + 1, 0)
+    cols = [tokens[:, k : k + width].astype(jnp.uint32) for k in range(n)]
+    h = cols[0]
+    for col in cols[1:]:
+        h = _mix(h * _GOLDEN + col)
+    return (h % jnp.uint32(num_buckets)).astype(jnp.int32)
+
+
+def _ngram_mask(mask: jax.Array, n: int) -> jax.Array:
+    """bool [B, max(T - n + 1, 0)]: every one of the n positions is a real token."""
+    width = max(mask.shape[1] - n + 1, 0)
+    out = mask[:, :width]
+    for k in range(1, n):
+        out = out & mask[:, k : k + width]
+    return out
+
+
+def unique_ids(ids: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Each distinct unmasked id of a row once: the binarized bag (NBSVM's presence features).
+
+    Args:
+      ids: int [B, T'] ids (ids >= 2^31 - 1 are not supported).
+      mask: bool [B, T'] (False = padding, ignored).
+
+    Returns:
+      (ids int32 [B, T'], mask bool [B, T']): the row's ids sorted, the mask True on the first of
+      each run of equal unmasked ids; masked slots hold id 0. As a bag, the row's distinct ids.
+    """
+    big = jnp.where(mask, ids.astype(jnp.int32), _INT32_MAX)
+    s = jnp.sort(big, axis=1)
+    first = jnp.concatenate([jnp.ones_like(s[:, :1], bool), s[:, 1:] != s[:, :-1]], axis=1)
+    keep = first & (s != _INT32_MAX)
+    return jnp.where(keep, s, 0), keep
 
 
 def hashed_bigram_ids(tokens: jax.Array, num_buckets: int) -> jax.Array:
@@ -58,17 +133,7 @@ def hashed_bigram_ids(tokens: jax.Array, num_buckets: int) -> jax.Array:
       int32 [B, T - 1] (empty when T = 1). Bigrams touching padding still get an id; mask them
       with ``mask[:, :-1] & mask[:, 1:]``.
     """
-    if num_buckets < 1:
-        raise ValueError(f"num_buckets must be >= 1, got {num_buckets}")
-    a = tokens[:, :-1].astype(jnp.uint32)
-    b = tokens[:, 1:].astype(jnp.uint32)
-    h = a * _GOLDEN + b
-    h = h ^ (h >> 16)
-    h = h * _MIX1
-    h = h ^ (h >> 13)
-    h = h * _MIX2
-    h = h ^ (h >> 16)
-    return (h % jnp.uint32(num_buckets)).astype(jnp.int32)
+    return hashed_ngram_ids(tokens, 2, num_buckets)
 
 
 class BowClassifier(nn.Module):
@@ -82,7 +147,10 @@ class BowClassifier(nn.Module):
       num_hidden_layers: hidden layers when hidden_size > 0.
       activation: of the head's hidden layers (relu, gelu, tanh, sigmoid).
       dropout_rate: on the embedded vectors and the head's hidden layers.
-      bigram_buckets: rows of the hashed bigram table (0 = unigrams only).
+      bigram_buckets: rows of the hashed bigram table (0 = no bigrams).
+      trigram_buckets: rows of the hashed trigram table (0 = no trigrams).
+      binary_features: count each distinct feature id once per text and table.
+      pooling: "mean" (sum / K) or "sqrt" (sum / sqrt(K)) over the K features of a text.
       dtype: compute dtype (parameters stay float32); logits are float32.
 
     Example:
@@ -99,13 +167,22 @@ class BowClassifier(nn.Module):
     activation: str = "relu"
     dropout_rate: float = 0.0
     bigram_buckets: int = 0
+    trigram_buckets: int = 0
+    binary_features: bool = False
+    pooling: str = "mean"
     dtype: Any = None
 
     def setup(self) -> None:
+        if self.pooling not in POOLINGS:
+            raise ValueError(
+                f"pooling={self.pooling!r} is not allowed; allowed: {', '.join(POOLINGS)}"
+            )
         init = nn.initializers.normal(stddev=0.1)
         self.embed = nn.Embed(self.vocab_size, self.embed_dim, embedding_init=init)
         if self.bigram_buckets:
             self.bigram_embed = nn.Embed(self.bigram_buckets, self.embed_dim, embedding_init=init)
+        if self.trigram_buckets:
+            self.trigram_embed = nn.Embed(self.trigram_buckets, self.embed_dim, embedding_init=init)
         self.embed_dropout = Dropout(self.dropout_rate)
         hidden = [self.hidden_size] * self.num_hidden_layers if self.hidden_size else []
         self.head = MLP(
@@ -117,14 +194,27 @@ class BowClassifier(nn.Module):
 
     def table_names(self) -> tuple[str, ...]:
         """Names of the embedding tables (params[name]["embedding"]) looked up by feature_ids."""
-        return ("embed", "bigram_embed") if self.bigram_buckets else ("embed",)
+        names = ["embed"]
+        if self.bigram_buckets:
+            names.append("bigram_embed")
+        if self.trigram_buckets:
+            names.append("trigram_embed")
+        return tuple(names)
 
     def feature_ids(self, tokens: jax.Array, mask: jax.Array) -> dict[str, tuple]:
-        """{table: (ids int32 [B, T'], mask bool [B, T'])}: tokens, and hashed bigrams if any."""
+        """{table: (ids int32 [B, T'], mask bool [B, T'])}: tokens, hashed bigrams, trigrams.
+
+        With ``binary_features`` each table's ids are `unique_ids` (sorted, duplicates masked).
+        """
         features = {"embed": (tokens.astype(jnp.int32), mask)}
-        if self.bigram_buckets:
-            ids = hashed_bigram_ids(tokens, self.bigram_buckets)
-            features["bigram_embed"] = (ids, mask[:, :-1] & mask[:, 1:])
+        for name, n, buckets in (
+            ("bigram_embed", 2, self.bigram_buckets),
+            ("trigram_embed", 3, self.trigram_buckets),
+        ):
+            if buckets:
+                features[name] = (hashed_ngram_ids(tokens, n, buckets), _ngram_mask(mask, n))
+        if self.binary_features:
+            features = {name: unique_ids(*feature) for name, feature in features.items()}
         return features
 
     def classify(
@@ -138,6 +228,9 @@ class BowClassifier(nn.Module):
             x = x.astype(self.dtype)
         x = self.embed_dropout(x, deterministic=not train)
         pooled = mean_pool(x, m)
+        if self.pooling == "sqrt":  # sum / sqrt(K) = mean * sqrt(K)
+            count = jnp.sum(m, axis=1, keepdims=True).astype(pooled.dtype)
+            pooled = pooled * jnp.sqrt(count)
         return self.head(pooled, deterministic=not train).astype(jnp.float32)
 
     def lookup(self, features: dict[str, tuple]) -> dict[str, jax.Array]:

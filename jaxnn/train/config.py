@@ -43,12 +43,13 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 ACTIVATIONS = ("relu", "gelu", "tanh", "sigmoid")
 NORMS = ("layer", "batch", "rms")
 POOLINGS = ("mean", "max", "first")
+BOW_POOLINGS = ("mean", "sqrt")
 ATTENTION_IMPLS = ("auto", "reference", "chunked", "xla", "cudnn", "pallas")
 CORPORA = ("imdb", "bbc_news")  # or a path to a file/folder (see jaxnn.data.corpora)
 SCHEDULES = ("cosine", "constant")
 WEIGHT_DECAY_MODES = ("auto", "l2", "decoupled")
 SELECT_METRICS = ("macro_f1", "accuracy")
-DTYPES = ("float32", "bfloat16")
+DTYPES = ("float32", "bfloat16", "float16")
 
 
 class ConfigError(ValueError):
@@ -81,15 +82,19 @@ def base_config() -> ml_collections.ConfigDict:
     # transformer: dropout on the attention weights, apart from model.dropout (as in Flax's
     # examples); > 0 forces the "reference" attention, which materializes the T x S scores
     config.model.attention_dropout = 0.0
-    config.model.dtype = "float32"  # compute dtype; parameters stay float32
+    # compute dtype: float32, bfloat16 or float16 (float16 with dynamic loss scaling); parameters,
+    # optimizer state, softmax, normalization statistics, logits and loss stay float32
+    config.model.dtype = "float32"
     # bow only
-    config.model.bigram_buckets = 0  # rows of the hashed bigram table (0 = unigrams only)
+    config.model.bigram_buckets = 0  # rows of the hashed bigram table (0 = no bigrams)
+    config.model.trigram_buckets = 0  # rows of the hashed trigram table (0 = no trigrams)
+    config.model.binary_features = False  # each distinct n-gram once per text (NBSVM-style)
     # transformer only
     config.model.num_layers = 2
     config.model.num_heads = 4
     config.model.mlp_dim = 256
     config.model.norm = "layer"  # layer, batch, rms
-    config.model.pooling = "mean"  # mean, max, first
+    config.model.pooling = "mean"  # transformer: mean, max, first; bow: mean, sqrt (sum/sqrt(K))
     config.model.attention_impl = "auto"
 
     config.optim = ml_collections.ConfigDict()
@@ -107,6 +112,9 @@ def base_config() -> ml_collections.ConfigDict:
     config.optim.warmup_steps = 0
     config.optim.end_lr_fraction = 0.0  # cosine ends at learning_rate * this
     config.optim.sparse_embeddings = True  # lazy sparse Adam rows for embedding tables
+    # model.dtype = "float16" only: dynamic loss scale s_0, and finite steps before s doubles
+    config.optim.initial_loss_scale = 2.0**15
+    config.optim.loss_scale_period = 2000
 
     config.train = ml_collections.ConfigDict()
     config.train.batch_size = 64  # global batch B (divided over the devices)
@@ -119,6 +127,11 @@ def base_config() -> ml_collections.ConfigDict:
     config.train.keep_checkpoints = 2  # latest N checkpoints kept (the best one separately)
     config.train.max_steps_per_epoch = 0  # 0 = a full epoch; else stop each epoch early
     config.train.progress_bar = True
+
+    config.mesh = ml_collections.ConfigDict()
+    # > 1: a 2-D device mesh (data, fsdp); parameters and optimizer state split in fsdp parts
+    # (ZeRO-3 / FSDP style) instead of replicated. Must divide the number of devices.
+    config.mesh.fsdp = 1
     return config
 
 
@@ -259,11 +272,17 @@ def validate_config(config: ml_collections.ConfigDict | Mapping) -> dict:
     _check_number(flat, "model.attention_dropout", 0, 1, low_open=False, high_open=True)
     _check_choice(flat, "model.dtype", DTYPES)
     _check_int(flat, "model.bigram_buckets", 0)
+    _check_int(flat, "model.trigram_buckets", 0)
+    if not isinstance(flat["model.binary_features"], bool):
+        _fail("model.binary_features", flat["model.binary_features"], "allowed: True, False")
     _check_int(flat, "model.num_layers", 0)
     _check_int(flat, "model.num_heads", 1)
     _check_int(flat, "model.mlp_dim", 1)
     _check_choice(flat, "model.norm", NORMS)
-    _check_choice(flat, "model.pooling", POOLINGS)
+    if flat["model.name"] == "bow":
+        _check_choice(flat, "model.pooling", BOW_POOLINGS)
+    else:
+        _check_choice(flat, "model.pooling", POOLINGS)
     _check_choice(flat, "model.attention_impl", ATTENTION_IMPLS)
     if flat["model.name"] == "transformer" and flat["model.embed_dim"] % flat["model.num_heads"]:
         _fail(
@@ -305,6 +324,9 @@ def validate_config(config: ml_collections.ConfigDict | Mapping) -> dict:
     _check_int(flat, "train.max_steps_per_epoch", 0)
     if not isinstance(flat["train.progress_bar"], bool):
         _fail("train.progress_bar", flat["train.progress_bar"], "allowed: True, False")
+    _check_number(flat, "optim.initial_loss_scale", 1, float("inf"), low_open=False, high_open=True)
+    _check_int(flat, "optim.loss_scale_period", 1)
+    _check_int(flat, "mesh.fsdp", 1)
     return given
 
 

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxnn.models import BowClassifier, hashed_bigram_ids
+from jaxnn.models import BowClassifier, hashed_bigram_ids, hashed_ngram_ids, unique_ids
 
 
 def _numpy_bigram_ids(tokens: np.ndarray, buckets: int) -> np.ndarray:
@@ -148,3 +148,112 @@ def test_feature_ids_and_table_names():
     assert ids.shape == (5, 8)
     np.testing.assert_array_equal(bigram_mask, mask[:, :-1] & mask[:, 1:])
     assert BowClassifier(vocab_size=5, num_classes=2).table_names() == ("embed",)
+
+
+def _numpy_ngram_ids(tokens: np.ndarray, n: int, buckets: int) -> np.ndarray:
+    """The docstring's rule: h = a_1; h = mix(h * 0x9E3779B1 + a_k) for k = 2..n; h mod buckets."""
+    m = (1 << 32) - 1
+    width = max(tokens.shape[1] - n + 1, 0)
+    h = tokens[:, :width].astype(np.uint64)
+    for k in range(1, n):
+        h = (h * 0x9E3779B1 + tokens[:, k : k + width].astype(np.uint64)) & m
+        h ^= h >> 16
+        h = (h * 0x85EBCA6B) & m
+        h ^= h >> 13
+        h = (h * 0xC2B2AE35) & m
+        h ^= h >> 16
+    return (h % buckets).astype(np.int32)
+
+
+def _numpy_bag_logits(params, tokens, mask, *, bigrams, trigrams, binary, pooling):
+    """Linear head over the pooled bag of unigram, bigram and trigram vectors, in NumPy."""
+    tables = [("embed", 1, None), ("bigram_embed", 2, bigrams), ("trigram_embed", 3, trigrams)]
+    out = []
+    for b in range(tokens.shape[0]):
+        total, count = 0.0, 0
+        for name, n, buckets in tables:
+            if n > 1 and not buckets:
+                continue
+            length = int(mask[b].sum())
+            ids = (
+                tokens[b, :length]
+                if n == 1
+                else _numpy_ngram_ids(tokens[b : b + 1, :length], n, buckets)[0]
+            )
+            if binary:
+                ids = np.unique(ids)
+            table = np.asarray(params[name]["embedding"], np.float64)
+            total = total + table[ids].sum(0)
+            count += len(ids)
+        scale = 0.0 if count == 0 else (1 / count if pooling == "mean" else 1 / np.sqrt(count))
+        pooled = total * scale if count else np.zeros(params["embed"]["embedding"].shape[1])
+        dense = params["head"]
+        layer = dense[sorted(dense)[0]]
+        out.append(pooled @ np.asarray(layer["kernel"], np.float64) + np.asarray(layer["bias"]))
+    return np.stack(out)
+
+
+@pytest.mark.parametrize("n", [2, 3, 4])
+def test_hashed_ngram_ids_match_numpy(n):
+    tokens = np.random.default_rng(n).integers(0, 2**31 - 1, size=(3, 10)).astype(np.int32)
+    ours = np.asarray(hashed_ngram_ids(jnp.asarray(tokens), n, 1000))
+    np.testing.assert_array_equal(ours, _numpy_ngram_ids(tokens, n, 1000))
+    assert ours.shape == (3, 11 - n)
+    np.testing.assert_array_equal(
+        hashed_ngram_ids(jnp.asarray(tokens), 2, 97), hashed_bigram_ids(jnp.asarray(tokens), 97)
+    )
+    with pytest.raises(ValueError, match="n must be an int >= 2"):
+        hashed_ngram_ids(jnp.asarray(tokens), 1, 10)
+
+
+def test_unique_ids_is_the_set_of_unmasked_ids():
+    ids = jnp.asarray([[5, 3, 5, 9, 3, 7], [1, 1, 1, 1, 0, 0], [4, 4, 2, 2, 2, 2]])
+    mask = jnp.asarray([[1, 1, 1, 1, 1, 0], [1, 1, 1, 1, 0, 0], [0, 0, 0, 0, 0, 0]], bool)
+    out, keep = unique_ids(ids, mask)
+    for row in range(3):
+        got = sorted(np.asarray(out[row])[np.asarray(keep[row])].tolist())
+        want = sorted(set(np.asarray(ids[row])[np.asarray(mask[row])].tolist()))
+        assert got == want
+
+
+@pytest.mark.parametrize(
+    ("bigrams", "trigrams", "binary", "pooling"),
+    [(0, 0, True, "mean"), (64, 32, False, "mean"), (64, 32, True, "sqrt"), (0, 16, False, "sqrt")],
+)
+def test_logits_equal_numpy_bag_of_ngrams(bigrams, trigrams, binary, pooling):
+    tokens, mask = _batch(length=11, vocab=6)  # a small vocabulary: repeated n-grams
+    model = BowClassifier(
+        vocab_size=6,
+        num_classes=3,
+        embed_dim=5,
+        bigram_buckets=bigrams,
+        trigram_buckets=trigrams,
+        binary_features=binary,
+        pooling=pooling,
+    )
+    variables = model.init(jax.random.key(0), tokens, mask, train=False)
+    logits = jax.jit(lambda v, t, m: model.apply(v, t, m, train=False))(variables, tokens, mask)
+    expected = _numpy_bag_logits(
+        variables["params"],
+        tokens,
+        mask,
+        bigrams=bigrams,
+        trigrams=trigrams,
+        binary=binary,
+        pooling=pooling,
+    )
+    np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-6)
+    names = (
+        {"embed"}
+        | ({"bigram_embed"} if bigrams else set())
+        | ({"trigram_embed"} if trigrams else set())
+    )
+    assert set(model.table_names()) == names
+
+
+def test_unknown_pooling_is_refused():
+    tokens, mask = _batch()
+    with pytest.raises(ValueError, match=r"pooling='max'.*allowed: mean, sqrt"):
+        BowClassifier(vocab_size=50, num_classes=2, pooling="max").init(
+            jax.random.key(0), tokens, mask, train=False
+        )

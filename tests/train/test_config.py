@@ -61,7 +61,9 @@ def _with(path: str, value):
         ("model.name", "cnn", "bow, transformer"),
         ("data.corpus", "no_such_corpus", "imdb, bbc_news"),
         ("model.norm", "group", "layer, batch, rms"),
-        ("model.pooling", "sum", "mean, max, first"),
+        ("model.pooling", "sum", "mean, sqrt"),  # base_config's model is bow
+        ("model.trigram_buckets", -1, ">= 0"),
+        ("model.binary_features", 1, "True, False"),
     ],
 )
 def test_bad_value_names_key_value_and_allowed(path, value, allowed):
@@ -70,6 +72,17 @@ def test_bad_value_names_key_value_and_allowed(path, value, allowed):
     message = str(info.value)
     assert f"config.{path}={value!r}" in message
     assert allowed in message
+
+
+@pytest.mark.parametrize(
+    ("model", "value", "allowed"),
+    [("transformer", "sqrt", "mean, max, first"), ("bow", "max", "mean, sqrt")],
+)
+def test_pooling_choices_depend_on_the_model(model, value, allowed):
+    config = _with("model.pooling", value)
+    config.model.name = model
+    with pytest.raises(ConfigError, match=rf"config\.model\.pooling='{value}'.*allowed: {allowed}"):
+        validate_config(config)
 
 
 def test_unknown_key_is_refused_with_the_allowed_keys():
@@ -134,5 +147,7 @@ def test_override_keys_are_checked_against_the_config_file():
     config_lib.check_override_keys(config, ["--config.optim.learning_rate=0.1", "--workdir=x"])
     with pytest.raises(ConfigError, match=r"config\.optim\.lr='0\.1'.*optim\.learning_rate"):
         config_lib.check_override_keys(config, ["--config.optim.lr=0.1"])
-    with pytest.raises(ConfigError, match=r"config\.optm\.lr='3'.*allowed keys here: data, model"):
+    with pytest.raises(
+        ConfigError, match=r"config\.optm\.lr='3'.*allowed keys here: data, mesh, model"
+    ):
         config_lib.check_override_keys(config, ["--config.optm.lr", "3"])
