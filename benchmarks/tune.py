@@ -18,16 +18,19 @@ import importlib.util
 import json
 import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 
 import jax
 
-from jaxnn.train import load_data
-from jaxnn.train.config import validate_config
-from jaxnn.tune.vmapped import VmappedBowTrainer
-
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from jaxnn.train import load_data  # noqa: E402
+from jaxnn.train.config import validate_config  # noqa: E402
+from jaxnn.tune.vmapped import VmappedBowTrainer  # noqa: E402
+
 RESULTS = ROOT / "benchmarks" / "results"
 
 LEARNING_RATES = [1e-3, 3e-3, 1e-2, 3e-2]
