@@ -10,17 +10,23 @@ import pytest
 from jaxnn.models import BowClassifier, hashed_bigram_ids, hashed_ngram_ids, unique_ids
 
 
-def _numpy_bigram_ids(tokens: np.ndarray, buckets: int) -> np.ndarray:
-    a = tokens[:, :-1].astype(np.uint64)
-    b = tokens[:, 1:].astype(np.uint64)
+def _numpy_ngram_ids(tokens: np.ndarray, n: int, buckets: int) -> np.ndarray:
+    """The docstring's rule: h = a_1; h = mix(h * 0x9E3779B1 + a_k) for k = 2..n; h mod buckets."""
     m = (1 << 32) - 1
-    h = (a * 0x9E3779B1 + b) & m
-    h ^= h >> 16
-    h = (h * 0x85EBCA6B) & m
-    h ^= h >> 13
-    h = (h * 0xC2B2AE35) & m
-    h ^= h >> 16
+    width = max(tokens.shape[1] - n + 1, 0)
+    h = tokens[:, :width].astype(np.uint64)
+    for k in range(1, n):
+        h = (h * 0x9E3779B1 + tokens[:, k : k + width].astype(np.uint64)) & m
+        h ^= h >> 16
+        h = (h * 0x85EBCA6B) & m
+        h ^= h >> 13
+        h = (h * 0xC2B2AE35) & m
+        h ^= h >> 16
     return (h % buckets).astype(np.int32)
+
+
+def _numpy_bigram_ids(tokens: np.ndarray, buckets: int) -> np.ndarray:
+    return _numpy_ngram_ids(tokens, 2, buckets)
 
 
 def _batch(seed=0, batch=5, length=9, vocab=50):
@@ -148,21 +154,6 @@ def test_feature_ids_and_table_names():
     assert ids.shape == (5, 8)
     np.testing.assert_array_equal(bigram_mask, mask[:, :-1] & mask[:, 1:])
     assert BowClassifier(vocab_size=5, num_classes=2).table_names() == ("embed",)
-
-
-def _numpy_ngram_ids(tokens: np.ndarray, n: int, buckets: int) -> np.ndarray:
-    """The docstring's rule: h = a_1; h = mix(h * 0x9E3779B1 + a_k) for k = 2..n; h mod buckets."""
-    m = (1 << 32) - 1
-    width = max(tokens.shape[1] - n + 1, 0)
-    h = tokens[:, :width].astype(np.uint64)
-    for k in range(1, n):
-        h = (h * 0x9E3779B1 + tokens[:, k : k + width].astype(np.uint64)) & m
-        h ^= h >> 16
-        h = (h * 0x85EBCA6B) & m
-        h ^= h >> 13
-        h = (h * 0xC2B2AE35) & m
-        h ^= h >> 16
-    return (h % buckets).astype(np.int32)
 
 
 def _numpy_bag_logits(params, tokens, mask, *, bigrams, trigrams, binary, pooling):
