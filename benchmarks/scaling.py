@@ -27,10 +27,8 @@ import json
 import os
 import platform
 import re
-import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -39,8 +37,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 RESULTS = ROOT / "benchmarks" / "results"
-VOCAB = 30000
-CLASSES = 2
 COLLECTIVES = (
     "all-reduce",
     "all-gather",
@@ -125,17 +121,12 @@ def model_configs(quick: bool) -> dict[str, dict]:
     return configs
 
 
-def synthetic_batch(batch_size: int, length: int) -> dict[str, np.ndarray]:
-    return _train_benchmark().synthetic_batch(batch_size, length)
-
-
 def worker(quick: bool, fsdp_values: list[int]) -> list[dict]:
     import jax
 
-    from jaxnn.models import get_model
-    from jaxnn.train.distributed import describe_mesh, make_mesh, shard_batch
-    from jaxnn.train.loop import build_steps, init_train_state
+    from jaxnn.train.distributed import describe_mesh, make_mesh
 
+    bench = _train_benchmark()
     repeats, per_block = (3, 3) if quick else (5, 5)
     rows = []
     for name, config in model_configs(quick).items():
@@ -145,31 +136,10 @@ def worker(quick: bool, fsdp_values: list[int]) -> list[dict]:
             config = json.loads(json.dumps(config))
             config["mesh"]["fsdp"] = fsdp
             mesh = make_mesh(fsdp=fsdp)
-            model = get_model(config, vocab_size=VOCAB, num_classes=CLASSES)
-            steps = build_steps(config, model, CLASSES, total_steps=10_000, mesh=mesh)
-            state = init_train_state(config, model, steps, mesh, length=16)
+            result = bench.bench_jax(config, per_block, repeats, mesh=mesh)
+            comm = collective_bytes(result.pop("compiled").as_text())
             batch_size, length = config["train"]["batch_size"], config["data"]["max_len"]
-            batch = shard_batch(synthetic_batch(batch_size, length), mesh)
-            start = time.perf_counter()
-            compiled = steps.train_step.lower(state, batch).compile()
-            compile_s = time.perf_counter() - start
-            comm = collective_bytes(compiled.as_text())
-            holder = [state]
-
-            def block(compiled=compiled, batch=batch, holder=holder):
-                s = holder[0]
-                for _ in range(per_block):
-                    s = compiled(s, batch)
-                jax.block_until_ready(s.step)
-                holder[0] = s
-
-            block()  # warmup
-            times = []
-            for _ in range(repeats):
-                t0 = time.perf_counter()
-                block()
-                times.append(time.perf_counter() - t0)
-            step_s = statistics.median(times) / per_block
+            compile_s, step_s, times = (result[k] for k in ("compile_s", "step_s", "block_times_s"))
             rows.append(
                 {
                     "backend": f"JAX {jax.__version__}, backend {jax.default_backend()}",
