@@ -692,7 +692,9 @@ def dot_product_attention(
           causal-masked or beyond the group's key_lengths are skipped. bf16/f16 inputs are
           computed in float32. Supports mask, bias (with its gradient), is_causal and
           key_lengths; not dropout or return_weights; reverse-mode differentiation only (no
-          jax.jvp / jacfwd).
+          jax.jvp / jacfwd). Traced under a device mesh (``jax.sharding.use_abstract_mesh``,
+          as jaxnn.train's steps are) with B divisible by the device count, it runs under
+          ``jax.shard_map`` on each device's examples (XLA cannot split its loops itself).
         * "xla" / "cudnn": jax.nn.dot_product_attention's own implementations ("cudnn" needs
           an NVIDIA GPU). Rows that see no key are set to zero afterwards (jax.nn would give
           them uniform weights). No dropout or return_weights.
