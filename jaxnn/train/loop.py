@@ -55,9 +55,11 @@ from jaxnn.train.distributed import (
 )
 from jaxnn.train.logs import MetricsLog, plot_learning_curves, read_jsonl, write_json
 from jaxnn.train.optim import make_optimizer, make_schedule
-from jaxnn.train.precision import DynamicLossScale
+from jaxnn.train.precision import DynamicLossScale, all_finite
 from jaxnn.train.state import NO_NONFINITE, TrainState, zero_train_metrics
 from jaxnn.train.step import make_eval_step, make_train_step, zero_eval_metrics
+
+_all_finite = jax.jit(all_finite)
 
 __all__ = [
     "ConfigMismatchError",
@@ -126,10 +128,14 @@ def load_test(config: Mapping[str, Any], data: Prepared) -> EncodedSplit:
 # ----------------------------------------------------------------------------------------------
 
 
-def mesh_from_config(config: Mapping[str, Any]) -> jax.sharding.Mesh:
-    """The mesh over every device (all processes), with ``config.mesh.fsdp`` parameter shards;
-    checks that the global batch sizes divide by the device count (ConfigError otherwise)."""
-    mesh = make_mesh(fsdp=config["mesh"]["fsdp"])
+def mesh_from_config(
+    config: Mapping[str, Any], mesh: jax.sharding.Mesh | None = None
+) -> jax.sharding.Mesh:
+    """``mesh``, or (None) the mesh over every device (all processes) with ``config.mesh.fsdp``
+    parameter shards; checks that the global batch sizes divide by its device count
+    (ConfigError otherwise)."""
+    if mesh is None:
+        mesh = make_mesh(fsdp=config["mesh"]["fsdp"])
     check_divisible("train.batch_size", config["train"]["batch_size"], mesh)
     check_divisible("train.eval_batch_size", config["train"]["eval_batch_size"], mesh)
     return mesh
@@ -286,11 +292,7 @@ class Trainer:
     ):
         self.config = cfg = validate_config(config)
         self.data = data
-        if mesh is None:
-            mesh = mesh_from_config(cfg)
-        self.mesh = mesh
-        check_divisible("train.batch_size", cfg["train"]["batch_size"], self.mesh)
-        check_divisible("train.eval_batch_size", cfg["train"]["eval_batch_size"], self.mesh)
+        self.mesh = mesh_from_config(cfg, mesh)
         self.num_classes = data.num_classes
         self.model = get_model(cfg, vocab_size=len(data.vocab), num_classes=self.num_classes)
         d, t = cfg["data"], cfg["train"]
@@ -463,11 +465,6 @@ def metrics_from_confusion(sums: Mapping[str, np.ndarray], split: EncodedSplit) 
     }
 
 
-@jax.jit
-def _all_finite(tree: Any) -> jax.Array:
-    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
-
-
 def _snapshot(tree: Any) -> Any:
     """A copy that survives the donation of ``tree`` to the next step: host NumPy arrays when
     this process holds every element, else device copies with the same sharding."""
@@ -526,11 +523,8 @@ def fit(
       NonFiniteLossError: the loss became NaN/inf (no checkpoint is written after that step).
     """
     cfg = validate_config(config)
-    if trainer is None and mesh is None:
-        mesh = mesh_from_config(cfg)  # before any data: fsdp and batch sizes fit the devices
-    if trainer is None:
-        check_divisible("train.batch_size", cfg["train"]["batch_size"], mesh)
-        check_divisible("train.eval_batch_size", cfg["train"]["eval_batch_size"], mesh)
+    if trainer is None:  # before any data: fsdp and batch sizes fit the devices
+        mesh = mesh_from_config(cfg, mesh)
     if data is None:
         data = load_data(cfg)
     trainer = trainer or Trainer(cfg, data, mesh=mesh)
