@@ -37,6 +37,11 @@ Stable API (names and signatures the rest of jaxnn relies on):
   label_names, train, validation, max_len, info)`` whose splits are ``EncodedSplit(tokens,
   lengths, labels, num_truncated, unk)``; ``prepare_test(source, vocab, *, max_len, seed=0, ...)
   -> EncodedSplit``; ``encode_split(split, vocab, max_len)``.
+- Several processes (`sharded.py`): ``prepare(..., processes=ProcessGroup(index, count,
+  allgather))`` and ``prepare_test(..., processes=...)`` with count P > 1 return
+  ``ShardedSplit``s (lengths, labels, num_truncated, unk of the whole split; ``rows(index,
+  width)`` encodes on demand): each process tokenizes its share n ≡ p (mod P) and the rows it
+  feeds, never the whole corpus; vocabulary and batches equal one process's.
 - Batches (`batches.py`): ``BatchIterator(encoded, labels=None, *, batch_size, shuffle, seed=0,
   remainder="drop"|"pad", buckets=None, sort_pool=0, return_index=False)`` with
   ``.num_batches()``, ``.epoch(e)``; ``BatchIterator.count_batches(N, B, remainder)``;
@@ -68,6 +73,7 @@ from jaxnn.data.corpora import (
     stratified_split,
 )
 from jaxnn.data.prepare import EncodedSplit, Prepared, encode_split, prepare, prepare_test
+from jaxnn.data.sharded import ProcessGroup, ShardedSplit, plan_splits
 from jaxnn.data.text import decode_text, strip_html_breaks, tokenize, tokenize_batch
 from jaxnn.data.vocab import (
     PAD,
@@ -94,6 +100,8 @@ __all__ = [
     "Encoded",
     "EncodedSplit",
     "Prepared",
+    "ProcessGroup",
+    "ShardedSplit",
     "Split",
     "UnkStats",
     "UnknownWordWarning",
@@ -105,6 +113,7 @@ __all__ = [
     "load_corpus",
     "load_test_split",
     "make_batches",
+    "plan_splits",
     "prefetch",
     "prepare",
     "prepare_test",

@@ -46,6 +46,13 @@ class _EncodedLike(Protocol):
     lengths: np.ndarray
 
 
+class _RowSource(Protocol):  # a `jaxnn.data.sharded.ShardedSplit`
+    lengths: np.ndarray
+    max_len: int
+
+    def rows(self, index: np.ndarray, width: int) -> np.ndarray: ...
+
+
 def default_buckets(max_len: int, smallest: int = 16) -> tuple[int, ...]:
     """Powers of two from ``smallest`` below ``max_len``, then ``max_len`` itself.
 
@@ -68,7 +75,9 @@ class BatchIterator:
 
     Args:
       encoded: anything with ``tokens`` int32 [N, max_len] and ``lengths`` int [N] (an
-        `Encoded` or `EncodedSplit`).
+        `Encoded` or `EncodedSplit`), or a `ShardedSplit` (``lengths`` [N], ``max_len`` and
+        ``rows(index, width)``, which encodes rows only when a batch asks for them: a process
+        of a multi-process run builds only its own rows, `jaxnn.data.sharded`).
       labels: int [N]; None takes ``encoded.labels``.
       batch_size: B >= 1.
       shuffle: True for training (reshuffled from (seed, epoch)); False keeps the order.
@@ -89,7 +98,7 @@ class BatchIterator:
 
     def __init__(
         self,
-        encoded: _EncodedLike,
+        encoded: _EncodedLike | _RowSource,
         labels: np.ndarray | Sequence[int] | None = None,
         *,
         batch_size: int,
@@ -110,13 +119,22 @@ class BatchIterator:
             )
         if isinstance(sort_pool, bool) or not isinstance(sort_pool, int) or sort_pool < 0:
             raise ValueError(f"sort_pool must be an int >= 0, got {sort_pool!r}")
-        tokens = np.asarray(encoded.tokens)
         lengths = np.asarray(encoded.lengths)
-        if tokens.ndim != 2 or lengths.shape != tokens.shape[:1]:
-            raise ValueError(
-                f"encoded.tokens must be [N, max_len] and encoded.lengths [N]; got shapes "
-                f"{tokens.shape} and {lengths.shape}"
-            )
+        tokens = getattr(encoded, "tokens", None)
+        if tokens is None:  # rows encoded on demand (a ShardedSplit)
+            if lengths.ndim != 1:
+                raise ValueError(f"encoded.lengths must be [N], got shape {lengths.shape}")
+            max_len = check_positive_int("encoded.max_len", encoded.max_len)
+            rows = encoded.rows
+        else:
+            tokens = np.asarray(tokens)
+            if tokens.ndim != 2 or lengths.shape != tokens.shape[:1]:
+                raise ValueError(
+                    f"encoded.tokens must be [N, max_len] and encoded.lengths [N]; got shapes "
+                    f"{tokens.shape} and {lengths.shape}"
+                )
+            max_len = tokens.shape[1]
+            rows = lambda index, width: tokens[index, :width]
         if labels is None:
             labels = getattr(encoded, "labels", None)
             if labels is None:
@@ -124,7 +142,7 @@ class BatchIterator:
         labels = np.asarray(labels)
         if labels.shape != lengths.shape:
             raise ValueError(f"labels must have shape {lengths.shape}, got {labels.shape}")
-        num_examples, max_len = tokens.shape
+        num_examples = lengths.shape[0]
         if buckets is None:
             buckets = default_buckets(max_len)
         buckets = tuple(check_positive_int("buckets[i]", b) for b in buckets)
@@ -138,7 +156,9 @@ class BatchIterator:
                 f"batch_size={batch_size} is larger than the {num_examples} examples; with "
                 "remainder='drop' an epoch would have no batch (use remainder='pad')"
             )
-        self.tokens = tokens
+        self.tokens = tokens  # None for a ShardedSplit
+        self.max_len = int(max_len)
+        self._rows = rows
         self.lengths = lengths.astype(np.int64)
         self.labels = labels.astype(np.int32)
         self.batch_size = batch_size
@@ -152,7 +172,7 @@ class BatchIterator:
 
     @property
     def num_examples(self) -> int:
-        return int(self.tokens.shape[0])
+        return int(self.lengths.shape[0])
 
     @staticmethod
     def count_batches(num_examples: int, batch_size: int, remainder: str) -> int:
@@ -199,9 +219,9 @@ class BatchIterator:
         lengths = self.lengths[index]
         longest = int(lengths.max(initial=0))
         length = int(self._bucket_array[np.searchsorted(self._bucket_array, longest)])
-        width = min(length, self.tokens.shape[1])
+        width = min(length, self.max_len)
         tokens = np.zeros((size, length), dtype=np.int32)
-        tokens[:count, :width] = self.tokens[index, :width]
+        tokens[:count, :width] = self._rows(index, width)
         row_lengths = np.zeros(size, dtype=np.int64)
         row_lengths[:count] = lengths
         labels = np.zeros(size, dtype=np.int32)

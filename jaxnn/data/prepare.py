@@ -9,6 +9,16 @@ second call reads a few NumPy files and never touches the texts.
 
 ``prepare_test(source, vocab, max_len=...)`` encodes the test split with a given (saved)
 vocabulary, for the final evaluation only.
+
+Several processes (``processes=ProcessGroup(p, P, allgather)`` with P > 1, what
+`jaxnn.train.loop.load_data` passes under ``jax.distributed``): no process encodes the whole
+corpus. Every process loads the corpus texts, tokenizes only its share n ≡ p (mod P) for the
+vocabulary, lengths and unknown-word counts, exchanges them (`jaxnn.data.sharded.plan_splits`),
+and returns `ShardedSplit`s that encode a row when a batch of this process first asks for it.
+The vocabulary, lengths, labels and statistics are those of one process (so are the batches).
+The cache: the vocabulary, lengths and labels (never the tokens) are read from the
+one-process cache when it is there, else from ``<cache dir>.plan/`` written by an earlier
+multi-process run; only when every process finds them is the plan pass skipped.
 """
 
 from __future__ import annotations
@@ -33,6 +43,7 @@ from jaxnn.data.corpora import (
     load_test_split,
 )
 from jaxnn.data.corpora import data_dir as _data_root
+from jaxnn.data.sharded import ProcessGroup, ShardedSplit, plan_splits
 from jaxnn.data.text import TOKENIZER_NAME, tokenize_batch
 from jaxnn.data.vocab import (
     Encoded,
@@ -85,7 +96,9 @@ class Prepared:
       vocab: built from ``train`` only; save it beside checkpoints (``vocab.save``).
       label_names: C class names (label id c = label_names[c]).
       train, validation: `EncodedSplit`s; row i is text i of ``load_corpus(...).train`` /
-        ``.validation`` with the same seed and options.
+        ``.validation`` with the same seed and options. In a multi-process run
+        (``prepare(..., processes=...)``), `ShardedSplit`s: the same lengths, labels and
+        statistics, rows encoded on demand.
       max_len: L of the token matrices.
       info: corpus processing counts (`Corpus.info`), unknown-word stats, truncation counts,
         and "cache": {"path", "hit"}.
@@ -94,8 +107,8 @@ class Prepared:
     name: str
     vocab: Vocabulary
     label_names: tuple[str, ...]
-    train: EncodedSplit
-    validation: EncodedSplit
+    train: EncodedSplit | ShardedSplit
+    validation: EncodedSplit | ShardedSplit
     max_len: int
     info: dict = field(default_factory=dict)
 
@@ -133,7 +146,7 @@ def _build(corpus: Corpus, max_len: int, min_freq: int, max_size: int | None) ->
     vocab = Vocabulary.from_token_batch(
         batch, min_freq=min_freq, max_size=max_size, rows=slice(0, num_train)
     )
-    result = {}
+    result: dict[str, EncodedSplit | ShardedSplit] = {}
     for name, rows, split in [
         ("train", slice(0, num_train), corpus.train),
         ("validation", slice(num_train, None), corpus.validation),
@@ -142,24 +155,147 @@ def _build(corpus: Corpus, max_len: int, min_freq: int, max_size: int | None) ->
         result[name] = EncodedSplit(
             encoded.tokens, encoded.lengths, split.labels, encoded.num_truncated, stats
         )
+    return _prepared(corpus, vocab, result, max_len, min_freq, max_size)
+
+
+def _build_sharded(
+    corpus: Corpus, max_len: int, min_freq: int, max_size: int | None, group: ProcessGroup
+) -> Prepared:
+    splits = {name: getattr(corpus, name) for name in ("train", "validation")}
+    vocab, planned = plan_splits(
+        {name: (split.texts, split.labels) for name, split in splits.items()},
+        group,
+        max_len=max_len,
+        min_freq=min_freq,
+        max_size=max_size,
+    )
+    return _prepared(corpus, vocab, planned, max_len, min_freq, max_size)
+
+
+def _prepared(
+    corpus: Corpus,
+    vocab: Vocabulary,
+    splits: dict[str, EncodedSplit | ShardedSplit],
+    max_len: int,
+    min_freq: int,
+    max_size: int | None,
+) -> Prepared:
     info = dict(corpus.info)
     info.update(
         vocab_size=len(vocab),
         max_len=max_len,
         min_freq=min_freq,
         max_size=max_size,
-        num_truncated={k: v.num_truncated for k, v in result.items()},
-        unk={k: v.unk.to_dict() for k, v in result.items()},
+        num_truncated={k: v.num_truncated for k, v in splits.items()},
+        unk={k: v.unk.to_dict() for k, v in splits.items()},
     )
     return Prepared(
         name=corpus.name,
         vocab=vocab,
         label_names=corpus.label_names,
-        train=result["train"],
-        validation=result["validation"],
+        train=splits["train"],
+        validation=splits["validation"],
         max_len=max_len,
         info=info,
     )
+
+
+def _read_plan(path: Path, corpus: Corpus, max_len: int) -> Prepared | None:
+    """The plan (vocabulary, lengths, labels, statistics; no tokens) stored in the cache folder
+    ``path`` (a one-process cache or a ``.plan`` one) as `ShardedSplit`s holding no row; None
+    when absent, unreadable or not of ``corpus``."""
+    if not (path / "meta.json").is_file():
+        return None
+    try:
+        meta = json.loads((path / "meta.json").read_text(encoding="utf-8"))
+        if meta.get("version") != _CACHE_VERSION or int(meta["max_len"]) != max_len:
+            return None
+        info = meta["info"]
+        vocab = Vocabulary.load(path / "vocab.json")
+        splits = {}
+        for name in ("train", "validation"):
+            texts, labels = getattr(corpus, name).texts, getattr(corpus, name).labels
+            with np.load(path / f"{name}.npz") as arrays:  # reads these two members only
+                lengths, saved = arrays["lengths"], arrays["labels"]
+            if lengths.shape != labels.shape or not np.array_equal(saved, labels):
+                log.warning("the plan in %s is not of this corpus; ignoring it", path)
+                return None
+            splits[name] = ShardedSplit(
+                texts,
+                labels,
+                lengths,
+                vocab=vocab,
+                max_len=max_len,
+                num_truncated=int(info["num_truncated"][name]),
+                unk=UnkStats.from_dict(info["unk"][name]),
+            )
+    except (OSError, ValueError, KeyError) as err:
+        log.warning("ignoring the unreadable plan in %s (%s)", path, err)
+        return None
+    return Prepared(
+        name=meta["name"],
+        vocab=vocab,
+        label_names=tuple(meta["label_names"]),
+        train=splits["train"],
+        validation=splits["validation"],
+        max_len=max_len,
+        info=info,
+    )
+
+
+def _prepare_sharded(
+    source: str | os.PathLike | Corpus,
+    path: Path | None,
+    group: ProcessGroup,
+    *,
+    max_len: int,
+    min_freq: int,
+    max_size: int | None,
+    seed: int,
+    data_dir: str | os.PathLike | None,
+    options: dict,
+) -> Prepared:
+    """`prepare` of one of P > 1 processes (module docstring): a plan from the cache when every
+    process has one, else the plan pass (`plan_splits`), then written to ``<path>.plan``."""
+    if isinstance(source, Corpus):
+        prepared = _build_sharded(source, max_len, min_freq, max_size, group)
+        prepared.info["cache"] = {"path": None, "hit": False}
+        return prepared
+    corpus = load_corpus(source, seed=seed, data_dir=data_dir, **options)
+    prepared = plan_path = None
+    if path is not None:
+        plan_path = path.with_name(path.name + ".plan")
+        prepared = _read_plan(path, corpus, max_len) or _read_plan(plan_path, corpus, max_len)
+    # a collective decision: caches may differ between hosts (a data_dir per host)
+    found = np.asarray([prepared is not None], dtype=bool)
+    if all(bool(g["found"][0]) for g in group.exchange({"found": found})):
+        log.info("%s: vocabulary and lengths read from the cache %s", source, path)
+        prepared.info["cache"] = {"path": str(path), "hit": True}
+        return prepared
+    prepared = _build_sharded(corpus, max_len, min_freq, max_size, group)
+    if plan_path is not None and not (plan_path / "meta.json").is_file():
+        _save(prepared, plan_path)
+    prepared.info["cache"] = {"path": None if plan_path is None else str(plan_path), "hit": False}
+    return prepared
+
+
+def _cache_key(
+    source: str | os.PathLike,
+    options: dict,
+    seed: int,
+    max_len: int,
+    min_freq: int,
+    max_size: int | None,
+) -> dict:
+    return {
+        "cache_version": _CACHE_VERSION,
+        "tokenizer": TOKENIZER_NAME,
+        "source": corpus_fingerprint(source, options),
+        "seed": int(seed),
+        "max_len": max_len,
+        "min_freq": min_freq,
+        "max_size": max_size,
+    }
 
 
 def _cache_dir(root: Path, name: str, key: dict) -> Path:
@@ -173,10 +309,11 @@ def _save(prepared: Prepared, path: Path) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=path.name + ".tmp", dir=path.parent))
     try:
         for name in ("train", "validation"):
-            split: EncodedSplit = getattr(prepared, name)
-            np.savez(
-                tmp / f"{name}.npz", tokens=split.tokens, lengths=split.lengths, labels=split.labels
-            )
+            split = getattr(prepared, name)
+            arrays = {"lengths": split.lengths, "labels": split.labels}
+            if isinstance(split, EncodedSplit):  # a ShardedSplit's plan: no tokens
+                arrays = {"tokens": split.tokens, **arrays}
+            np.savez(tmp / f"{name}.npz", **arrays)
         prepared.vocab.save(tmp / "vocab.json")
         meta = {
             "version": _CACHE_VERSION,
@@ -231,6 +368,7 @@ def prepare(
     data_dir: str | os.PathLike | None = None,
     unk_warn_threshold: float | None = 0.05,
     cache: bool = True,
+    processes: ProcessGroup | None = None,
     **options: object,
 ) -> Prepared:
     """Load, build the vocabulary, encode train and validation; cached (see module docstring).
@@ -245,33 +383,49 @@ def prepare(
       unk_warn_threshold: warn (`UnknownWordWarning`) when a split's unknown-word ratio is above
         it; None never warns.
       cache: read and write ``<data_dir>/encoded/``.
+      processes: this process's `ProcessGroup` in a multi-process run; with count P > 1 every
+        process of the group must call `prepare` with the same arguments, and each encodes only
+        its share (module docstring). None or P = 1: one process, the whole corpus encoded.
       **options: corpus options (`load_corpus`).
 
     Returns:
-      `Prepared`: vocab, label_names, train and validation `EncodedSplit`s, info.
+      `Prepared`: vocab, label_names, train and validation `EncodedSplit`s (`ShardedSplit`s
+      when P > 1), info.
     """
     max_len = check_positive_int("max_len", max_len)
     check_positive_int("min_freq", min_freq)
     if max_size is not None:
         check_positive_int("max_size", max_size)
     _check_threshold(unk_warn_threshold)
-    if isinstance(source, Corpus):
-        if options:
-            raise TypeError(f"corpus options {sorted(options)} given with an already loaded Corpus")
+    if processes is not None and not isinstance(processes, ProcessGroup):
+        raise TypeError(f"processes must be a ProcessGroup or None, got {processes!r}")
+    sharded = processes is not None and processes.count > 1
+    if isinstance(source, Corpus) and options:
+        raise TypeError(f"corpus options {sorted(options)} given with an already loaded Corpus")
+    if sharded:
+        path = None
+        if cache and not isinstance(source, Corpus):
+            key = _cache_key(source, options, seed, max_len, min_freq, max_size)
+            path = _cache_dir(_data_root(data_dir), str(source), key)
+        prepared = _prepare_sharded(
+            source,
+            path,
+            processes,
+            max_len=max_len,
+            min_freq=min_freq,
+            max_size=max_size,
+            seed=seed,
+            data_dir=data_dir,
+            options=options,
+        )
+        prepared.info["processes"] = {"index": processes.index, "count": processes.count}
+    elif isinstance(source, Corpus):
         prepared = _build(source, max_len, min_freq, max_size)
         prepared.info["cache"] = {"path": None, "hit": False}
     else:
         path = None
         if cache:
-            key = {
-                "cache_version": _CACHE_VERSION,
-                "tokenizer": TOKENIZER_NAME,
-                "source": corpus_fingerprint(source, options),
-                "seed": int(seed),
-                "max_len": max_len,
-                "min_freq": min_freq,
-                "max_size": max_size,
-            }
+            key = _cache_key(source, options, seed, max_len, min_freq, max_size)
             path = _cache_dir(_data_root(data_dir), str(source), key)
         prepared = None
         if path is not None and (path / "meta.json").is_file():
@@ -314,12 +468,25 @@ def prepare_test(
     seed: int = 0,
     data_dir: str | os.PathLike | None = None,
     unk_warn_threshold: float | None = 0.05,
+    processes: ProcessGroup | None = None,
     **options: object,
-) -> EncodedSplit:
-    """Encode the test split (`load_test_split`) with ``vocab``; for the final evaluation only."""
+) -> EncodedSplit | ShardedSplit:
+    """Encode the test split (`load_test_split`) with ``vocab``; for the final evaluation only.
+
+    With ``processes`` of count P > 1 (every process calls it): a `ShardedSplit`, this process
+    tokenizing its share n ≡ p (mod P) for the lengths and statistics, then the rows it feeds.
+    """
     max_len = check_positive_int("max_len", max_len)
     _check_threshold(unk_warn_threshold)
+    if processes is not None and not isinstance(processes, ProcessGroup):
+        raise TypeError(f"processes must be a ProcessGroup or None, got {processes!r}")
     split = load_test_split(source, seed=seed, data_dir=data_dir, **options)
+    if processes is not None and processes.count > 1:
+        _, planned = plan_splits(
+            {"test": (split.texts, split.labels)}, processes, max_len=max_len, vocab=vocab
+        )
+        warn_if_unknown(planned["test"].unk, unk_warn_threshold, f"{source} test")
+        return planned["test"]
     return encode_split(
         split, vocab, max_len, name=f"{source} test", unk_warn_threshold=unk_warn_threshold
     )

@@ -34,6 +34,7 @@ __all__ = [
     "Vocabulary",
     "check_positive_int",
     "encode_token_batch",
+    "encode_with_oov_counts",
     "unk_stats",
     "warn_if_unknown",
 ]
@@ -67,6 +68,14 @@ def _check_texts(texts: object) -> Sequence[str]:
         if not isinstance(text, str):
             raise TypeError(f"texts[{i}] must be str, got {type(text).__name__}")
     return texts
+
+
+def _check_vocab_options(min_freq: object, max_size: object) -> None:
+    check_positive_int("min_freq", min_freq)
+    if max_size is not None:
+        check_positive_int("max_size", max_size)
+        if max_size < 2:  # type: ignore[operator]
+            raise ValueError(f"max_size must be >= 2 (it counts <pad> and <unk>), got {max_size}")
 
 
 @dataclass(frozen=True)
@@ -114,6 +123,26 @@ class UnkStats:
             "num_oov_types": self.num_oov_types,
             "top_oov": [list(pair) for pair in self.top_oov],
         }
+
+    @classmethod
+    def from_oov_counts(
+        cls, num_tokens: int, oov_types: Sequence[str], oov_counts: np.ndarray | Sequence[int]
+    ) -> UnkStats:
+        """The statistics of ``num_tokens`` kept tokens among which the out-of-vocabulary word
+        ``oov_types[i]`` occurs ``oov_counts[i]`` times (zeros ignored): num_unk = sum of the
+        counts, ratio = num_unk / num_tokens, top_oov ordered by (-count, word). Counts summed
+        over disjoint parts of a split give the statistics of the whole split."""
+        oov_counts = np.asarray(oov_counts, dtype=np.int64)
+        oov = np.flatnonzero(oov_counts)
+        top = sorted(oov.tolist(), key=lambda i: (-oov_counts[i], oov_types[i]))[:10]
+        num_unk = int(oov_counts.sum())
+        return cls(
+            num_tokens=int(num_tokens),
+            num_unk=num_unk,
+            ratio=num_unk / num_tokens if num_tokens else 0.0,
+            num_oov_types=int(oov.size),
+            top_oov=tuple((oov_types[i], int(oov_counts[i])) for i in top),
+        )
 
     @classmethod
     def from_dict(cls, data: dict) -> UnkStats:
@@ -185,22 +214,37 @@ class Vocabulary:
         rows: slice | None = None,
     ) -> Vocabulary:
         """`build` over already tokenized texts; ``rows`` restricts counting to some texts."""
-        check_positive_int("min_freq", min_freq)
-        if max_size is not None:
-            check_positive_int("max_size", max_size)
-            if max_size < 2:
-                raise ValueError(
-                    f"max_size must be >= 2 (it counts <pad> and <unk>), got {max_size}"
-                )
+        _check_vocab_options(min_freq, max_size)  # before counting
         ids = batch.ids if rows is None else batch.select(rows).ids
         counts = np.bincount(ids, minlength=len(batch.types))
+        return cls.from_counts(batch.types, counts, min_freq=min_freq, max_size=max_size)
+
+    @classmethod
+    def from_counts(
+        cls,
+        types: Sequence[str],
+        counts: np.ndarray | Sequence[int],
+        *,
+        min_freq: int = 1,
+        max_size: int | None = None,
+    ) -> Vocabulary:
+        """`build` from word counts: ``counts[i]`` occurrences of the distinct word ``types[i]``.
+
+        The vocabulary depends only on the (word, count) pairs, never on their order, so counts
+        summed over disjoint parts of the training split (one per process) give the vocabulary
+        of the whole split. A count of 0 is never kept.
+        """
+        _check_vocab_options(min_freq, max_size)
+        counts = np.asarray(counts)
+        if counts.shape != (len(types),):
+            raise ValueError(
+                f"counts must have shape ({len(types)},) to match types, got {counts.shape}"
+            )
         kept = np.flatnonzero(counts >= min_freq)
-        order = sorted(kept.tolist(), key=lambda i: (-counts[i], batch.types[i]))
+        order = sorted(kept.tolist(), key=lambda i: (-counts[i], types[i]))
         if max_size is not None:
             order = order[: max_size - 2]
-        return cls(
-            [PAD, UNK, *(batch.types[i] for i in order)], min_freq=min_freq, max_size=max_size
-        )
+        return cls([PAD, UNK, *(types[i] for i in order)], min_freq=min_freq, max_size=max_size)
 
     # --- lookups ------------------------------------------------------------------------------
     @property
@@ -293,6 +337,15 @@ def encode_token_batch(
     The unknown-word counts cover the kept tokens, the first min(len_n, max_len) of each text:
     ratio = #(tokens == UNK_ID) / #(real tokens).
     """
+    encoded, num_tokens, oov_counts = encode_with_oov_counts(vocab, batch, max_len)
+    return encoded, UnkStats.from_oov_counts(num_tokens, batch.types, oov_counts)
+
+
+def encode_with_oov_counts(
+    vocab: Vocabulary, batch: TokenBatch, max_len: int
+) -> tuple[Encoded, int, np.ndarray]:
+    """`encode_token_batch` before the statistics: (encoded, number of kept tokens, int64
+    [len(batch.types)] occurrences of each type encoded as UNK_ID among the kept tokens)."""
     check_positive_int("max_len", max_len)
     num_texts = len(batch.lengths)
     # Look each distinct token up once, then map all occurrences with one gather.
@@ -314,20 +367,8 @@ def encode_token_batch(
         lengths=lengths,
         num_truncated=int(np.count_nonzero(batch.lengths > max_len)),
     )
-    unk_types = kept_types[kept_ids == UNK_ID]
-    oov_counts = np.bincount(unk_types, minlength=len(batch.types))
-    oov = np.flatnonzero(oov_counts)
-    top = sorted(oov.tolist(), key=lambda i: (-oov_counts[i], batch.types[i]))[:10]
-    num_tokens = int(kept_ids.size)
-    num_unk = int(unk_types.size)
-    stats = UnkStats(
-        num_tokens=num_tokens,
-        num_unk=num_unk,
-        ratio=num_unk / num_tokens if num_tokens else 0.0,
-        num_oov_types=int(oov.size),
-        top_oov=tuple((batch.types[i], int(oov_counts[i])) for i in top),
-    )
-    return encoded, stats
+    oov_counts = np.bincount(kept_types[kept_ids == UNK_ID], minlength=len(batch.types))
+    return encoded, int(kept_ids.size), oov_counts.astype(np.int64)
 
 
 def unk_stats(texts: Sequence[str], vocab: Vocabulary, *, max_len: int | None = None) -> UnkStats:
