@@ -164,8 +164,8 @@ def _split(length: int, targets: tuple[int, ...]) -> tuple[int, tuple[int, ...]]
     return num * base, tuple(blocks)
 
 
-_FWD_BLOCKS = (512, 1024)
-_BWD_BLOCKS = (1024, 512)
+_FWD_BLOCKS = (1024, 2048)
+_BWD_BLOCKS = (2048, 1024)
 _GROUP_BUDGET = 512 * 1024  # scores per step of the outer loop
 
 
@@ -683,7 +683,7 @@ def dot_product_attention(
           recomputes each block's probabilities from the saved log-sum-exp (one pass over key
           blocks, dQ accumulated across them, D = rowsum(dO ∘ O) computed once), so forward
           + backward memory is O(T·H) per head plus one block. Block sizes come from the
-          shape: up to 512 queries × 1024 keys forward and 1024 × 512 backward, evened out so
+          shape: up to 1024 queries × 2048 keys forward and 2048 × 1024 backward, evened out so
           any T and S work with < 8 padded (masked) rows per block; a group is one head when
           the blocks are that large, else as many heads, then examples, as keep a group's
           block under 512·1024 scores (e.g. T = 256: all heads of several examples per step).

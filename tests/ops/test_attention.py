@@ -298,9 +298,10 @@ def test_chunked_uses_float32_statistics_for_bf16():
 
 
 def test_chunked_default_blocks_long_ragged_sequence():
-    # The production block sizes (not the small test ones) with T, S not multiples of them.
-    q, k, v = _qkv(batch=1, t_len=600, s_len=700, heads=2, head_dim=32)
-    kwargs = dict(is_causal=True, key_lengths=jnp.array([650]))
+    # The production block sizes (not the small test ones) with T, S not multiples of them
+    # and longer than one block, so several query and key blocks (and padding) are visited.
+    q, k, v = _qkv(batch=1, t_len=2600, s_len=2300, heads=1, head_dim=32)
+    kwargs = dict(is_causal=True, key_lengths=jnp.array([2250]))
     got, got_grads = _value_and_grads("chunked", kwargs, True)(q, k, v)
     want, want_grads = _value_and_grads("reference", kwargs, True)(q, k, v)
     assert _rel_err(got, want) < 1e-5
