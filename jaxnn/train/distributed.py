@@ -15,7 +15,9 @@ Several processes (hosts): `initialize_distributed` joins them with
 ``jax.distributed.initialize`` (explicit coordinator / process count / process id, or JAX's own
 cluster auto-detection: SLURM, Open MPI, Cloud TPU pods, Kubernetes). Then ``jax.devices()``
 lists every process's devices, the mesh spans them all, and each process feeds only the rows
-of each global batch that live on its own devices (`local_rows`, `shard_batch`).
+of each global batch that live on its own devices (`local_rows`, `shard_batch`). The data side
+learns its place from `process_group` (``jax.process_index()``, ``jax.process_count()`` and
+`allgather_bytes`), so that each process tokenizes only its share (`jaxnn.data.sharded`).
 """
 
 from __future__ import annotations
@@ -33,12 +35,14 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from jaxnn.data.sharded import ProcessGroup
 from jaxnn.train.config import ConfigError
 
 __all__ = [
     "DATA_AXIS",
     "FSDP_AXIS",
     "DistributedInitError",
+    "allgather_bytes",
     "batch_sharding",
     "check_divisible",
     "describe_mesh",
@@ -46,6 +50,7 @@ __all__ = [
     "leaf_spec",
     "local_rows",
     "make_mesh",
+    "process_group",
     "replicated",
     "shard_batch",
     "state_sharding",
@@ -178,6 +183,31 @@ def shard_batch(batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Ar
         for key, value in batch.items()
         if key != "index"
     }
+
+
+def allgather_bytes(payload: bytes) -> list[bytes]:
+    """Every process's ``payload``, process 0's first; ``[payload]`` with one process.
+
+    Two `multihost_utils.process_allgather` calls (a collective: every process calls it, in the
+    same order): the P sizes, then the payloads as uint8 [P, S] padded to the longest, S >= 1.
+    """
+    count = jax.process_count()
+    if count == 1:
+        return [payload]
+    from jax.experimental import multihost_utils
+
+    size = np.asarray([len(payload)], dtype=np.int32)
+    sizes = np.asarray(multihost_utils.process_allgather(size)).reshape(count)
+    data = np.zeros(max(int(sizes.max()), 1), dtype=np.uint8)
+    data[: len(payload)] = np.frombuffer(payload, dtype=np.uint8)
+    gathered = np.asarray(multihost_utils.process_allgather(data)).reshape(count, data.size)
+    return [gathered[p, : int(sizes[p])].tobytes() for p in range(count)]
+
+
+def process_group() -> ProcessGroup:
+    """This process's `jaxnn.data.ProcessGroup`: (``jax.process_index()``,
+    ``jax.process_count()``, `allgather_bytes`); count 1 without ``jax.distributed``."""
+    return ProcessGroup(jax.process_index(), jax.process_count(), allgather_bytes)
 
 
 def _device_names(devices: Sequence[jax.Device]) -> str:

@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 
 from jaxnn.data.batches import BatchIterator, default_buckets, eval_batches, prefetch
 from jaxnn.data.prepare import EncodedSplit, Prepared, prepare, prepare_test
+from jaxnn.data.sharded import ShardedSplit
 from jaxnn.metrics import accuracy, macro_f1, precision_recall_f1
 from jaxnn.models import get_model
 from jaxnn.train import sparse as sparse_lib
@@ -48,6 +49,7 @@ from jaxnn.train.distributed import (
     describe_mesh,
     local_rows,
     make_mesh,
+    process_group,
     replicated,
     shard_batch,
     state_sharding,
@@ -99,6 +101,9 @@ def load_data(config: Mapping[str, Any]) -> Prepared:
     """Train and validation splits of ``config.data`` encoded with a vocabulary built on train.
 
     Cached by jaxnn.data (a second call reads NumPy files). The test split is not loaded.
+    Under ``jax.distributed`` with P > 1 processes every process must call it: each tokenizes
+    only its share and then the rows of each global batch it feeds (`jaxnn.data.ShardedSplit`;
+    the vocabulary and the batches are those of one process).
     """
     d = config["data"]
     return prepare(
@@ -108,11 +113,13 @@ def load_data(config: Mapping[str, Any]) -> Prepared:
         max_size=d["max_vocab_size"] or None,
         seed=d["split_seed"],
         unk_warn_threshold=d["unk_warn_threshold"],
+        processes=process_group(),
     )
 
 
-def load_test(config: Mapping[str, Any], data: Prepared) -> EncodedSplit:
-    """The test split encoded with the training vocabulary: for the final evaluation only."""
+def load_test(config: Mapping[str, Any], data: Prepared) -> EncodedSplit | ShardedSplit:
+    """The test split encoded with the training vocabulary: for the final evaluation only
+    (with several processes, each encodes its share: see `load_data`)."""
     d = config["data"]
     return prepare_test(
         d["corpus"],
@@ -120,7 +127,21 @@ def load_test(config: Mapping[str, Any], data: Prepared) -> EncodedSplit:
         max_len=d["max_len"],
         seed=d["split_seed"],
         unk_warn_threshold=d["unk_warn_threshold"],
+        processes=process_group(),
     )
+
+
+def tokenized_per_process(splits: Mapping[str, EncodedSplit | ShardedSplit]) -> list[dict]:
+    """[P] {"process", split name: texts that process tokenized for it} (a collective: every
+    process calls it); [] with one process, which encodes every text of every split."""
+    group = process_group()
+    if group.count == 1:
+        return []
+    mine = {name: np.asarray([split.num_tokenized]) for name, split in splits.items()}
+    return [
+        {"process": p, **{name: int(g[name][0]) for name in splits}}
+        for p, g in enumerate(group.exchange(mine))
+    ]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -401,11 +422,15 @@ class Trainer:
         return state
 
     # --- evaluation ----------------------------------------------------------------------------
-    def evaluate(self, variables: Mapping[str, Any], split: EncodedSplit) -> dict[str, Any]:
+    def evaluate(
+        self, variables: Mapping[str, Any], split: EncodedSplit | ShardedSplit
+    ) -> dict[str, Any]:
         """Loss, accuracy, macro F1, per-class precision/recall/F1, confusion matrix, unk ratio.
 
         The confusion matrix is summed on the device over all batches (padding rows weigh 0);
-        every metric comes from that one matrix.
+        every metric comes from that one matrix. With several processes each feeds its rows of
+        every global batch and the jitted sums run over the whole global batch, so the matrix
+        (replicated on every device) is that of the whole split.
         """
         batches = eval_batches(
             split,
@@ -429,7 +454,8 @@ def process_batch(batches: BatchIterator, index: np.ndarray, mesh: jax.sharding.
 
     One process: ``batches.make_batch(index)``. Several: only the examples of this process's
     rows are gathered and padded, to the bucket length of the whole global batch (every process
-    must agree on the shape), so no process builds another's rows.
+    must agree on the shape; the lengths of every example are known to every process), so no
+    process builds, or with a `ShardedSplit` tokenizes, another's rows.
     """
     size = batches.batch_size
     rows = local_rows(size, mesh)
@@ -449,7 +475,9 @@ def process_batch(batches: BatchIterator, index: np.ndarray, mesh: jax.sharding.
     return out
 
 
-def metrics_from_confusion(sums: Mapping[str, np.ndarray], split: EncodedSplit) -> dict[str, Any]:
+def metrics_from_confusion(
+    sums: Mapping[str, np.ndarray], split: EncodedSplit | ShardedSplit
+) -> dict[str, Any]:
     cm = np.asarray(sums["confusion"])
     precision, recall, f1 = (np.asarray(x).tolist() for x in precision_recall_f1(cm))
     return {
@@ -823,6 +851,12 @@ def train_and_evaluate(
         },
         "history": records,
     }
+    tokenized = tokenized_per_process(
+        {"train": data.train, "validation": data.validation, "test": test_split}
+    )
+    if tokenized:  # several processes: what each tokenized (one process: every text)
+        results["tokenized_per_process"] = tokenized
+        log.info("texts tokenized per process: %s", tokenized)
     if main:
         write_json(results_path, results)
     _sync("jaxnn_results")

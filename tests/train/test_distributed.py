@@ -129,13 +129,15 @@ PROCESS = textwrap.dedent(
     print("PROCESS", jax.process_index(), results["devices"])
     if jax.process_index() == 0:
         (out / "results.json").write_text(json.dumps(
-            {k: results[k] for k in ("test", "val", "devices")}))
+            {k: results.get(k) for k in ("test", "val", "devices", "tokenized_per_process")}))
     """
 )
 
 
-def _run(script: str, args: list[str], devices: int, timeout: float = 600):
+def _run(script: str, args: list[str], devices: int, data_dir: Path | None = None):
     env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+    if data_dir is not None:
+        env["JAXNN_DATA_DIR"] = str(data_dir)
     env["PYTHONPATH"] = str(ROOT)
     return subprocess.Popen(
         [sys.executable, "-c", PRELUDE + script, *args],
@@ -210,13 +212,15 @@ def _free_port() -> int:
 @pytest.mark.slow
 def test_two_processes_of_two_devices_equal_one_process_of_four(synthetic_corpus, tmp_path):
     """jax.distributed on 127.0.0.1: 2 processes x 2 devices, fsdp=2, the whole run
-    (train_and_evaluate: shared workdir, orbax checkpoints, best on test) == 1 process x 4."""
+    (train_and_evaluate: shared workdir, orbax checkpoints, best on test) == 1 process x 4,
+    each process tokenizing only its half of the texts plus its rows of each global batch."""
     address = f"127.0.0.1:{_free_port()}"
     multi, single = tmp_path / "multi", tmp_path / "single"
     multi.mkdir()
     single.mkdir()
+    cold = tmp_path / "data"  # an empty cache: the processes make the plan themselves
     procs = [
-        _run(PROCESS, [*_args(multi, synthetic_corpus, "p"), address, "2", str(i)], devices=2)
+        _run(PROCESS, [*_args(multi, synthetic_corpus, "p"), address, "2", str(i)], 2, cold)
         for i in range(2)
     ]
     outs = [_finish(p) for p in procs]
@@ -228,6 +232,32 @@ def test_two_processes_of_two_devices_equal_one_process_of_four(synthetic_corpus
     assert a["test"]["confusion_matrix"] == b["test"]["confusion_matrix"]
     np.testing.assert_allclose(a["test"]["loss"], b["test"]["loss"], rtol=1e-5)
     np.testing.assert_allclose(a["val"]["loss"], b["val"]["loss"], rtol=1e-5)
+    # texts tokenized per process: its share (every other text), then only the rows it fed: 8 of
+    # each training batch of 16 (2 epochs x 3 steps), rows 32p..32p+31 of each evaluation batch
+    # of 64 (the last one padded)
+    from jaxnn.data.corpora import load_corpus, load_test_split
+
+    corpus = load_corpus(synthetic_corpus)
+    sizes = {
+        "train": len(corpus.train),
+        "validation": len(corpus.validation),
+        "test": len(load_test_split(synthetic_corpus)),
+    }
+
+    def fed(name: str, p: int) -> int:
+        if name == "train":
+            return 2 * 3 * 8
+        n = sizes[name]
+        return sum(len(range(k + 32 * p, min(k + 32 * p + 32, n))) for k in range(0, n, 64))
+
+    assert b["tokenized_per_process"] is None  # one process encodes everything, as before
+    assert [t["process"] for t in a["tokenized_per_process"]] == [0, 1]
+    for t in a["tokenized_per_process"]:
+        p = t["process"]
+        for name, n in sizes.items():
+            share = len(range(p, n, 2))
+            assert share <= t[name] <= min(share + fed(name, p), n), (name, t, sizes)
+        assert t["train"] < 0.7 * sizes["train"], (t, sizes)  # never the whole training split
     # process 0 alone wrote the logs; both wrote their checkpoint shards into the same workdir
     run = multi / "run"
     assert (run / "results.json").is_file() and (run / "learning_curves.png").is_file()
