@@ -262,15 +262,18 @@ def _prepare_sharded(
         prepared.info["cache"] = {"path": None, "hit": False}
         return prepared
     corpus = load_corpus(source, seed=seed, data_dir=data_dir, **options)
-    prepared = plan_path = None
+    prepared = plan_path = where = None
     if path is not None:
         plan_path = path.with_name(path.name + ".plan")
-        prepared = _read_plan(path, corpus, max_len) or _read_plan(plan_path, corpus, max_len)
+        for where in (path, plan_path):
+            prepared = _read_plan(where, corpus, max_len)
+            if prepared is not None:
+                break
     # a collective decision: caches may differ between hosts (a data_dir per host)
     found = np.asarray([prepared is not None], dtype=bool)
     if all(bool(g["found"][0]) for g in group.exchange({"found": found})):
-        log.info("%s: vocabulary and lengths read from the cache %s", source, path)
-        prepared.info["cache"] = {"path": str(path), "hit": True}
+        log.info("%s: vocabulary and lengths read from the cache %s", source, where)
+        prepared.info["cache"] = {"path": str(where), "hit": True}
         return prepared
     prepared = _build_sharded(corpus, max_len, min_freq, max_size, group)
     if plan_path is not None and not (plan_path / "meta.json").is_file():

@@ -229,7 +229,7 @@ def test_the_plan_is_read_from_the_cache_when_every_process_has_it(
     warm = run_processes(
         2, lambda g: prepare(corpus_csv, data_dir=tmp_path / "a", processes=g, **options)
     )
-    assert all(w.info["cache"]["hit"] for w in warm)
+    assert all(w.info["cache"]["hit"] and w.info["cache"]["path"].endswith(".plan") for w in warm)
     assert tokenized.texts == {}  # nothing tokenized: vocabulary and lengths from the cache
     for a, b in zip(cold, warm, strict=True):
         assert a.vocab == b.vocab
@@ -243,6 +243,7 @@ def test_the_plan_is_read_from_the_cache_when_every_process_has_it(
         2, lambda g: prepare(corpus_csv, data_dir=tmp_path / "b", processes=g, **options)
     )
     assert tokenized.texts == {}
+    assert from_single[1].info["cache"]["path"] == single.info["cache"]["path"]
     assert from_single[1].vocab == single.vocab
     np.testing.assert_array_equal(from_single[1].validation.lengths, single.validation.lengths)
     rows = np.array([3, 0, 7])
