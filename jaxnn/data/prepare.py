@@ -276,6 +276,16 @@ def _prepare_sharded(
         prepared.info["cache"] = {"path": str(where), "hit": True}
         return prepared
     prepared = _build_sharded(corpus, max_len, min_freq, max_size, group)
+    log.info(
+        "process %d of %d: tokenized its share (text n = %d mod %d) of %s: %d train, %d validation",
+        group.index,
+        group.count,
+        group.index,
+        group.count,
+        source,
+        prepared.train.num_tokenized,
+        prepared.validation.num_tokenized,
+    )
     if plan_path is not None and not (plan_path / "meta.json").is_file():
         _save(prepared, plan_path)
     prepared.info["cache"] = {"path": None if plan_path is None else str(plan_path), "hit": False}

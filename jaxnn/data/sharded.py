@@ -25,9 +25,16 @@ tokenizing the whole corpus (N texts, L = max_len):
 Cost per process, N texts, E epochs of a shuffled split: the plan pass tokenizes N / P texts;
 epoch e feeds a fresh random N / P rows, of which the ones not held yet are tokenized: at most
 N / P per epoch and, in expectation, N (1 - (1 - 1/P)^(E+1)) in all (P = 2, E = 1: 0.75 N; P = 8,
-E = 1: 0.23 N). An evaluation split (fixed order) costs about 2 N / P texts the first time, then
-nothing. Memory: the rows held, never a whole [N, L] matrix unless every row was fed.
-One process (P = 1) never comes here: `prepare` encodes the whole corpus as before.
+E = 1: 0.23 N); with the plan read from the cache (`prepare`), N (1 - (1 - 1/P)^E). An
+evaluation split (fixed order) costs at most 2 N / P texts the first time, then nothing. Memory:
+the rows held, never a whole [N, L] matrix unless every row was fed. Every process still loads
+all N texts (the corpus readers have no random access). One process (P = 1) never comes here:
+`prepare` encodes the whole corpus as before.
+
+Why not simpler: a fixed shard per process (each shuffling its own texts) makes the global
+batches depend on P, so 2 processes x 2 devices would no longer train like 1 process x 4; and
+exchanging the encoded shares would give every process the whole [N, L] matrix again (N L 4
+bytes through every allgather).
 
 Edge cases: a share may be empty (N < P); a text of 0 tokens is an all-padding row, as with one
 process. Tokens never contain "\\n" (whitespace is never a token), which separates the words of
@@ -259,12 +266,20 @@ def plan_splits(
     parts = {name: slice(int(bounds[k]), int(bounds[k + 1])) for k, name in enumerate(names)}
     # 2. exchange counts (when building the vocabulary) and lengths
     mine = {f"lengths/{name}": batch.lengths[parts[name]] for name in names}
+    mine["sizes"] = np.asarray([len(splits[name][0]) for name in names], dtype=np.int64)
     if vocab is None:
         counts = np.bincount(batch.select(parts[vocab_split]).ids, minlength=len(batch.types))
         present = np.flatnonzero(counts)
         mine["words"] = _words([batch.types[i] for i in present.tolist()])
         mine["counts"] = counts[present].astype(np.int64)
     gathered = group.exchange(mine)
+    for p, g in enumerate(gathered):  # the same corpus everywhere, or the plans would differ
+        if not np.array_equal(g["sizes"], mine["sizes"]):
+            raise ValueError(
+                f"process {p} loaded {dict(zip(names, g['sizes'].tolist()))} texts but process "
+                f"{group.index} {dict(zip(names, mine['sizes'].tolist()))}; every process must "
+                "load the same corpus with the same options and seed"
+            )
     if vocab is None:
         words, total = _merge_counts(
             [(_unwords(g["words"], g["counts"].size), g["counts"]) for g in gathered]

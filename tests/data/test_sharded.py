@@ -286,6 +286,33 @@ def test_sharded_test_split_and_bad_groups(corpus_csv, tmp_path, monkeypatch):
             reference_rows(single.vocab.tokens, test.texts, MAX_LEN),
         )
 
+    # processes that loaded different corpora: an error naming both sizes, not different plans
+    message = (  # each process reports the other's size and its own
+        r"process 0 loaded \{'test': 9\} texts but process 1 \{'test': 10\}"
+        r"|process 1 loaded \{'test': 10\} texts but process 0 \{'test': 9\}"
+    )
+    with pytest.raises(ValueError, match=message):
+        run_processes(
+            2,
+            lambda g: sharded_module.plan_splits(
+                {"test": (test.texts[: 9 + g.index], test.labels[: 9 + g.index])},
+                g,
+                max_len=MAX_LEN,
+                vocab=single.vocab,
+            ),
+        )
+
+    # fewer texts than processes: process 2's share is empty, the plan is still the whole one
+    texts, labels = ["b a b", ""], np.array([0, 1])
+    plans = run_processes(
+        3, lambda g: sharded_module.plan_splits({"train": (texts, labels)}, g, max_len=2)
+    )
+    for vocab, planned in plans:
+        assert vocab.tokens == ("<pad>", "<unk>", "b", "a")
+        assert planned["train"].lengths.tolist() == [2, 0] and planned["train"].num_truncated == 1
+        np.testing.assert_array_equal(planned["train"].rows(np.array([1, 0])), [[0, 0], [2, 3]])
+    assert [planned["train"].num_held for _, planned in plans] == [2, 2, 2]
+
     noop = lambda payload: [payload]
     with pytest.raises(ValueError, match=r"ProcessGroup.index=2 is not allowed; allowed: 0 <="):
         ProcessGroup(2, 2, noop)
