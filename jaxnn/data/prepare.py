@@ -229,7 +229,7 @@ def _read_plan(path: Path, corpus: Corpus, max_len: int) -> Prepared | None:
                 num_truncated=int(info["num_truncated"][name]),
                 unk=UnkStats.from_dict(info["unk"][name]),
             )
-    except (OSError, ValueError, KeyError) as err:
+    except Exception as err:  # any damage: raising here would leave the other processes waiting
         log.warning("ignoring the unreadable plan in %s (%s)", path, err)
         return None
     return Prepared(
@@ -275,6 +275,8 @@ def _prepare_sharded(
         log.info("%s: vocabulary and lengths read from the cache %s", source, where)
         prepared.info["cache"] = {"path": str(where), "hit": True}
         return prepared
+    if plan_path is not None and prepared is None and plan_path.exists():
+        shutil.rmtree(plan_path, ignore_errors=True)  # damaged or stale: written again below
     prepared = _build_sharded(corpus, max_len, min_freq, max_size, group)
     log.info(
         "process %d of %d: tokenized its share (text n = %d mod %d) of %s: %d train, %d validation",
@@ -287,7 +289,10 @@ def _prepare_sharded(
         prepared.validation.num_tokenized,
     )
     if plan_path is not None and not (plan_path / "meta.json").is_file():
-        _save(prepared, plan_path)
+        try:
+            _save(prepared, plan_path)
+        except OSError as err:  # only a cache: the other processes are already training
+            log.warning("could not write the plan cache %s (%s)", plan_path, err)
     prepared.info["cache"] = {"path": None if plan_path is None else str(plan_path), "hit": False}
     return prepared
 

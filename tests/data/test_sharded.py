@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib
 import threading
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -235,6 +236,20 @@ def test_the_plan_is_read_from_the_cache_when_every_process_has_it(
         assert a.vocab == b.vocab
         np.testing.assert_array_equal(a.train.lengths, b.train.lengths)
         assert a.validation.unk == b.validation.unk and b.train.num_held == 0
+
+    # a damaged plan: every process makes the plan again (none fails alone), and rewrites it
+    plan = Path(cold[0].info["cache"]["path"])
+    damaged = (plan / "train.npz").read_bytes()
+    (plan / "train.npz").write_bytes(damaged[: len(damaged) // 2])  # a cut zip: BadZipFile
+    tokenized.reset()
+    again = run_processes(
+        2, lambda g: prepare(corpus_csv, data_dir=tmp_path / "a", processes=g, **options)
+    )
+    assert not any(a.info["cache"]["hit"] for a in again) and len(tokenized.of(1)) > 0
+    assert again[0].vocab == cold[0].vocab
+    with np.load(plan / "train.npz") as arrays:
+        assert sorted(arrays.files) == ["labels", "lengths"]  # rewritten; never the tokens
+        np.testing.assert_array_equal(arrays["lengths"], cold[1].train.lengths)
 
     # a one-process cache (written by prepare without processes) serves as a plan too
     single = prepare(corpus_csv, data_dir=tmp_path / "b", **options)
