@@ -94,9 +94,33 @@ class GroupResult:
     wall_time_s: float = 0.0
 
 
-def _where_trial(mask: jax.Array, new: jax.Array, old: jax.Array) -> jax.Array:
-    """new where mask[k] else old, for arrays with a leading trial axis K (mask [K] bool)."""
-    return jnp.where(mask.reshape(mask.shape + (1,) * (new.ndim - mask.ndim)), new, old)
+# Distinct-row slots U a batch pads to: 8 sizes per octave from 256, multiples of 64 (at most
+# ~9% padding, a few shapes per corpus).
+ROW_BUCKETS = tuple(sorted({-(-int(256 * 2 ** (i / 8)) // 64) * 64 for i in range(8 * 23)}))
+
+
+def _per_trial(values: jax.Array, ndim: int, axis: int) -> jax.Array:
+    """values [K] shaped to broadcast against an ndim-array whose trial axis is ``axis``."""
+    shape = [1] * ndim
+    shape[axis] = values.shape[0]
+    return values.reshape(shape)
+
+
+def _split_trials(rows: jax.Array, num_dropout: int) -> tuple[jax.Array, ...]:
+    """[U, K, D] -> ([U, D] for each of the first num_dropout trials, [U, K - num_dropout, D]
+    if any trial is left); `_join_trials` inverts it."""
+    rest = (rows[:, num_dropout:],) if rows.shape[1] > num_dropout else ()
+    return (*(rows[:, k] for k in range(num_dropout)), *rest)
+
+
+def _join_trials(parts: Sequence[jax.Array]) -> jax.Array:
+    return jnp.concatenate([p[:, None] if p.ndim == 2 else p for p in parts], axis=1)
+
+
+def _dropout_trials(x: jax.Array, rates: jax.Array, keys: jax.Array, trial_axis: int) -> jax.Array:
+    """jaxnn.ops.dropout with trial k's rate and key on slice k of ``trial_axis`` (rates [K],
+    keys [K]): each trial draws the same mask as it would alone."""
+    return jax.vmap(ops_dropout, in_axes=(trial_axis, 0, 0), out_axes=trial_axis)(x, rates, keys)
 
 
 def _lecun(rng: np.random.Generator, fan_in: int, fan_out: int) -> np.ndarray:
@@ -187,99 +211,171 @@ class VmappedBowTrainer:
         params["head"] = head
         return params
 
-    def features(self, tokens: jax.Array, mask: jax.Array) -> dict[str, tuple]:
-        """{table: (ids [B, T'], mask [B, T'])} as BowClassifier.feature_ids."""
-        feats = {"embed": (tokens.astype(jnp.int32), mask)}
+    def features(self, tokens: np.ndarray, mask: np.ndarray) -> dict[str, tuple]:
+        """{table: (ids [B, T'], mask [B, T'])} as BowClassifier.feature_ids, on the host."""
+        feats = {"embed": (np.asarray(tokens, np.int32), np.asarray(mask, bool))}
         if "bigram_embed" in self.tables:
-            ids = hashed_bigram_ids(tokens, self.tables["bigram_embed"])
-            feats["bigram_embed"] = (ids, mask[:, :-1] & mask[:, 1:])
+            ids = np.asarray(self._bigram_ids(tokens), np.int32)
+            feats["bigram_embed"] = (ids, feats["embed"][1][:, :-1] & feats["embed"][1][:, 1:])
         return feats
 
-    def logits(
+    def pooled(
         self,
-        vectors: Mapping[str, jax.Array],
-        masks: Mapping[str, jax.Array],
-        head: Sequence[Mapping],
+        picked: Mapping[str, Sequence[jax.Array]],
+        rows: Mapping[str, Mapping[str, jax.Array]],
         dropout: jax.Array,
-        rng: jax.Array | None,
+        keys: jax.Array | None,
     ) -> jax.Array:
-        """vectors {table: [B, T', D]} -> logits [B, C]; rng None = deterministic (eval)."""
-        x = jnp.concatenate([vectors[n] for n in self.tables], axis=1)
-        m = jnp.concatenate([masks[n] for n in self.tables], axis=1)
-        train = rng is not None
-        keys = jax.random.split(rng, len(head)) if train else [None] * len(head)
-        x = ops_dropout(x, dropout, keys[0], deterministic=not train)  # traced rate per trial
-        h = mean_pool(x, m)
+        """The mean of each text's vectors, trial by trial: [B, K, D].
+
+        picked {table: `_split_trials` of its [U, K, D] rows (the batch's distinct rows, or the
+        whole table)}: one [U, D] array per trial with dropout, then one [U, K', D] for the K'
+        trials without. rows[table] is its bookkeeping (`_host_rows`). Trials without dropout
+        pool with one matmul, pooled = sum_table counts [B, U] @ rows [U, K'*D], counts[b, u] =
+        (occurrences of row u in text b) / (tokens of text b): no [B, T', K', D] array. A trial
+        with dropout drops each token's vector on its own (dropout acts before the mean), so its
+        vectors are gathered per token, one trial at a time ([B, T', D] stays cache-sized).
+        """
+        names = list(rows)
+        num_dropout = sum(p.ndim == 2 for p in picked[names[0]])
+        parts = []
+        if num_dropout:
+            m = jnp.concatenate([rows[n]["mask"] for n in names], axis=1)
+            for k in range(num_dropout):
+                x = jnp.concatenate([picked[n][k][rows[n]["inv"]] for n in names], axis=1)
+                parts.append(mean_pool(ops_dropout(x, dropout[k], keys[k, 0]), m)[:, None])
+        if picked[names[0]][-1].ndim == 3:
+            rest = picked[names[0]][-1].shape[1]
+            pooled = sum(
+                rows[n]["counts"] @ picked[n][-1].reshape(-1, rest * self.embed_dim) for n in names
+            )
+            parts.append(pooled.reshape(-1, rest, self.embed_dim))
+        return jnp.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]
+
+    def head_logits(
+        self, h: jax.Array, head: Sequence[Mapping], dropout: jax.Array, keys: jax.Array | None
+    ) -> jax.Array:
+        """pooled [B, K, D] -> logits [B, K, C]; keys None = deterministic (eval).
+
+        ``head`` layers hold kernel [K, in, out] and bias [K, out]; dropout [K] rates and keys
+        [K, layers] (one key per trial and dropout site: the embeddings, then each hidden layer).
+        """
         for i, layer in enumerate(head):
-            h = h @ layer["kernel"] + layer["bias"]
+            h = jnp.einsum("bki,kio->bko", h, layer["kernel"]) + layer["bias"]
             if i < len(head) - 1:
-                h = ops_dropout(self.activation(h), dropout, keys[i + 1], deterministic=not train)
+                h = self.activation(h)
+                if keys is not None:
+                    h = _dropout_trials(h, dropout, keys[:, i + 1], trial_axis=1)
         return h
 
-    # -- one trial's step ------------------------------------------------------------------
-    def _rows(self, batch: Mapping[str, jax.Array]) -> dict[str, tuple]:
-        """Per table: (rows, inverse [B, T'], mask [B, T'], touched).
+    # -- the step of K trials ----------------------------------------------------------------
+    def _host_rows(self, batch: Mapping[str, np.ndarray]) -> dict[str, dict[str, np.ndarray]]:
+        """Per table, the sparse-row bookkeeping of one batch, computed once on the host.
 
-        Three exact forms of the same update, chosen statically by size:
-          dense (sparse_embeddings=False): rows None, touched None: every row steps.
-          lazy, B*T' < V: rows = the sorted distinct ids [U = B*T'] padded with V (dropped on
-            write), inverse = position of each id in rows: O(B*T') work.
-          lazy, B*T' >= V: rows None, touched bool [V]: the whole table is computed and the rows
-            not in the batch are kept (cheaper than sorting more ids than there are rows).
+        Three exact forms of the same update, chosen by size:
+          dense (sparse_embeddings=False): every row steps; inv = the ids.
+          lazy, rows: rows [U] = the distinct ids of the batch, sorted, padded with V (read as
+            zeros, dropped on write) to U = the smallest of `ROW_BUCKETS` above their count (so
+            at most a handful of shapes compile); inv [B, T'] = the slot of each id in rows
+            (padding tokens point at a padding slot).
+          lazy, U >= V: touched bool [V]: the whole table is computed and the rows not in the
+            batch are kept (cheaper than gathering more rows than there are); inv = the ids.
+        Each form also has mask [B, T'] and counts [B, U or V]: occurrences of each slot in
+        each text divided by the text's tokens (over all tables), the mean as a matrix.
         """
+        feats = self.features(batch["tokens"], batch["mask"])
+        tokens = sum(mask.sum(1) for _, mask in feats.values())
+        per_token = 1.0 / np.maximum(tokens, 1).astype(np.float32)  # [B]
         out = {}
-        for name, (ids, mask) in self.features(batch["tokens"], batch["mask"]).items():
+        for name, (ids, mask) in feats.items():
             size = self.tables[name]
-            if not self.sparse:
-                out[name] = (None, ids, mask, None)
-            elif ids.size < size:
-                live = jnp.where(mask, ids, size)
-                rows = jnp.unique(live.ravel(), size=live.size, fill_value=size)
-                out[name] = (rows, jnp.searchsorted(rows, live), mask, None)
-            else:
-                live = jnp.where(mask, ids, size).ravel()
-                touched = jnp.zeros((size,), bool).at[live].set(True, mode="drop")
-                out[name] = (None, ids, mask, touched)
+            live = np.where(mask, ids, size)
+            entry = {"inv": ids, "mask": mask}
+            slots = size
+            if self.sparse:
+                seen = np.zeros(size + 1, bool)
+                seen[live.ravel()] = True
+                seen[size] = False
+                count = int(seen.sum())
+                slots = next((u for u in ROW_BUCKETS if u > count), size)
+                if slots >= size:
+                    slots = size
+                    entry["touched"] = seen[:size]
+                else:
+                    rows = np.full(slots, size, np.int32)
+                    rows[:count] = np.flatnonzero(seen)
+                    slot_of = np.cumsum(seen, dtype=np.int32) - 1
+                    slot_of[size] = count  # a padding slot
+                    entry["rows"], entry["inv"] = rows, slot_of[live]
+                    live = np.where(mask, entry["inv"], slots)
+            b = ids.shape[0]
+            flat = (np.arange(b)[:, None] * (slots + 1) + live).ravel()
+            counts = np.bincount(flat, np.repeat(per_token, ids.shape[1]), b * (slots + 1))
+            entry["counts"] = counts.reshape(b, slots + 1)[:, :slots].astype(np.float32)
+            out[name] = entry
         return out
 
     def _train_step(
-        self, params, opt, lr, dropout, wd, seed, rows, batch, sample_w, step, use_dropout
+        self, params, opt, lr, dropout, wd, seeds, rows, labels, weights, step, num_dropout
     ):
-        """One trial: (params, opt, loss) after one step on ``batch``. Scalars lr/dropout/wd.
+        """K trials: (params, opt, losses [K]) after one step. lr, dropout, wd, seeds [K];
+        weights [K, B] (example weights x sample weights).
 
-        ``use_dropout`` (static) False leaves the random masks out of the program: the result
-        equals dropout with rate 0.
+        Tables are trial-minor, [V, K, D]: the K trials see the same batch, so one gather of
+        its distinct rows brings every trial's vectors ([U, K, D], contiguous) and one scatter
+        writes them back. Trials share no arithmetic: the objective is the sum of the K losses,
+        whose gradient with respect to trial k's parameters is trial k's own gradient.
+        ``num_dropout`` (static): the first num_dropout trials draw dropout masks, the others
+        have rate 0 and draw none (the same result as a mask that keeps everything).
         """
-        weights = batch["weights"] * sample_w
-        rng = None
-        if use_dropout:
-            rng = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), 1), step)
-        picked = {
-            n: params[n] if r is None else params[n].at[r].get(mode="fill", fill_value=0.0)
-            for n, (r, _, _, _) in rows.items()
-        }
-
-        def loss_fn(head, picked):
-            vectors = {n: picked[n][inv] for n, (_, inv, _, _) in rows.items()}
-            masks = {n: mask for n, (_, _, mask, _) in rows.items()}
-            logits = self.logits(vectors, masks, head, dropout, rng)
-            logp = jax.nn.log_softmax(logits.astype(jnp.float32))
-            ce = -jnp.take_along_axis(logp, batch["labels"][:, None], axis=1)[:, 0]
-            loss = jnp.sum(ce * weights) / jnp.maximum(jnp.sum(weights), 1.0)
-            objective = loss
-            if self.decay_mode == "l2":
-                objective = loss + wd * sum(jnp.sum(jnp.square(layer["kernel"])) for layer in head)
-            return objective, loss
-
-        (_, loss), (g_head, g_rows) = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)(
-            params["head"], picked
+        keys = None
+        if num_dropout:
+            sites = len(params["head"])
+            keys = jax.vmap(
+                lambda s: jax.random.split(
+                    jax.random.fold_in(jax.random.fold_in(jax.random.key(s), 1), step), sites
+                )
+            )(seeds)
+        picked = jax.lax.optimization_barrier(
+            {
+                n: params[n]
+                if "rows" not in r
+                else params[n].at[r["rows"]].get(mode="fill", fill_value=0.0)
+                for n, r in rows.items()
+            }
         )
-        if self.clip > 0:
-            norm = jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves((g_head, g_rows))))
-            scale = jnp.minimum(1.0, self.clip / jnp.maximum(norm, 1e-12))
-            g_head, g_rows = jax.tree.map(lambda g: g * scale, (g_head, g_rows))
+
+        # Each dropout trial's rows as its own array: the gradients come back apart and are
+        # joined once (slicing one [U, K, D] array gave one [U, K, D] padded gradient per trial).
+        split = jax.lax.optimization_barrier(
+            {n: _split_trials(p, num_dropout) for n, p in picked.items()}
+        )
+
+        def loss_fn(head, split):
+            pooled = self.pooled(split, rows, dropout, keys)
+            logits = self.head_logits(pooled, head, dropout, keys)
+            logp = jax.nn.log_softmax(logits.astype(jnp.float32))  # [B, K, C]
+            ce = -jnp.take_along_axis(logp, labels[:, None, None], axis=2)[..., 0].T  # [K, B]
+            losses = jnp.sum(ce * weights, 1) / jnp.maximum(jnp.sum(weights, 1), 1.0)
+            objective = losses
+            if self.decay_mode == "l2":
+                objective = losses + wd * sum(
+                    jnp.sum(jnp.square(layer["kernel"]), (1, 2)) for layer in head
+                )
+            return jnp.sum(objective), losses
+
+        (_, losses), (g_head, g_split) = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)(
+            params["head"], split
+        )
+        g_rows = {n: _join_trials(g) for n, g in g_split.items()}
+        if self.clip > 0:  # each trial's global norm; tables carry the trial on axis 1
+            sq = sum(jnp.sum(jnp.square(g), range(1, g.ndim)) for g in jax.tree.leaves(g_head))
+            sq = sq + sum(jnp.sum(jnp.square(g), (0, 2)) for g in g_rows.values())
+            scale = jnp.minimum(1.0, self.clip / jnp.maximum(jnp.sqrt(sq), 1e-12))
+            g_head = jax.tree.map(lambda g: g * _per_trial(scale, g.ndim, 0), g_head)
+            g_rows = {n: g * scale[None, :, None] for n, g in g_rows.items()}
         count = opt["count"] + 1
-        lr_t = lr * self.schedule(step)
+        lr_t = lr * self.schedule(step)  # [K]
 
         def direction(g, m, v):
             if self.optimizer == "sgd":
@@ -300,30 +396,39 @@ class VmappedBowTrainer:
             for name in layer:
                 d, m_out[name], v_out[name] = direction(g_layer[name], m_layer[name], v_layer[name])
                 if name == "kernel" and self.decay_mode == "decoupled":
-                    d = d + wd * layer[name]
-                out[name] = layer[name] - lr_t * d
+                    d = d + _per_trial(wd, d.ndim, 0) * layer[name]
+                out[name] = layer[name] - _per_trial(lr_t, d.ndim, 0) * d
             new_params["head"].append(out)
             head_m.append(m_out)
             head_v.append(v_out)
         new_opt = {"count": count, "head_m": head_m, "head_v": head_v, "m": {}, "v": {}}
-        for name, (r, _, _, touched) in rows.items():
-            if r is None:  # the whole table (dense, or lazy through ``touched``)
+        lr_rows = lr_t[None, :, None]
+        for name, r in rows.items():
+            if "rows" not in r:  # the whole table (dense, or lazy through ``touched``)
                 m_old, v_old = opt["m"][name], opt["v"][name]
                 d, m_new, v_new = direction(g_rows[name], m_old, v_old)
-                p_new = picked[name] - lr_t * d
-                if touched is not None:
-                    keep = touched[:, None]
+                p_new = picked[name] - lr_rows * d
+                if "touched" in r:
+                    keep = r["touched"][:, None, None]
                     p_new = jnp.where(keep, p_new, picked[name])
                     m_new, v_new = jnp.where(keep, m_new, m_old), jnp.where(keep, v_new, v_old)
                 new_params[name], new_opt["m"][name], new_opt["v"][name] = p_new, m_new, v_new
                 continue
-            m_rows = opt["m"][name].at[r].get(mode="fill", fill_value=0.0)
-            v_rows = opt["v"][name].at[r].get(mode="fill", fill_value=0.0)
+            # Gathers, the update and scatters as separate loops (optimization barriers): fused,
+            # XLA CPU recomputed the gathers and the update in each of the three scatters and
+            # did not vectorize them (Adam took ~2/3 of a K = 8 step).
+            at = r["rows"]
+            m_rows, v_rows = jax.lax.optimization_barrier(
+                tuple(opt[s][name].at[at].get(mode="fill", fill_value=0.0) for s in ("m", "v"))
+            )
             d, m_rows, v_rows = direction(g_rows[name], m_rows, v_rows)
-            new_params[name] = params[name].at[r].set(picked[name] - lr_t * d, mode="drop")
-            new_opt["m"][name] = opt["m"][name].at[r].set(m_rows, mode="drop")
-            new_opt["v"][name] = opt["v"][name].at[r].set(v_rows, mode="drop")
-        return new_params, new_opt, loss
+            p_rows, m_rows, v_rows = jax.lax.optimization_barrier(
+                (picked[name] - lr_rows * d, m_rows, v_rows)
+            )
+            new_params[name] = params[name].at[at].set(p_rows, mode="drop")
+            new_opt["m"][name] = opt["m"][name].at[at].set(m_rows, mode="drop")
+            new_opt["v"][name] = opt["v"][name].at[at].set(v_rows, mode="drop")
+        return new_params, new_opt, losses
 
     def _init_opt(self, params: Mapping) -> dict:
         zeros = lambda tree: jax.tree.map(jnp.zeros_like, tree)
@@ -335,54 +440,61 @@ class VmappedBowTrainer:
             "v": {n: jnp.zeros_like(params[n]) for n in self.tables},
         }
 
-    def _eval_one(self, params, batch):
-        feats = self.features(batch["tokens"], batch["mask"])
-        vectors = {n: params[n][ids] for n, (ids, _) in feats.items()}
-        masks = {n: mask for n, (_, mask) in feats.items()}
-        logits = self.logits(vectors, masks, params["head"], jnp.float32(0.0), None)
-        probs = jax.nn.softmax(logits)
-        logp = jax.nn.log_softmax(logits)
-        ce = -jnp.take_along_axis(logp, batch["labels"][:, None], axis=1)[:, 0]
-        cm = confusion_matrix(
-            batch["labels"], jnp.argmax(logits, -1), self.num_classes, weights=batch["weights"]
-        )
-        return probs, jnp.sum(ce * batch["weights"]), cm
+    def _eval_step(self, params, rows, labels, weights):
+        """(probs [K, B, C], loss sums [K], confusion [K, C, C]) of one eval batch."""
+        picked = {
+            n: params[n]
+            if "rows" not in r
+            else params[n].at[r["rows"]].get(mode="fill", fill_value=0.0)
+            for n, r in rows.items()
+        }
+        k = params["head"][0]["bias"].shape[0]
+        no_dropout = jnp.zeros((k,))
+        pooled = self.pooled({n: (p,) for n, p in picked.items()}, rows, no_dropout, None)
+        logits = jnp.swapaxes(self.head_logits(pooled, params["head"], no_dropout, None), 0, 1)
+        logp = jax.nn.log_softmax(logits)  # [K, B, C]
+        ce = -jnp.take_along_axis(logp, labels[None, :, None], axis=2)[..., 0]  # [K, B]
+        cm = jax.vmap(
+            lambda pred: confusion_matrix(labels, pred, self.num_classes, weights=weights)
+        )(jnp.argmax(logits, -1))
+        return jax.nn.softmax(logits), jnp.sum(ce * weights, 1), cm
 
     def _compile(self) -> None:
-        def train_one(params, opt, lr, dropout, wd, seed, batch, sample_w, step, use_dropout):
-            rows = self._rows(batch)
-            return self._train_step(
-                params, opt, lr, dropout, wd, seed, rows, batch, sample_w, step, use_dropout
-            )
-
-        def train_many(params, opt, lr, dropout, wd, seed, batch, sample_w, step, use_dropout):
-            rows = self._rows(batch)  # shared by the K trials
-            step_fn = lambda p, o, a, b, c, s, w: self._train_step(
-                p, o, a, b, c, s, rows, batch, w, step, use_dropout
-            )
-            return jax.vmap(step_fn)(params, opt, lr, dropout, wd, seed, sample_w)
-
-        self._train = jax.jit(
-            train_many if self.vmap else train_one, donate_argnums=(0, 1), static_argnums=(9,)
+        self._bigram_ids = jax.jit(
+            lambda tokens: hashed_bigram_ids(tokens, self.tables.get("bigram_embed", 1))
         )
-        in_axes = (0, None)
-        self._eval = jax.jit(
-            jax.vmap(self._eval_one, in_axes=in_axes) if self.vmap else self._eval_one
-        )
+        self._train = jax.jit(self._train_step, donate_argnums=(0, 1), static_argnums=(10,))
+        self._eval = jax.jit(self._eval_step)
         self._copy = jax.jit(lambda tree: jax.tree.map(jnp.copy, tree))
-        self._select = jax.jit(
-            lambda mask, new, old: jax.tree.map(partial(_where_trial, mask), new, old)
-        )
+        self._select = jax.jit(self._where_trial)
         metrics = jax.jit(jax.vmap(lambda cm: (accuracy(cm), macro_f1(cm))))
         self._scores = lambda cm: jax.device_get(metrics(jnp.asarray(cm, jnp.float32)))
-        self._init_opt_jit = jax.jit(jax.vmap(self._init_opt) if self.vmap else self._init_opt)
+        self._init_opt_jit = jax.jit(self._init_opt)
+        self._to_public = jax.jit(partial(self._swap_tables, public=True))
+        self._from_public = jax.jit(partial(self._swap_tables, public=False))
+
+    def _where_trial(self, mask: jax.Array, new: Any, old: Any) -> Any:
+        """new where mask[k] else old, trial by trial (mask [K] bool; tables trial-minor)."""
+        out = {n: jnp.where(mask[None, :, None], new[n], old[n]) for n in self.tables}
+        out["head"] = jax.tree.map(
+            lambda a, b: jnp.where(_per_trial(mask, a.ndim, 0), a, b), new["head"], old["head"]
+        )
+        return out
+
+    def _swap_tables(self, params: Any, public: bool) -> Any:
+        """Tables [V, K, D] (internal) <-> [K, V, D] (public: every leaf has the trial first)."""
+        return {
+            **{n: jnp.swapaxes(params[n], 0, 1) for n in self.tables},
+            "head": jax.tree.map(jnp.copy, params["head"]) if public else params["head"],
+        }
 
     def _init(self, seeds: np.ndarray) -> tuple[Any, Any]:
-        if self.vmap:
-            trees = [self.init(int(s)) for s in seeds]
-            params = jax.tree.map(lambda *x: jnp.asarray(np.stack(x)), *trees)
-        else:
-            params = jax.tree.map(jnp.asarray, self.init(int(seeds)))
+        """Params and optimizer state of trials ``seeds`` [K], tables trial-minor."""
+        trees = [self.init(int(s)) for s in seeds]
+        params = {n: jnp.asarray(np.stack([t[n] for t in trees], axis=1)) for n in self.tables}
+        params["head"] = jax.tree.map(
+            lambda *x: jnp.asarray(np.stack(x)), *[t["head"] for t in trees]
+        )
         return params, self._init_opt_jit(params)
 
     # -- training loop ---------------------------------------------------------------------
@@ -432,37 +544,49 @@ class VmappedBowTrainer:
         if "validation" not in eval_splits:
             raise ValueError(f"eval_splits must include 'validation', got {sorted(eval_splits)}")
         start = time.perf_counter()
-        if self.vmap:
-            result = self._fit_group(
-                lr, dropout, wd, np.asarray(seeds), sample_weights, eval_splits, keep_probs
+        seeds = np.asarray(seeds)
+        if self.vmap:  # the trials with dropout first (`_train_step`), back in order below
+            order = np.argsort(dropout <= 0, kind="stable")
+            part = self._fit_group(
+                lr[order],
+                dropout[order],
+                wd[order],
+                seeds[order],
+                sample_weights[order],
+                eval_splits,
+                keep_probs,
             )
-        else:
+            back = np.argsort(order)
+            part.history, part.failure, part.best_epoch = (
+                [x[i] for i in back] for x in (part.history, part.failure, part.best_epoch)
+            )
+            part.best_params, part.last_params = (
+                jax.tree.map(lambda x: x[back], p) for p in (part.best_params, part.last_params)
+            )
+            part.probs = {n: v[:, back] for n, v in part.probs.items()}
+            parts = [part]
+        else:  # one trial after another, each alone (K = 1) with the same step
             parts = [
                 self._fit_group(
-                    lr[i],
-                    dropout[i],
-                    wd[i],
-                    np.asarray(seeds[i]),
-                    sample_weights[i],
+                    lr[i : i + 1],
+                    dropout[i : i + 1],
+                    wd[i : i + 1],
+                    seeds[i : i + 1],
+                    sample_weights[i : i + 1],
                     eval_splits,
                     keep_probs,
                 )
                 for i in range(k)
             ]
-            result = GroupResult(
-                history=[p.history[0] for p in parts],
-                failure=[p.failure[0] for p in parts],
-                best_epoch=[p.best_epoch[0] for p in parts],
-                best_params=jax.tree.map(
-                    lambda *x: jnp.concatenate(x), *[p.best_params for p in parts]
-                ),
-                last_params=jax.tree.map(
-                    lambda *x: jnp.concatenate(x), *[p.last_params for p in parts]
-                ),
-                probs={
-                    n: np.stack([p.probs[n][:, 0] for p in parts], axis=1) for n in parts[0].probs
-                },
-            )
+        concat = lambda *x: jnp.concatenate(x) if len(x) > 1 else x[0]
+        result = GroupResult(
+            history=[h for p in parts for h in p.history],
+            failure=[f for p in parts for f in p.failure],
+            best_epoch=[b for p in parts for b in p.best_epoch],
+            best_params=jax.tree.map(concat, *[p.best_params for p in parts]),
+            last_params=jax.tree.map(concat, *[p.last_params for p in parts]),
+            probs={n: np.concatenate([p.probs[n] for p in parts], axis=1) for n in parts[0].probs},
+        )
         result.wall_time_s = time.perf_counter() - start
         return result
 
@@ -473,20 +597,23 @@ class VmappedBowTrainer:
             split, batch_size=self.cfg["train"]["eval_batch_size"], buckets=self.buckets
         )
         for batch in batches:
-            outs.append(self._eval(params, {k: jnp.asarray(v) for k, v in batch.items()}))
+            rows = jax.tree.map(jnp.asarray, self._host_rows(batch))
+            outs.append(
+                self._eval(
+                    params, rows, jnp.asarray(batch["labels"]), jnp.asarray(batch["weights"])
+                )
+            )
         outs = jax.device_get(outs)  # host arithmetic from here: no eager device ops to compile
         probs = np.concatenate([o[0] for o in outs], axis=-2)
         loss = np.sum([o[1] for o in outs], axis=0)
         cm = np.sum([o[2] for o in outs], axis=0)
-        if not self.vmap:
-            probs, loss, cm = probs[None], np.asarray(loss)[None], cm[None]
         return probs[:, : len(split)], np.asarray(loss), cm
 
     def _fit_group(self, lr, dropout, wd, seeds, sample_weights, eval_splits, keep_probs):
-        batched = self.vmap
-        k = len(seeds) if batched else 1
-        params, opt = self._init(np.asarray(seeds))
-        use_dropout = bool(np.any(np.asarray(dropout) > 0))
+        """Train the trials ``seeds`` [K] together; params in the public layout (trial first)."""
+        k = len(seeds)
+        params, opt = self._init(seeds)
+        num_dropout = int(np.sum(dropout > 0))
         hyper = tuple(jnp.asarray(x, jnp.float32) for x in (lr, dropout, wd))
         seeds_dev = jnp.asarray(seeds, jnp.int32)
         history: list[list[dict]] = [[] for _ in range(k)]
@@ -505,18 +632,19 @@ class VmappedBowTrainer:
             for i, batch in enumerate(self.train_batches.epoch(epoch)):
                 if i >= self.steps_per_epoch:
                     break
-                index = batch.pop("index")
-                sw = np.where(index >= 0, sample_weights[..., np.maximum(index, 0)], 0.0)
-                dev = {n: jnp.asarray(v) for n, v in batch.items()}
+                index = batch["index"]
+                sw = np.where(index >= 0, sample_weights[:, np.maximum(index, 0)], 0.0)
+                rows = jax.tree.map(jnp.asarray, self._host_rows(batch))
                 params, opt, loss = self._train(
                     params,
                     opt,
                     *hyper,
                     seeds_dev,
-                    dev,
-                    jnp.asarray(sw, jnp.float32),
+                    rows,
+                    jnp.asarray(batch["labels"]),
+                    jnp.asarray(batch["weights"][None] * sw, jnp.float32),
                     step,
-                    use_dropout,
+                    num_dropout,
                 )
                 losses.append(loss)
                 step += 1
@@ -556,28 +684,22 @@ class VmappedBowTrainer:
                     if self.patience and bad_epochs[t] >= self.patience:
                         stopped[t] = True
             if improved.any():
-                mask = jnp.asarray(improved if batched else improved[0])
-                best_params = self._select(mask, params, best_params)
+                best_params = self._select(jnp.asarray(improved), params, best_params)
             if keep_probs:
                 for name, (probs, _, _) in evals.items():
                     probs_out[name].append(probs)
-        if not batched:
-            best_params = jax.tree.map(lambda x: x[None], best_params)
-            params = jax.tree.map(lambda x: x[None], params)
         return GroupResult(
             history=history,
             failure=failure,
             best_epoch=best_epoch,
-            best_params=best_params,
-            last_params=params,
+            best_params=self._to_public(best_params),
+            last_params=self._to_public(params),
             probs={n: np.stack(v) for n, v in probs_out.items() if v},
         )
 
     def evaluate(self, params: Any, split: Any) -> list[dict[str, float]]:
         """Loss, accuracy and macro F1 of each of the K params (leading axis K) on ``split``."""
-        if not self.vmap:
-            raise ValueError("evaluate() needs the vmapped trainer (vmap=True)")
-        _, loss_sum, cm = self._evaluate(params, split)
+        _, loss_sum, cm = self._evaluate(self._from_public(params), split)
         acc, f1 = self._scores(cm)
         return [
             {
