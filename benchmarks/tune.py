@@ -3,12 +3,15 @@
     python benchmarks/tune.py [--corpus bbc_news] [--epochs 3] [--repeats 3]
 
 8 bow trials that differ only in learning rate, dropout and weight decay (the stage kinds the
-progressive tuner trains together) are trained (a) one after another, each with the jitted
-single-trial step, and (b) together, with the same step vmapped over the trial axis. Both see the
-same batches, the same initial parameters and dropout masks, so their per-epoch metrics must
-agree; the script prints the largest difference. Wall times are medians over ``--repeats`` runs
-after one untimed warm-up run of each (compilation is reported separately: the first run's
-wall). Writes benchmarks/results/tune.json, tune.md and tune.png.
+progressive tuner trains together) are trained (a) one after another, each alone with the jitted
+step at K = 1 (compiled once, the fastest sequential run of this code), and (b) together, as one
+K = 8 program. Two groups: "mixed" (half the trials with dropout 0.3: the headline) and
+"no_dropout". Both runs see the same batches, the same initial parameters and dropout masks, so
+their per-epoch metrics must agree; the script prints the largest difference. Wall times are
+medians over ``--repeats`` runs after one untimed warm-up run of each (compilation is reported
+separately: the first run's wall), with the load average before and after. Each run includes
+the per-epoch validation and the host-side batch work, as in the tuner (a fit of the trials).
+Writes benchmarks/results/tune.json, tune.md and tune.png.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import platform
 import statistics
 import sys
@@ -50,13 +54,19 @@ def base_config(corpus: str, epochs: int):
     return validate_config(config)
 
 
-def trials() -> dict[str, list[float]]:
-    grid = [(lr, p) for p in DROPOUTS for lr in LEARNING_RATES]
+def trials(dropouts: list[float]) -> dict[str, list[float]]:
+    """8 trials: 4 learning rates x ``dropouts`` (two values), weight decay 0 / 1e-4 alternating."""
+    grid = [(lr, p) for p in dropouts for lr in LEARNING_RATES]
     return {
         "learning_rate": [lr for lr, _ in grid],
         "dropout": [p for _, p in grid],
         "weight_decay": [1e-4 if i % 2 else 0.0 for i in range(len(grid))],
     }
+
+
+# "mixed" (the headline): half the trials with dropout, as in the dropout stage. "no_dropout":
+# the learning-rate and weight-decay stages while the best dropout is 0 (the configs' default).
+GROUPS = {"mixed": [0.0, 0.3], "no_dropout": [0.0, 0.0]}
 
 
 def run(trainer: VmappedBowTrainer, hyper: dict, seeds: list[int]):
@@ -66,25 +76,14 @@ def run(trainer: VmappedBowTrainer, hyper: dict, seeds: list[int]):
     return time.perf_counter() - start, out
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--corpus", default="bbc_news")
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--repeats", type=int, default=3)
-    args = parser.parse_args()
-    cfg = base_config(args.corpus, args.epochs)
-    data = load_data(cfg)
-    hyper = trials()
-    seeds = [cfg["seed"]] * len(hyper["learning_rate"])
-    sequential = VmappedBowTrainer(cfg, data, vmap=False)
-    vmapped = VmappedBowTrainer(cfg, data, vmap=True)
+def measure(sequential, vmapped, hyper, seeds, repeats):
     first = {
         "sequential": run(sequential, hyper, seeds)[0],
         "vmapped": run(vmapped, hyper, seeds)[0],
     }
     walls: dict[str, list[float]] = {"sequential": [], "vmapped": []}
     outs = {}
-    for _ in range(args.repeats):  # alternate, so that machine noise hits both alike
+    for _ in range(repeats):  # alternate, so that machine noise hits both alike
         for name, trainer in (("sequential", sequential), ("vmapped", vmapped)):
             wall, outs[name] = run(trainer, hyper, seeds)
             walls[name].append(wall)
@@ -96,13 +95,7 @@ def main() -> None:
             for ha, hb in zip(outs["sequential"].history, outs["vmapped"].history)
             for a, b in zip(ha, hb)
         )
-    result = {
-        "corpus": args.corpus,
-        "trials": len(seeds),
-        "epochs": args.epochs,
-        "train_examples": len(data.train),
-        "vocab_size": len(data.vocab),
-        "batch_size": cfg["train"]["batch_size"],
+    return {
         "hyperparameters": hyper,
         "wall_s": walls,
         "median_wall_s": med,
@@ -114,29 +107,70 @@ def main() -> None:
         "final_val_macro_f1": {
             n: [h[-1]["val_macro_f1"] if h else None for h in o.history] for n, o in outs.items()
         },
-        "machine": f"{platform.processor() or platform.machine()}, {jax.device_count()} "
-        f"{jax.default_backend()} device(s), jax {jax.__version__}",
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--corpus", default="bbc_news")
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    cfg = base_config(args.corpus, args.epochs)
+    data = load_data(cfg)
+    load_before = os.getloadavg()
+    sequential = VmappedBowTrainer(cfg, data, vmap=False)
+    vmapped = VmappedBowTrainer(cfg, data, vmap=True)
+    groups = {}
+    for name, dropouts in GROUPS.items():
+        hyper = trials(dropouts)
+        seeds = [cfg["seed"]] * len(hyper["learning_rate"])
+        groups[name] = measure(sequential, vmapped, hyper, seeds, args.repeats)
+    load_after = os.getloadavg()
+    head = groups["mixed"]
+    result = {
+        "corpus": args.corpus,
+        "trials": len(head["hyperparameters"]["learning_rate"]),
+        "epochs": args.epochs,
+        "train_examples": len(data.train),
+        "vocab_size": len(data.vocab),
+        "batch_size": cfg["train"]["batch_size"],
+        "ratio_vmapped_over_sequential": head["ratio_vmapped_over_sequential"],
+        "groups": groups,
+        "loadavg_1_5_15 (before, after)": [load_before, load_after],
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+        f"{jax.device_count()} {jax.default_backend()} device(s), jax {jax.__version__}",
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "tune.json").write_text(json.dumps(result, indent=2) + "\n")
     md = [
         f"# 8 same-shape trials: vmapped vs sequential ({args.corpus}, {args.epochs} epochs)",
         "",
-        "| run | median wall s | first run s (compile) | walls s |",
-        "|---|---|---|---|",
+        "sequential = the same jitted step at K = 1, one trial after another (compiled once);",
+        "vmapped = the 8 trials in one program. Groups: mixed = 4 learning rates x dropout",
+        "{0, 0.3}, weight decay 0 / 1e-4; no_dropout = the same with dropout 0 for all.",
+        "",
+        "| group | run | median wall s | first run s (compile) | walls s | ratio |",
+        "|---|---|---|---|---|---|",
     ]
-    for name in ("sequential", "vmapped"):
+    for group, g in groups.items():
+        for name in ("sequential", "vmapped"):
+            ratio = f"**{g['ratio_vmapped_over_sequential']:.3f}**" if name == "vmapped" else ""
+            md.append(
+                f"| {group} | {name} | {g['median_wall_s'][name]:.2f} | "
+                f"{g['first_run_wall_s (with compile)'][name]:.2f} | "
+                f"{', '.join(f'{w:.2f}' for w in g['wall_s'][name])} | {ratio} |"
+            )
+    md.append("")
+    for group, g in groups.items():
         md.append(
-            f"| {name} | {med[name]:.2f} | {first[name]:.2f} | "
-            f"{', '.join(f'{w:.2f}' for w in walls[name])} |"
+            f"{group}: largest per-epoch metric difference vmapped vs sequential: "
+            + ", ".join(f"{k} {v:.2e}" for k, v in g["max_metric_difference"].items())
         )
+        md.append("")
     md += [
-        "",
-        f"ratio vmapped / sequential (median): **{result['ratio_vmapped_over_sequential']:.3f}**"
-        f" (first run, compile included: {result['first_run_ratio']:.3f})",
-        "",
-        "largest per-epoch metric difference between the two: "
-        + ", ".join(f"{k} {v:.2e}" for k, v in diffs.items()),
+        "load average (1, 5, 15 min) before / after: "
+        + " / ".join(", ".join(f"{x:.2f}" for x in la) for la in (load_before, load_after)),
         "",
         f"machine: {result['machine']}",
     ]
@@ -146,13 +180,23 @@ def main() -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5, 3.2))
+    fig, ax = plt.subplots(figsize=(6, 3.4))
     names = ["sequential", "vmapped"]
-    ax.bar(names, [med[n] for n in names], color=["tab:gray", "tab:blue"])
-    for i, n in enumerate(names):
-        ax.plot([i] * len(walls[n]), walls[n], "k.", alpha=0.6)
+    for j, g in enumerate(groups.values()):
+        for i, n in enumerate(names):
+            x = 3 * j + i
+            ax.bar(x, g["median_wall_s"][n], color=["tab:gray", "tab:blue"][i])
+            ax.plot([x] * len(g["wall_s"][n]), g["wall_s"][n], "k.", alpha=0.6)
+        ax.text(
+            3 * j + 0.5,
+            max(g["median_wall_s"].values()) * 1.02,
+            f"{g['ratio_vmapped_over_sequential']:.2f}x",
+            ha="center",
+        )
+    ax.set_xticks([3 * j + i for j in range(len(groups)) for i in range(2)])
+    ax.set_xticklabels([f"{g}\n{n}" for g in groups for n in names], fontsize=8)
     ax.set_ylabel("wall s (median; dots: runs)")
-    ax.set_title(f"8 trials, {args.corpus}: ratio {result['ratio_vmapped_over_sequential']:.2f}")
+    ax.set_title(f"8 trials, {args.corpus}, {args.epochs} epoch(s): vmapped / sequential")
     fig.tight_layout()
     fig.savefig(RESULTS / "tune.png", dpi=100)
     print("\n".join(md))

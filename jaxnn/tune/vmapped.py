@@ -8,11 +8,23 @@ hyperparameters that change no shape are traced arrays with a leading trial axis
     learning_rate [K]   dropout [K]   weight_decay [K]   init/dropout seed [K]
     sample_weights [K, N] (optional: bootstrap counts per training example, jaxnn.analysis)
 
-and ``jax.vmap`` maps the single-trial step over K. Every trial of a group sees the same batches
-(one BatchIterator, seeded by the config's seed); the sparse-row bookkeeping (which embedding rows a
-batch touches) is computed once per batch and shared. Running K = 1 (``vmap=False``: the plain
-jitted single-trial step) gives the same metrics as the vmapped group, which is what
-benchmarks/tune.py measures.
+and one jitted step trains all K at once. Every trial of a group sees the same batches (one
+BatchIterator, seeded by the config's seed), which the layout uses:
+
+- Embedding tables (and their Adam moments) are trial-minor, [V, K, D]: the distinct rows of a
+  batch are the same for every trial, so one gather brings all K trials' rows ([U, K, D],
+  each row's K vectors contiguous) and one scatter writes them back. The head's kernels are
+  [K, in, out] (an einsum over K). The public params (``GroupResult``, ``evaluate``) have the
+  trial first, [K, V, D], like a stack of single-trial params.
+- The sparse-row bookkeeping (the batch's distinct ids, padded to one of a few `ROW_BUCKETS`
+  sizes U, and each token's slot) is computed once per batch on the host, with NumPy.
+- A trial without dropout pools with a matmul, counts [B, U] @ rows [U, K*D] (counts[b, u] =
+  occurrences of row u in text b / its tokens); a trial with dropout gathers its [B, T', D]
+  token vectors (dropout acts on each token before the mean), one trial at a time. The
+  trials with dropout run first in the group (`fit` reorders them and puts them back).
+
+``vmap=False`` runs the same step with K = 1, one trial after another: the sequential reference
+benchmarks/tune.py measures, with the same metrics as the group.
 
 The model is jaxnn.models.BowClassifier's (study guide §7): with ids x_1..x_n of a text,
 
@@ -104,6 +116,15 @@ def _per_trial(values: jax.Array, ndim: int, axis: int) -> jax.Array:
     shape = [1] * ndim
     shape[axis] = values.shape[0]
     return values.reshape(shape)
+
+
+def _row_chunk(slots: int, row_size: int, target: int = 32768) -> int:
+    """Rows per chunk of the lazy update: a power-of-two multiple of 64 dividing ``slots``
+    (a multiple of 64, as every `ROW_BUCKETS` size), about ``target`` floats per chunk."""
+    chunk = 64
+    while chunk * 2 * row_size <= target and slots % (chunk * 2) == 0:
+        chunk *= 2
+    return chunk
 
 
 def _split_trials(rows: jax.Array, num_dropout: int) -> tuple[jax.Array, ...]:
@@ -414,20 +435,26 @@ class VmappedBowTrainer:
                     m_new, v_new = jnp.where(keep, m_new, m_old), jnp.where(keep, v_new, v_old)
                 new_params[name], new_opt["m"][name], new_opt["v"][name] = p_new, m_new, v_new
                 continue
-            # Gathers, the update and scatters as separate loops (optimization barriers): fused,
-            # XLA CPU recomputed the gathers and the update in each of the three scatters and
-            # did not vectorize them (Adam took ~2/3 of a K = 8 step).
-            at = r["rows"]
-            m_rows, v_rows = jax.lax.optimization_barrier(
-                tuple(opt[s][name].at[at].get(mode="fill", fill_value=0.0) for s in ("m", "v"))
+            # Row chunks of ~128 KiB per array in a loop (gather, update, scatter): the whole
+            # [U, K, D] at once streamed several 6 MiB temporaries through memory per step,
+            # where one trial's rows alone stay in the 2 MiB L2 cache.
+            at, g = r["rows"], g_rows[name]
+            chunk = _row_chunk(at.shape[0], g.shape[1] * g.shape[2])
+
+            def update(i, tables, at=at, g=g, chunk=chunk):
+                idx = jax.lax.dynamic_slice_in_dim(at, i * chunk, chunk)
+                g_c = jax.lax.dynamic_slice_in_dim(g, i * chunk, chunk)
+                p_c, m_c, v_c = (t.at[idx].get(mode="fill", fill_value=0.0) for t in tables)
+                d, m_c, v_c = direction(g_c, m_c, v_c)
+                new = (p_c - lr_rows * d, m_c, v_c)
+                return tuple(t.at[idx].set(c, mode="drop") for t, c in zip(tables, new))
+
+            new_params[name], new_opt["m"][name], new_opt["v"][name] = jax.lax.fori_loop(
+                0,
+                at.shape[0] // chunk,
+                update,
+                (params[name], opt["m"][name], opt["v"][name]),
             )
-            d, m_rows, v_rows = direction(g_rows[name], m_rows, v_rows)
-            p_rows, m_rows, v_rows = jax.lax.optimization_barrier(
-                (picked[name] - lr_rows * d, m_rows, v_rows)
-            )
-            new_params[name] = params[name].at[at].set(p_rows, mode="drop")
-            new_opt["m"][name] = opt["m"][name].at[at].set(m_rows, mode="drop")
-            new_opt["v"][name] = opt["v"][name].at[at].set(v_rows, mode="drop")
         return new_params, new_opt, losses
 
     def _init_opt(self, params: Mapping) -> dict:

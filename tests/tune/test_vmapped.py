@@ -182,3 +182,52 @@ def test_signature_ignores_only_the_vmappable_fields():
     b = config(optim__learning_rate=0.5, model__dropout=0.3, optim__weight_decay=0.1).to_dict()
     c = config(model__hidden_size=16).to_dict()
     assert shared_signature(a) == shared_signature(b) != shared_signature(c)
+
+
+@pytest.mark.parametrize("neutral", [30, 400])  # V < 256 (touched form), V > 256 (rows form)
+def test_host_rows_match_a_numpy_transcription(neutral):
+    """The per-batch bookkeeping: distinct rows, each token's slot, the mean as a counts matrix."""
+    corpus = xor_corpus(num_train=96, num_validation=64, neutral=neutral, length=10, seed=1)
+    data = prepare(corpus, max_len=16, cache=False)
+    trainer = VmappedBowTrainer(config(), data)
+    batch = next(iter(trainer.train_batches.epoch(0)))
+    tokens, mask = batch["tokens"], batch["mask"]
+    (entry,) = trainer._host_rows(batch).values()
+    v = len(data.vocab)
+    assert ("rows" in entry) == (neutral == 400)
+    if "rows" in entry:
+        distinct = np.unique(tokens[mask])
+        rows = entry["rows"]
+        assert rows.shape[0] > distinct.size
+        np.testing.assert_array_equal(rows[: distinct.size], distinct)
+        assert np.all(rows[distinct.size :] == v)
+        np.testing.assert_array_equal(rows[entry["inv"]][mask], tokens[mask])
+        slots = rows
+    else:  # touched form: the whole table
+        np.testing.assert_array_equal(np.flatnonzero(entry["touched"]), np.unique(tokens[mask]))
+        slots = np.arange(v)
+    expected = np.zeros((tokens.shape[0], slots.shape[0]))
+    for b in range(tokens.shape[0]):
+        n = max(mask[b].sum(), 1)
+        for t in np.flatnonzero(mask[b]):
+            expected[b, np.flatnonzero(slots == tokens[b, t])[0]] += 1.0 / n
+    np.testing.assert_allclose(entry["counts"], expected, rtol=1e-6)
+
+
+def test_lazy_group_in_trial_minor_layout_equals_optax_per_trial():
+    """K = 3 trials (different lr, decay, seed) in one program, lazily updated [V, K, D] rows:
+    each equals its own dense Optax run (plain SGD: lazy = dense)."""
+    corpus = xor_corpus(num_train=96, num_validation=64, neutral=400, length=10, seed=1)
+    data = prepare(corpus, max_len=16, cache=False)
+    cfg = config(optim__optimizer="sgd", optim__momentum=0.0)
+    trainer = VmappedBowTrainer(cfg, data)
+    batch = next(iter(trainer.train_batches.epoch(0)))
+    assert "rows" in trainer._host_rows(batch)["embed"]  # the distinct-rows form
+    lrs, wds, seeds = [0.5, 0.2, 0.8], [0.0, 1e-2, 1e-3], [0, 1, 2]
+    out = trainer.fit({"learning_rate": lrs, "dropout": [0.0] * 3, "weight_decay": wds}, seeds)
+    assert out.last_params["embed"].shape == (3, len(data.vocab), 6)
+    for k in range(3):
+        ref = reference_params(cfg, data, lrs[k], wds[k], seeds[k])
+        got = jax.tree.map(lambda x, k=k: x[k], out.last_params)
+        for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(ref)):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-5, atol=2e-6)
