@@ -5,10 +5,13 @@
 For each model, on synthetic full-length batches (every token real):
   - examples/s and tokens/s of the train step (median over timed blocks, after warmup),
   - compile time (lower + compile of the step),
-  - model FLOPs per step (XLA's cost analysis of the compiled step) and the achieved FLOP/s as a
-    fraction of a dense float32 matmul's rate measured in the same run ("MFU vs matmul"),
+  - model FLOPs per step (bow: XLA's cost analysis of the compiled step; transformer: counted
+    from the shapes) and the achieved FLOP/s as a fraction of a dense float32 matmul's rate
+    ("MFU vs matmul"),
   - the same model and step in PyTorch (when importable): EmbeddingBag/Embedding(sparse=True) +
     SparseAdam for the tables, Adam/AdamW for the rest, same shapes, same threads.
+jaxnn's block of steps, PyTorch's and the matmul alternate round by round (time_interleaved), so
+the ratios compare runs that saw the same load.
 Then one full epoch of real training (`Trainer.run_epoch`) counts the step's compilations, which
 must not exceed the number of length buckets.
 
@@ -107,9 +110,26 @@ def time_blocks(run_block, repeats: int) -> list[float]:
     return times
 
 
-def bench_jax(config: dict, steps_per_block: int, repeats: int, mesh=None) -> dict:
-    """Median step time of jaxnn's jitted train step on ``mesh`` (default: every device).
-    The result's "compiled" entry is the compiled step (left out of the JSON)."""
+def time_interleaved(blocks: dict, repeats: int, settle_s: float = 0.5) -> dict[str, list[float]]:
+    """Wall time of each named block, ``repeats`` rounds, the blocks alternating within a round
+    (each block already warmed up): load from other processes then hits every contender alike,
+    so the ratios of their medians survive a busy machine. Before each block the process sleeps
+    ``settle_s`` (untimed): the worker threads of the previous contender (PyTorch's OpenMP pool,
+    XLA's) spin-wait for a while after their work and would otherwise steal the cores."""
+    times: dict[str, list[float]] = {name: [] for name in blocks}
+    for _ in range(repeats):
+        for name, run_block in blocks.items():
+            time.sleep(settle_s)
+            start = time.perf_counter()
+            run_block()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def prepare_jax(config: dict, steps_per_block: int, mesh=None) -> dict:
+    """jaxnn's jitted train step on ``mesh`` (default: every device), compiled and warmed up.
+    Returns {"block": runs steps_per_block steps, "compile_s", "flops_per_step",
+    "xla_cost_analysis_flops_per_step", "compiled"}."""
     from jaxnn.models import get_model
 
     mesh = make_mesh() if mesh is None else mesh
@@ -133,34 +153,51 @@ def bench_jax(config: dict, steps_per_block: int, repeats: int, mesh=None) -> di
         holder[0] = s
 
     block()  # warmup
-    times = time_blocks(block, repeats)
-    step_s = statistics.median(times) / steps_per_block
     return {
+        "block": block,
         "compile_s": compile_s,
-        "step_s": step_s,
-        "examples_per_s": batch_size / step_s,
-        "tokens_per_s": batch_size * length / step_s,
         "flops_per_step": flops,
         "xla_cost_analysis_flops_per_step": xla_flops,
-        "flops_per_s": flops / step_s,
-        "block_times_s": times,
         "compiled": compiled,
     }
 
 
-def matmul_rate(n: int = 1024, repeats: int = 7) -> dict:
-    """float32 [n, n] @ [n, n] under jit: 2 n^3 FLOPs per call."""
+def step_rates(times: list[float], steps_per_block: int, config: dict) -> dict:
+    """Median step time and the throughputs it gives."""
+    batch_size, length = config["train"]["batch_size"], config["data"]["max_len"]
+    step_s = statistics.median(times) / steps_per_block
+    return {
+        "step_s": step_s,
+        "examples_per_s": batch_size / step_s,
+        "tokens_per_s": batch_size * length / step_s,
+        "block_times_s": times,
+    }
+
+
+def bench_jax(config: dict, steps_per_block: int, repeats: int, mesh=None) -> dict:
+    """Median step time of jaxnn's jitted train step on ``mesh`` (default: every device).
+    The result's "compiled" entry is the compiled step (left out of the JSON)."""
+    prepared = prepare_jax(config, steps_per_block, mesh)
+    result = step_rates(time_blocks(prepared.pop("block"), repeats), steps_per_block, config)
+    result.update(prepared)
+    result["flops_per_s"] = result["flops_per_step"] / result["step_s"]
+    return result
+
+
+def prepare_matmul(n: int = 1024) -> dict:
+    """float32 [n, n] @ [n, n] under jit (2 n^3 FLOPs per call), compiled and warmed up."""
     a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
     b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
     f = jax.jit(lambda x, y: x @ y)
     f(a, b).block_until_ready()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        f(a, b).block_until_ready()
-        times.append(time.perf_counter() - start)
-    seconds = statistics.median(times)
-    return {"n": n, "seconds": seconds, "flops_per_s": 2 * n**3 / seconds}
+    return {"n": n, "flops": 2 * n**3, "block": lambda: f(a, b).block_until_ready()}
+
+
+def matmul_rate(n: int = 1024, repeats: int = 7) -> dict:
+    """float32 [n, n] @ [n, n] under jit: 2 n^3 FLOPs per call."""
+    prepared = prepare_matmul(n)
+    seconds = statistics.median(time_blocks(prepared["block"], repeats))
+    return {"n": n, "seconds": seconds, "flops_per_s": prepared["flops"] / seconds}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -168,7 +205,9 @@ def matmul_rate(n: int = 1024, repeats: int = 7) -> dict:
 # ----------------------------------------------------------------------------------------------
 
 
-def bench_torch(name: str, config: dict, steps_per_block: int, repeats: int) -> dict | None:
+def prepare_torch(name: str, config: dict, steps_per_block: int) -> dict | None:
+    """The same model and step in PyTorch (eager), warmed up: {"block", "threads", "version"},
+    or None when torch is not importable."""
     try:
         import torch
         from torch import nn
@@ -267,16 +306,7 @@ def bench_torch(name: str, config: dict, steps_per_block: int, repeats: int) -> 
             step()
 
     block()  # warmup
-    times = time_blocks(block, repeats)
-    step_s = statistics.median(times) / steps_per_block
-    return {
-        "step_s": step_s,
-        "examples_per_s": batch_size / step_s,
-        "tokens_per_s": batch_size * length / step_s,
-        "threads": torch.get_num_threads(),
-        "version": torch.__version__,
-        "block_times_s": times,
-    }
+    return {"block": block, "threads": torch.get_num_threads(), "version": torch.__version__}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -325,8 +355,8 @@ def write_outputs(results: dict) -> None:
     (RESULTS / "train.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     rows = [
         "| model | B x T | jaxnn tokens/s | jaxnn examples/s | compile s | GFLOP/step | "
-        "MFU vs matmul | PyTorch tokens/s | jaxnn / PyTorch |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "matmul GFLOP/s | MFU vs matmul | PyTorch tokens/s | jaxnn / PyTorch |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in results["models"].items():
         j, t = r["jax"], r.get("torch")
@@ -334,14 +364,11 @@ def write_outputs(results: dict) -> None:
         rows.append(
             f"| {name} | {r['batch_size']} x {r['length']} | {j['tokens_per_s']:,.0f} | "
             f"{j['examples_per_s']:,.1f} | {j['compile_s']:.1f} | "
-            f"{j['flops_per_step'] / 1e9:.2f} | {r['mfu_vs_matmul']:.1%} | "
-            f"{t['tokens_per_s']:,.0f} | {ratio} |"
-            if t
-            else f"| {name} | {r['batch_size']} x {r['length']} | {j['tokens_per_s']:,.0f} | "
-            f"{j['examples_per_s']:,.1f} | {j['compile_s']:.1f} | "
-            f"{j['flops_per_step'] / 1e9:.2f} | {r['mfu_vs_matmul']:.1%} | n/a | n/a |"
+            f"{j['flops_per_step'] / 1e9:.2f} | {r['matmul']['flops_per_s'] / 1e9:.1f} | "
+            f"{r['mfu_vs_matmul']:.1%} | "
+            + (f"{t['tokens_per_s']:,.0f} | {ratio} |" if t else "n/a | n/a |")
         )
-    mm = results["matmul"]
+    n = next(iter(results["models"].values()))["matmul"]["n"]
     lines = [
         "# Train-step benchmark (benchmarks/train.py)",
         "",
@@ -350,9 +377,11 @@ def write_outputs(results: dict) -> None:
         "",
         *rows,
         "",
-        f"Dense matmul rate, same run: {mm['flops_per_s'] / 1e9:.1f} GFLOP/s "
-        f"({mm['n']}x{mm['n']} float32). MFU = model FLOPs per step (transformer: counted from "
-        "the shapes; bow: XLA cost analysis) / step time / that rate.",
+        f"Timing: after warm-up, {results['repeats']} rounds in which a block of jaxnn steps, "
+        f"the same block in PyTorch and a {n}x{n} float32 matmul alternate, so load from other "
+        "processes hits all three alike; every figure is a median over the rounds. MFU = model "
+        "FLOPs per step (transformer: counted from the shapes; bow: XLA cost analysis) / step "
+        "time / the matmul's FLOP/s in the same rounds.",
     ]
     ep = results.get("epoch")
     if ep:
@@ -406,31 +435,43 @@ def main() -> None:
         "devices": describe_mesh(make_mesh()),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
         "load_average": [round(x, 2) for x in os.getloadavg()],
+        "repeats": repeats,
         "jax_version": jax.__version__,
         "models": {},
     }
-    results["matmul"] = matmul_rate()
+    matmul = prepare_matmul()
     for name, config in configs.items():
         per_block = 4 if name == "bow" else 2
-        print(f"[{name}] jaxnn ...", flush=True)
-        jax_result = bench_jax(config, per_block, repeats)
-        jax_result.pop("compiled")
+        print(f"[{name}] jaxnn and PyTorch, interleaved ...", flush=True)
+        jax_prepared = prepare_jax(config, per_block)
+        jax_prepared.pop("compiled")
+        contenders = {"jax": jax_prepared.pop("block"), "matmul": matmul["block"]}
+        torch_prepared = None if args.no_torch else prepare_torch(name, config, per_block)
+        if torch_prepared:
+            contenders["torch"] = torch_prepared.pop("block")
+        times = time_interleaved(contenders, repeats)
+        jax_result = {**step_rates(times["jax"], per_block, config), **jax_prepared}
+        jax_result["flops_per_s"] = jax_result["flops_per_step"] / jax_result["step_s"]
         torch_result = None
-        if not args.no_torch:
-            print(f"[{name}] PyTorch ...", flush=True)
-            torch_result = bench_torch(name, config, per_block, repeats)
+        if torch_prepared:
+            torch_result = {**step_rates(times["torch"], per_block, config), **torch_prepared}
+        matmul_s = statistics.median(times["matmul"])
         results["models"][name] = {
             "batch_size": config["train"]["batch_size"],
             "length": config["data"]["max_len"],
             "model": config["model"],
             "jax": jax_result,
             "torch": torch_result,
-            "mfu_vs_matmul": jax_result["flops_per_s"] / results["matmul"]["flops_per_s"],
+            "matmul": {
+                "n": matmul["n"],
+                "seconds": matmul_s,
+                "flops_per_s": matmul["flops"] / matmul_s,
+            },
+            "mfu_vs_matmul": jax_result["flops_per_s"] * matmul_s / matmul["flops"],
             "jax_over_torch_tokens": (
                 jax_result["tokens_per_s"] / torch_result["tokens_per_s"] if torch_result else None
             ),
         }
-    results["matmul_after"] = matmul_rate()
     if args.epoch_corpus:
         print(f"[epoch] {args.epoch_corpus} ...", flush=True)
         results["epoch"] = epoch_compilations(args.epoch_corpus)
