@@ -33,6 +33,8 @@ import jax
 import jax.numpy as jnp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from timing import time_interleaved
+
 from jaxnn.ops.attention import dot_product_attention
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -59,12 +61,6 @@ def jax_case(impl, mode):
         return jax.jit(lambda q, k, v, cot: attend(q, k, v))
     loss = lambda q, k, v, cot: jnp.sum((attend(q, k, v) * cot).astype(jnp.float32))
     return jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
-
-
-def time_once(run):
-    start = time.perf_counter()
-    run()
-    return time.perf_counter() - start
 
 
 def prepare_jax(impl, mode, shape, dtype, args):
@@ -133,19 +129,6 @@ def prepare_torch(mode, shape, dtype_name):
     return record, run
 
 
-def time_interleaved(runners, reps, warmup):
-    """Median time of each runner; repetitions are interleaved (rep 1 of every runner, then
-    rep 2, ...) so that load from other processes hits all of them alike."""
-    for run in runners.values():
-        for _ in range(warmup):
-            run()
-    times = {name: [] for name in runners}
-    for _ in range(reps):
-        for name, run in runners.items():
-            times[name].append(time_once(run))
-    return times
-
-
 def default_impls():
     backend = jax.default_backend()
     impls = ["reference", "chunked", "xla"]
@@ -203,7 +186,7 @@ def bench_shape(args, impls, header, shape, mode, dtype_name):
         pending[impl] = {**key, **rec}
         if run is not None:
             runners[impl] = run
-    times = time_interleaved(runners, args.reps, args.warmup)
+    times = time_interleaved(runners, args.reps, args.warmup, settle_s=args.settle)
     # Peak resident memory of this whole process so far (Linux reports KiB).
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     records = []
@@ -363,6 +346,13 @@ def parse_args(argv=None):
     p.add_argument("--impls", nargs="+", help="default: every implementation the backend has")
     p.add_argument("--no-torch", dest="torch", action="store_false", help="skip torch SDPA")
     p.add_argument("--reps", type=int, default=5)
+    p.add_argument(
+        "--settle",
+        type=float,
+        default=0.2,
+        help="seconds of untimed sleep before each timed call (lets the previous contender's "
+        "spinning worker threads go idle)",
+    )
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--max-seconds", type=float, default=30.0, help="skip runs extrapolated longer")
     p.add_argument("--max-memory-gib", type=float, default=16.0, help="skip larger executables")

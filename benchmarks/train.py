@@ -37,6 +37,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from timing import time_interleaved  # noqa: E402  (benchmarks/timing.py)
+
 from jaxnn.train.config import base_config, validate_config  # noqa: E402
 from jaxnn.train.distributed import describe_mesh, make_mesh, shard_batch  # noqa: E402
 from jaxnn.train.loop import build_steps, init_train_state  # noqa: E402
@@ -101,31 +103,6 @@ def transformer_flops(config: dict) -> float:
     return 3.0 * (m["num_layers"] * per_layer + 2 * batch * d * CLASSES)
 
 
-def time_blocks(run_block, repeats: int) -> list[float]:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run_block()
-        times.append(time.perf_counter() - start)
-    return times
-
-
-def time_interleaved(blocks: dict, repeats: int, settle_s: float = 0.5) -> dict[str, list[float]]:
-    """Wall time of each named block, ``repeats`` rounds, the blocks alternating within a round
-    (each block already warmed up): load from other processes then hits every contender alike,
-    so the ratios of their medians survive a busy machine. Before each block the process sleeps
-    ``settle_s`` (untimed): the worker threads of the previous contender (PyTorch's OpenMP pool,
-    XLA's) spin-wait for a while after their work and would otherwise steal the cores."""
-    times: dict[str, list[float]] = {name: [] for name in blocks}
-    for _ in range(repeats):
-        for name, run_block in blocks.items():
-            time.sleep(settle_s)
-            start = time.perf_counter()
-            run_block()
-            times[name].append(time.perf_counter() - start)
-    return times
-
-
 def prepare_jax(config: dict, steps_per_block: int, mesh=None) -> dict:
     """jaxnn's jitted train step on ``mesh`` (default: every device), compiled and warmed up.
     Returns {"block": runs steps_per_block steps, "compile_s", "flops_per_step",
@@ -178,7 +155,9 @@ def bench_jax(config: dict, steps_per_block: int, repeats: int, mesh=None) -> di
     """Median step time of jaxnn's jitted train step on ``mesh`` (default: every device).
     The result's "compiled" entry is the compiled step (left out of the JSON)."""
     prepared = prepare_jax(config, steps_per_block, mesh)
-    result = step_rates(time_blocks(prepared.pop("block"), repeats), steps_per_block, config)
+    result = step_rates(
+        time_interleaved({"jax": prepared.pop("block")}, repeats)["jax"], steps_per_block, config
+    )
     result.update(prepared)
     result["flops_per_s"] = result["flops_per_step"] / result["step_s"]
     return result
@@ -196,7 +175,7 @@ def prepare_matmul(n: int = 1024) -> dict:
 def matmul_rate(n: int = 1024, repeats: int = 7) -> dict:
     """float32 [n, n] @ [n, n] under jit: 2 n^3 FLOPs per call."""
     prepared = prepare_matmul(n)
-    seconds = statistics.median(time_blocks(prepared["block"], repeats))
+    seconds = statistics.median(time_interleaved({"mm": prepared["block"]}, repeats)["mm"])
     return {"n": n, "seconds": seconds, "flops_per_s": prepared["flops"] / seconds}
 
 
@@ -449,7 +428,7 @@ def main() -> None:
         torch_prepared = None if args.no_torch else prepare_torch(name, config, per_block)
         if torch_prepared:
             contenders["torch"] = torch_prepared.pop("block")
-        times = time_interleaved(contenders, repeats)
+        times = time_interleaved(contenders, repeats, settle_s=0.5)
         jax_result = {**step_rates(times["jax"], per_block, config), **jax_prepared}
         jax_result["flops_per_s"] = jax_result["flops_per_step"] / jax_result["step_s"]
         torch_result = None
