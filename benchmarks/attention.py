@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # timing.py, also when imported
 from timing import time_interleaved
 
 from jaxnn.ops.attention import dot_product_attention

@@ -36,6 +36,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))  # timing.py, also when imported from elsewhere
 
 from timing import time_interleaved  # noqa: E402  (benchmarks/timing.py)
 
