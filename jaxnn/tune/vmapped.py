@@ -118,7 +118,7 @@ def _per_trial(values: jax.Array, ndim: int, axis: int) -> jax.Array:
     return values.reshape(shape)
 
 
-def _row_chunk(slots: int, row_size: int, target: int = 32768) -> int:
+def _row_chunk(slots: int, row_size: int, target: int = 65536) -> int:
     """Rows per chunk of the lazy update: a power-of-two multiple of 64 dividing ``slots``
     (a multiple of 64, as every `ROW_BUCKETS` size), about ``target`` floats per chunk."""
     chunk = 64
@@ -200,6 +200,7 @@ class VmappedBowTrainer:
             steps = min(steps, self.max_steps)
         self.steps_per_epoch = steps
         self.schedule = make_schedule({**o, "learning_rate": 1.0}, steps * self.num_epochs)
+        self._last_init: tuple[int, dict] | None = None
         self._compile()
 
     # -- the model, pure --------------------------------------------------------------------
@@ -460,7 +461,7 @@ class VmappedBowTrainer:
                     m_new, v_new = jnp.where(keep, m_new, m_old), jnp.where(keep, v_new, v_old)
                 new_params[name], new_opt["m"][name], new_opt["v"][name] = p_new, m_new, v_new
                 continue
-            # Row chunks of ~128 KiB per array in a loop (gather, update, scatter): the whole
+            # Row chunks of ~256 KiB per array in a loop (gather, update, scatter): the whole
             # [U, K, D] at once streamed several 6 MiB temporaries through memory per step,
             # where one trial's rows alone stay in the 2 MiB L2 cache.
             at, g = r["rows"], g_rows[name]
@@ -540,9 +541,16 @@ class VmappedBowTrainer:
             "head": jax.tree.map(jnp.copy, params["head"]) if public else params["head"],
         }
 
+    def _init_drawn(self, seed: int) -> dict:
+        """`init`, remembering the last seed's draws (the trials of a stage share the config's
+        seed: one draw for the whole group, or for all the trials run one after another)."""
+        if self._last_init is None or self._last_init[0] != seed:
+            self._last_init = (seed, self.init(seed))
+        return self._last_init[1]
+
     def _init(self, seeds: np.ndarray) -> tuple[Any, Any]:
         """Params and optimizer state of trials ``seeds`` [K], tables trial-minor."""
-        trees = [self.init(int(s)) for s in seeds]
+        trees = [self._init_drawn(int(s)) for s in seeds]
         params = {n: jnp.asarray(np.stack([t[n] for t in trees], axis=1)) for n in self.tables}
         params["head"] = jax.tree.map(
             lambda *x: jnp.asarray(np.stack(x)), *[t["head"] for t in trees]
