@@ -53,7 +53,6 @@ import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any
 
 import jax
@@ -523,8 +522,14 @@ class VmappedBowTrainer:
         metrics = jax.jit(jax.vmap(lambda cm: (accuracy(cm), macro_f1(cm))))
         self._scores = lambda cm: jax.device_get(metrics(jnp.asarray(cm, jnp.float32)))
         self._init_opt_jit = jax.jit(self._init_opt)
-        self._to_public = jax.jit(partial(self._swap_tables, public=True))
-        self._from_public = jax.jit(partial(self._swap_tables, public=False))
+        self._stack_trials = jax.jit(
+            lambda trees: {
+                **{n: jnp.stack([t[n] for t in trees], axis=1) for n in self.tables},
+                "head": jax.tree.map(lambda *x: jnp.stack(x), *[t["head"] for t in trees]),
+            }
+        )
+        self._to_public = jax.jit(lambda params, order: self._swap_tables(params, True, order))
+        self._from_public = jax.jit(lambda params: self._swap_tables(params, False))
 
     def _where_trial(self, mask: jax.Array, new: Any, old: Any) -> Any:
         """new where mask[k] else old, trial by trial (mask [K] bool; tables trial-minor)."""
@@ -534,11 +539,17 @@ class VmappedBowTrainer:
         )
         return out
 
-    def _swap_tables(self, params: Any, public: bool) -> Any:
-        """Tables [V, K, D] (internal) <-> [K, V, D] (public: every leaf has the trial first)."""
+    def _swap_tables(self, params: Any, public: bool, order: jax.Array | None = None) -> Any:
+        """Tables [V, K, D] (internal) <-> [K, V, D] (public: every leaf has the trial first);
+        to public, trial k of the result is trial order[k] of ``params``."""
+        if not public:
+            return {
+                **{n: jnp.swapaxes(params[n], 0, 1) for n in self.tables},
+                "head": params["head"],
+            }
         return {
-            **{n: jnp.swapaxes(params[n], 0, 1) for n in self.tables},
-            "head": jax.tree.map(jnp.copy, params["head"]) if public else params["head"],
+            **{n: jnp.take(params[n], order, axis=1).swapaxes(0, 1) for n in self.tables},
+            "head": jax.tree.map(lambda x: jnp.take(x, order, axis=0), params["head"]),
         }
 
     def _init_drawn(self, seed: int) -> dict:
@@ -551,10 +562,9 @@ class VmappedBowTrainer:
     def _init(self, seeds: np.ndarray) -> tuple[Any, Any]:
         """Params and optimizer state of trials ``seeds`` [K], tables trial-minor."""
         trees = [self._init_drawn(int(s)) for s in seeds]
-        params = {n: jnp.asarray(np.stack([t[n] for t in trees], axis=1)) for n in self.tables}
-        params["head"] = jax.tree.map(
-            lambda *x: jnp.asarray(np.stack(x)), *[t["head"] for t in trees]
-        )
+        on_device: dict[int, Any] = {}  # each distinct draw is transferred once
+        trees = [on_device.setdefault(id(t), jax.device_put(t)) for t in trees]
+        params = self._stack_trials(trees)
         return params, self._init_opt_jit(params)
 
     # -- training loop ---------------------------------------------------------------------
@@ -615,13 +625,11 @@ class VmappedBowTrainer:
                 sample_weights[order],
                 eval_splits,
                 keep_probs,
+                back=np.argsort(order),
             )
-            back = np.argsort(order)
+            back = np.argsort(order)  # (params came back in order from _fit_group)
             part.history, part.failure, part.best_epoch = (
                 [x[i] for i in back] for x in (part.history, part.failure, part.best_epoch)
-            )
-            part.best_params, part.last_params = (
-                jax.tree.map(lambda x: x[back], p) for p in (part.best_params, part.last_params)
             )
             part.probs = {n: v[:, back] for n, v in part.probs.items()}
             parts = [part]
@@ -657,11 +665,8 @@ class VmappedBowTrainer:
             split, batch_size=self.cfg["train"]["eval_batch_size"], buckets=self.buckets
         )
         for batch in batches:
-            rows = jax.tree.map(jnp.asarray, self._host_rows(batch))
             outs.append(
-                self._eval(
-                    params, rows, jnp.asarray(batch["labels"]), jnp.asarray(batch["weights"])
-                )
+                self._eval(params, self._host_rows(batch), batch["labels"], batch["weights"])
             )
         outs = jax.device_get(outs)  # host arithmetic from here: no eager device ops to compile
         probs = np.concatenate([o[0] for o in outs], axis=-2)
@@ -669,9 +674,13 @@ class VmappedBowTrainer:
         cm = np.sum([o[2] for o in outs], axis=0)
         return probs[:, : len(split)], np.asarray(loss), cm
 
-    def _fit_group(self, lr, dropout, wd, seeds, sample_weights, eval_splits, keep_probs):
-        """Train the trials ``seeds`` [K] together; params in the public layout (trial first)."""
+    def _fit_group(
+        self, lr, dropout, wd, seeds, sample_weights, eval_splits, keep_probs, back=None
+    ):
+        """Train the trials ``seeds`` [K] together; params in the public layout (trial first),
+        trial k of them = trial back[k] here (default: the same order)."""
         k = len(seeds)
+        back = jnp.arange(k) if back is None else jnp.asarray(back)
         params, opt = self._init(seeds)
         num_dropout = int(np.sum(dropout > 0))
         hyper = tuple(jnp.asarray(x, jnp.float32) for x in (lr, dropout, wd))
@@ -694,15 +703,15 @@ class VmappedBowTrainer:
                     break
                 index = batch["index"]
                 sw = np.where(index >= 0, sample_weights[:, np.maximum(index, 0)], 0.0)
-                rows = jax.tree.map(jnp.asarray, self._host_rows(batch))
+                rows = self._host_rows(batch)  # NumPy: the jitted call transfers it
                 params, opt, loss = self._train(
                     params,
                     opt,
                     *hyper,
                     seeds_dev,
                     rows,
-                    jnp.asarray(batch["labels"]),
-                    jnp.asarray(batch["weights"][None] * sw, jnp.float32),
+                    batch["labels"],
+                    (batch["weights"][None] * sw).astype(np.float32),
                     step,
                     num_dropout,
                 )
@@ -752,8 +761,8 @@ class VmappedBowTrainer:
             history=history,
             failure=failure,
             best_epoch=best_epoch,
-            best_params=self._to_public(best_params),
-            last_params=self._to_public(params),
+            best_params=self._to_public(best_params, back),
+            last_params=self._to_public(params, back),
             probs={n: np.stack(v) for n, v in probs_out.items() if v},
         )
 
