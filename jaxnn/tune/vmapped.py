@@ -126,6 +126,24 @@ def _row_chunk(slots: int, row_size: int, target: int = 65536) -> int:
     return chunk
 
 
+@jax.custom_vjp
+def _counts_matmul(counts: jax.Array, counts_t: jax.Array, rows: jax.Array) -> jax.Array:
+    """counts [B, U] @ rows [U, M], differentiated in rows only, with the transposed counts
+    [U, B] given (XLA CPU's dot with a transposed operand took ~1.7x as long at M = 512)."""
+    return counts @ rows
+
+
+def _counts_matmul_fwd(counts, counts_t, rows):
+    return counts @ rows, counts_t
+
+
+def _counts_matmul_bwd(counts_t, g):
+    return None, None, counts_t @ g
+
+
+_counts_matmul.defvjp(_counts_matmul_fwd, _counts_matmul_bwd)
+
+
 def _dropout_trials(x: jax.Array, rates: jax.Array, keys: jax.Array, trial_axis: int) -> jax.Array:
     """jaxnn.ops.dropout with trial k's rate and key on slice k of ``trial_axis`` (rates [K],
     keys [K]): each trial draws the same mask as it would alone."""
@@ -252,8 +270,10 @@ class VmappedBowTrainer:
             m = jnp.concatenate([rows[n]["mask"] for n in names], axis=1)
             return mean_pool(ops_dropout(x, dropout[0], keys[0, 0]), m)[:, None]
         k = picked[names[0]][0].shape[1]
+        width = k * self.embed_dim
         pooled = sum(
-            rows[n]["counts"] @ picked[n][0].reshape(-1, k * self.embed_dim) for n in names
+            _counts_matmul(rows[n]["counts"], rows[n]["counts_t"], picked[n][0].reshape(-1, width))
+            for n in names
         )
         return pooled.reshape(-1, k, self.embed_dim)
 
@@ -286,7 +306,8 @@ class VmappedBowTrainer:
           lazy, U >= V: touched bool [V]: the whole table is computed and the rows not in the
             batch are kept (cheaper than gathering more rows than there are); inv = the ids.
         Each form also has mask [B, T'] and counts [B, U or V]: occurrences of each slot in
-        each text divided by the text's tokens (over all tables), the mean as a matrix.
+        each text divided by the text's tokens (over all tables), the mean as a matrix (and
+        counts_t, its transpose, for the gradient).
         """
         feats = self.features(batch["tokens"], batch["mask"])
         tokens = sum(mask.sum(1) for _, mask in feats.values())
@@ -317,6 +338,7 @@ class VmappedBowTrainer:
             flat = (np.arange(b)[:, None] * (slots + 1) + live).ravel()
             counts = np.bincount(flat, np.repeat(per_token, ids.shape[1]), b * (slots + 1))
             entry["counts"] = counts.reshape(b, slots + 1)[:, :slots].astype(np.float32)
+            entry["counts_t"] = np.ascontiguousarray(entry["counts"].T)
             out[name] = entry
         return out
 

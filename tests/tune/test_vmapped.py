@@ -212,6 +212,7 @@ def test_host_rows_match_a_numpy_transcription(neutral):
         for t in np.flatnonzero(mask[b]):
             expected[b, np.flatnonzero(slots == tokens[b, t])[0]] += 1.0 / n
     np.testing.assert_allclose(entry["counts"], expected, rtol=1e-6)
+    np.testing.assert_array_equal(entry["counts_t"], entry["counts"].T)
 
 
 def test_lazy_group_in_trial_minor_layout_equals_optax_per_trial():
