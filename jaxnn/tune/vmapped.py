@@ -343,7 +343,19 @@ class VmappedBowTrainer:
         return out
 
     def _train_step(
-        self, params, opt, lr, dropout, wd, seeds, rows, labels, weights, step, num_dropout
+        self,
+        params,
+        opt,
+        lr,
+        dropout,
+        wd,
+        seeds,
+        rows,
+        labels,
+        weights,
+        step,
+        num_dropout,
+        shared_seed,
     ):
         """K trials: (params, opt, losses [K]) after one step. lr, dropout, wd, seeds [K];
         weights [K, B] (example weights x sample weights).
@@ -354,6 +366,8 @@ class VmappedBowTrainer:
         whose gradient with respect to trial k's parameters is trial k's own gradient.
         ``num_dropout`` (static): the first num_dropout trials draw dropout masks, the others
         have rate 0 and draw none (the same result as a mask that keeps everything).
+        ``shared_seed`` (static): the dropout trials share one seed, so their uniform draws are
+        the same (a trial's masks are a function of its seed and the step): drawn once.
         """
         keys = None
         if num_dropout:
@@ -397,6 +411,8 @@ class VmappedBowTrainer:
 
             def one_trial(_, xs):
                 head, trial_rows, rate, key, w, decay = xs
+                if shared_seed:  # the same key in every iteration: XLA draws its bits once
+                    key = keys[0]
                 one = lambda x: x[None]
                 (_, loss), (g_h, g_r) = grad(
                     jax.tree.map(one, head),
@@ -537,7 +553,7 @@ class VmappedBowTrainer:
         self._bigram_ids = jax.jit(
             lambda tokens: hashed_bigram_ids(tokens, self.tables.get("bigram_embed", 1))
         )
-        self._train = jax.jit(self._train_step, donate_argnums=(0, 1), static_argnums=(10,))
+        self._train = jax.jit(self._train_step, donate_argnums=(0, 1), static_argnums=(10, 11))
         self._eval = jax.jit(self._eval_step)
         self._copy = jax.jit(lambda tree: jax.tree.map(jnp.copy, tree))
         self._select = jax.jit(self._where_trial)
@@ -705,6 +721,7 @@ class VmappedBowTrainer:
         back = jnp.arange(k) if back is None else jnp.asarray(back)
         params, opt = self._init(seeds)
         num_dropout = int(np.sum(dropout > 0))
+        shared_seed = len(set(np.asarray(seeds)[:num_dropout].tolist())) <= 1
         hyper = tuple(jnp.asarray(x, jnp.float32) for x in (lr, dropout, wd))
         seeds_dev = jnp.asarray(seeds, jnp.int32)
         history: list[list[dict]] = [[] for _ in range(k)]
@@ -736,6 +753,7 @@ class VmappedBowTrainer:
                     (batch["weights"][None] * sw).astype(np.float32),
                     step,
                     num_dropout,
+                    shared_seed,
                 )
                 losses.append(loss)
                 step += 1

@@ -232,3 +232,25 @@ def test_lazy_group_in_trial_minor_layout_equals_optax_per_trial():
         got = jax.tree.map(lambda x, k=k: x[k], out.last_params)
         for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(ref)):
             np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-5, atol=2e-6)
+
+
+@pytest.mark.parametrize("seeds", [[4, 4, 4], [1, 2, 1]])  # dropout draws shared, or not
+def test_dropout_trials_in_a_group_equal_their_separate_runs(data, seeds):
+    cfg = config(model__hidden_size=8, model__num_hidden_layers=1)
+    hyper = {
+        "learning_rate": [3e-2, 1e-2, 3e-2],
+        "dropout": [0.3, 0.0, 0.5],
+        "weight_decay": [0.0] * 3,
+    }
+    group = VmappedBowTrainer(cfg, data, vmap=True).fit(hyper, seeds)
+    alone = VmappedBowTrainer(cfg, data, vmap=False).fit(hyper, seeds)
+    for g, a in zip(group.history, alone.history):
+        assert len(g) == len(a) == 2
+        for rg, ra in zip(g, a):
+            for key in ("train_loss", "val_loss"):
+                assert rg[key] == pytest.approx(ra[key], rel=1e-5)
+            assert rg["val_accuracy"] == ra["val_accuracy"]
+    for x, y in zip(jax.tree.leaves(group.last_params), jax.tree.leaves(alone.last_params)):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-6)
+    # trials 0 and 2 (dropout 0.3, 0.5) moved differently from each other and from trial 1
+    assert group.history[0][-1]["train_loss"] != group.history[2][-1]["train_loss"]
