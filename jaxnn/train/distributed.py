@@ -249,24 +249,113 @@ def _cluster_detected() -> bool:
         return False
 
 
-def _wait_for_coordinator(address: str, timeout_s: float) -> None:
-    """Poll a TCP connection to ``address`` (host:port) until it opens or ``timeout_s`` passes.
-
-    ``jax.distributed.initialize`` aborts the whole process (not a Python exception) when the
-    coordinator never answers, so the non-coordinator processes check first.
-    """
+def _host_port(address: str) -> tuple[str, int]:
     host, _, port = address.rpartition(":")
     host = host.strip("[]")
     if not host or not port.isdigit():
         raise DistributedInitError(
             f"coordinator_address={address!r} is not allowed; expected host:port"
         )
+    return host, int(port)
+
+
+_JOIN = b"jaxnn-join "
+_GO = b"go\n"
+
+
+def _read_line(conn: socket.socket, deadline: float) -> bytes:
+    """Bytes up to and including the first newline (or what came before EOF / the deadline)."""
+    data = b""
+    while not data.endswith(b"\n") and len(data) < 256:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        conn.settimeout(min(left, 2.0))
+        try:
+            chunk = conn.recv(256 - len(data))
+        except TimeoutError:
+            continue
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def _gather_processes(address: str, num_processes: int, timeout_s: float) -> None:
+    """Process 0, before ``jax.distributed.initialize``: wait until processes 1..P-1 have checked
+    in on the coordinator's port (``_join_coordinator``), then tell them to go on.
+
+    ``jax.distributed.initialize`` on process 0 aborts the whole process (a C++ fatal error, not
+    a Python exception) when a process never registers, so the coordinator counts them first and
+    raises `DistributedInitError` naming the ones that did not come. The port is free again
+    before JAX's coordination service binds it.
+    """
+    _, port = _host_port(address)
     deadline = time.monotonic() + timeout_s
+    waiting: dict[int, socket.socket] = {}
+    expected = set(range(1, num_processes))
+    try:
+        if socket.has_dualstack_ipv6():  # peers may come over IPv4 or IPv6
+            server = socket.create_server(
+                ("", port),
+                family=socket.AF_INET6,
+                dualstack_ipv6=True,
+                backlog=max(8, num_processes),
+            )
+        else:
+            server = socket.create_server(("", port), backlog=max(8, num_processes))
+    except OSError as err:
+        raise DistributedInitError(
+            f"process 0 cannot listen on the port of coordinator_address={address!r} ({err}); "
+            "is another run using it?"
+        ) from err
+    try:
+        while set(waiting) != expected:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                missing = sorted(expected - set(waiting))
+                raise DistributedInitError(
+                    f"process 0 (coordinator_address={address!r}) waited "
+                    f"initialization_timeout={timeout_s:g} s for num_processes={num_processes} "
+                    f"processes; process id(s) {missing} never joined. Start the same command "
+                    "with --process_id=1..N-1 on the other hosts, or check --num_processes"
+                )
+            server.settimeout(min(left, 1.0))
+            try:
+                conn, _ = server.accept()
+            except TimeoutError:
+                continue
+            line = _read_line(conn, min(deadline, time.monotonic() + 5.0))
+            text = line[len(_JOIN) :].strip()
+            if not line.startswith(_JOIN) or not text.isdigit():
+                conn.close()  # not one of ours (a port scan, a stray client)
+                continue
+            pid = int(text)
+            if pid not in expected or pid in waiting:
+                conn.close()
+                what = "is outside 1..num_processes-1" if pid not in expected else "joined twice"
+                raise DistributedInitError(
+                    f"process 0 (coordinator_address={address!r}, num_processes="
+                    f"{num_processes}): a process with process_id={pid} {what}"
+                )
+            waiting[pid] = conn
+        for conn in waiting.values():
+            conn.sendall(_GO)
+        for conn in waiting.values():  # let each peer close first (its side keeps TIME_WAIT)
+            _read_line(conn, time.monotonic() + 2.0)
+    finally:
+        for conn in waiting.values():
+            conn.close()
+        server.close()
+
+
+def _connect(address: str, deadline: float, timeout_s: float) -> socket.socket:
+    """A TCP connection to ``address`` (host:port), polled until it opens or the deadline."""
+    host, port = _host_port(address)
     last: OSError | None = None
     while time.monotonic() < deadline:
         try:
-            with socket.create_connection((host, int(port)), timeout=min(2.0, timeout_s)):
-                return
+            return socket.create_connection((host, port), timeout=min(2.0, timeout_s))
         except OSError as err:
             last = err
             time.sleep(0.25)
@@ -275,6 +364,39 @@ def _wait_for_coordinator(address: str, timeout_s: float) -> None:
         f"initialization_timeout={timeout_s:g} s ({last}); start process 0 there first, or check "
         "the address, the port and the firewall"
     )
+
+
+def _wait_for_coordinator(address: str, timeout_s: float) -> None:
+    """Wait until the coordinator's port answers (used when the process ids are left to JAX's
+    auto-detection, so no check-in is possible)."""
+    _connect(address, time.monotonic() + timeout_s, timeout_s).close()
+
+
+def _join_coordinator(address: str, process_id: int, timeout_s: float) -> None:
+    """Processes 1..P-1: check in with process 0 (`_gather_processes`) and wait for its go.
+
+    Connects to ``address`` (polling until it opens), sends this process's id and waits until
+    process 0 has seen every process, all within ``timeout_s``: a coordinator that cannot be
+    reached, or whose other processes never come, is a `DistributedInitError` naming the address
+    (``jax.distributed.initialize`` would abort the process instead).
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with _connect(address, deadline, timeout_s) as conn:
+            try:
+                conn.sendall(_JOIN + str(process_id).encode() + b"\n")
+                answer = _read_line(conn, deadline)
+            except OSError:  # process 0 dropped the connection: try again
+                answer = b""
+        if answer == _GO:
+            return
+        if time.monotonic() >= deadline:
+            raise DistributedInitError(
+                f"process {process_id} reached the coordinator at coordinator_address="
+                f"{address!r}, but not every process joined within initialization_timeout="
+                f"{timeout_s:g} s; check that all --num_processes processes were started"
+            )
+        time.sleep(0.25)
 
 
 def initialize_distributed(
@@ -296,9 +418,13 @@ def initialize_distributed(
       "on":   always initialize (auto-detection must then find what is not given).
       "off":  never (one process).
 
-    A non-coordinator process whose coordinator is not reachable within ``timeout_s`` seconds
-    raises `DistributedInitError` naming the address (never a hang); process 0 waits up to
-    ``timeout_s`` for the others (JAX's ``initialization_timeout``).
+    With the address, the process count and the id all given, the processes first meet on the
+    coordinator's port (process 0 counts the others in, `_gather_processes`; each other process
+    checks in, `_join_coordinator`) and only then start ``jax.distributed``: a coordinator that
+    cannot be reached within ``timeout_s`` seconds, or a process that never comes, is a
+    `DistributedInitError` naming the address, the timeout and the missing process ids, never
+    a hang nor JAX's abort of the whole process. Under auto-detection (ids left to JAX) a
+    non-coordinator process only checks that the coordinator's port answers.
     """
     if mode not in ("auto", "on", "off"):
         raise ConfigError(f"distributed={mode!r} is not allowed; allowed: auto, on, off")
@@ -322,7 +448,12 @@ def initialize_distributed(
             f"process_id={process_id} is not allowed; allowed: 0 <= process_id < "
             f"num_processes={num_processes}"
         )
-    if coordinator_address and process_id not in (None, 0):
+    if coordinator_address and process_id is not None and num_processes not in (None, 1):
+        if process_id == 0:
+            _gather_processes(coordinator_address, num_processes, timeout_s)
+        else:
+            _join_coordinator(coordinator_address, process_id, timeout_s)
+    elif coordinator_address and process_id not in (None, 0):
         _wait_for_coordinator(coordinator_address, timeout_s)
     log.info(
         "jax.distributed.initialize(coordinator_address=%s, num_processes=%s, process_id=%s)",

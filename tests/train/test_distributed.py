@@ -274,6 +274,62 @@ def test_unreachable_coordinator_fails_fast_naming_the_address():
     assert time.monotonic() - start < 10
 
 
+def test_coordinator_whose_processes_never_come_fails_naming_them():
+    # jax.distributed.initialize on process 0 would end the process with a C++ fatal error
+    from jaxnn.train.distributed import DistributedInitError, initialize_distributed
+
+    address = f"127.0.0.1:{_free_port()}"
+    start = time.monotonic()
+    with pytest.raises(DistributedInitError, match=r"num_processes=3.*id\(s\) \[1, 2\] never"):
+        initialize_distributed(address, 3, 0, timeout_s=1)
+    assert time.monotonic() - start < 10
+
+
+def test_processes_check_in_with_the_coordinator_before_jax_starts():
+    """The check-in protocol alone (threads, no JAX): all three processes go on together, and
+    the port is free again afterwards for JAX's coordination service; with one process
+    missing, both the coordinator and the process that came fail, naming what is missing."""
+    import threading
+
+    from jaxnn.train.distributed import (
+        DistributedInitError,
+        _gather_processes,
+        _join_coordinator,
+    )
+
+    def run_all(address, ids, num_processes, timeout_s):
+        errors: dict[int, BaseException | None] = {}
+
+        def one(pid):
+            try:
+                if pid == 0:
+                    _gather_processes(address, num_processes, timeout_s)
+                else:
+                    _join_coordinator(address, pid, timeout_s)
+                errors[pid] = None
+            except BaseException as err:  # reported by the assertions below
+                errors[pid] = err
+
+        threads = [threading.Thread(target=one, args=(pid,)) for pid in ids]
+        for t in reversed(threads):  # the others may start before the coordinator
+            t.start()
+        for t in threads:
+            t.join(30)
+        return errors
+
+    port = _free_port()
+    address = f"127.0.0.1:{port}"
+    assert run_all(address, [0, 1, 2], 3, 20) == {0: None, 1: None, 2: None}
+    with socket.create_server(("127.0.0.1", port)):  # free again
+        pass
+
+    address = f"127.0.0.1:{_free_port()}"
+    errors = run_all(address, [0, 1], 3, 2)
+    assert isinstance(errors[0], DistributedInitError) and "[2] never joined" in str(errors[0])
+    assert isinstance(errors[1], DistributedInitError)
+    assert "not every process joined" in str(errors[1]) or "could not be reached" in str(errors[1])
+
+
 def test_train_py_reports_an_unreachable_coordinator(tmp_path):
     port = _free_port()
     env = dict(os.environ, PYTHONPATH=str(ROOT))
