@@ -20,8 +20,10 @@ BatchIterator, seeded by the config's seed), which the layout uses:
   sizes U, and each token's slot) is computed once per batch on the host, with NumPy.
 - A trial without dropout pools with a matmul, counts [B, U] @ rows [U, K*D] (counts[b, u] =
   occurrences of row u in text b / its tokens); a trial with dropout gathers its [B, T', D]
-  token vectors (dropout acts on each token before the mean), one trial at a time. The
-  trials with dropout run first in the group (`fit` reorders them and puts them back).
+  token vectors (dropout acts on each token before the mean), one trial at a time (in a
+  scan: one trial's per-token arrays alive at a time). The trials with dropout run first in
+  the group (`fit` reorders them and puts them back). A trial's dropout draws are a function
+  of its seed and the step, so trials with one seed (a tuner stage's) share them: drawn once.
 
 ``vmap=False`` runs the same step with K = 1, one trial after another: the sequential reference
 benchmarks/tune.py measures, with the same metrics as the group.
