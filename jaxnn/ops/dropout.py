@@ -6,8 +6,9 @@ Scaling the survivors by 1/(1 - rate) ("inverted dropout", Srivastava et al. 201
 expectation E[y_i] = x_i, so nothing changes at evaluation time, where dropout is the identity.
 
 The keep mask compares one 16-bit uniform integer per element with a threshold. The integers
-come from JAX's own Threefry-2x32 hash (Salmon et al. 2011, the `jax.random` default) of a
-counter: one hash call gives two 32-bit words, i.e. four 16-bit draws. `jax.random.bernoulli`
+come from the Threefry-2x32 hash (Salmon et al. 2011, the `jax.random` default; written out
+round by round here, the same bits as JAX's) of a counter: one hash call gives two 32-bit words,
+i.e. four 16-bit draws. `jax.random.bernoulli`
 spends a whole hash on every element (and, with the default partitionable layout, one per
 element with 64-bit counters), which on a CPU made dropout about a quarter of a small
 Transformer's training step; this costs about 1/4 to 1/6 of that. The price: the drop
@@ -23,7 +24,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
-from jax.extend.random import threefry2x32_p
 
 __all__ = ["dropout", "uniform_bits16"]
 
@@ -60,6 +60,34 @@ def _row_major_counter(shape: tuple[int, ...]) -> jax.Array:
     return counter
 
 
+_ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
+
+
+def _rotl(x: jax.Array, r: int) -> jax.Array:
+    return (x << np.uint32(r)) | (x >> np.uint32(32 - r))
+
+
+def _threefry2x32(k0: jax.Array, k1: jax.Array, x0: jax.Array, x1: jax.Array):
+    """Threefry-2x32 with 20 rounds (Salmon et al. 2011), the hash of ``jax.random``'s default
+    key, written out round by round in uint32 arithmetic: the same bits as JAX's
+    ``threefry2x32_p`` (tests/ops/test_dropout.py checks both against a NumPy transcription).
+
+    On a CPU, JAX lowers that primitive to a rolled loop of five 4-round steps (a while loop
+    XLA cannot fuse or vectorise across); unrolled, a [64, 256, 128] dropout mask takes 4.0
+    instead of 7.0 ms and a bow trial with dropout trains about 20 % faster (same bits). On
+    GPU and TPU JAX unrolls the same rounds itself.
+    """
+    ks = (k0, k1, k0 ^ k1 ^ np.uint32(0x1BD11BDA))
+    x0, x1 = x0 + ks[0], x1 + ks[1]
+    for step in range(5):
+        for r in _ROTATIONS[step % 2]:
+            x0 = x0 + x1
+            x1 = _rotl(x1, r) ^ x0
+        x0 = x0 + ks[(step + 1) % 3]
+        x1 = x1 + ks[(step + 2) % 3] + np.uint32(step + 1)
+    return x0, x1
+
+
 def uniform_bits16(rng: jax.Array, shape: tuple[int, ...]) -> jax.Array:
     """Independent uniform uint16 draws of ``shape`` from a `jax.random` key.
 
@@ -79,7 +107,7 @@ def uniform_bits16(rng: jax.Array, shape: tuple[int, ...]) -> jax.Array:
         return jax.random.bits(rng, shape, jnp.uint16)
     key = jax.random.key_data(rng) if jnp.issubdtype(rng.dtype, jax.dtypes.prng_key) else rng
     counter = _row_major_counter(groups)
-    words = threefry2x32_p.bind(key[0], key[1], counter, jnp.zeros_like(counter))
+    words = _threefry2x32(key[0], key[1], counter, jnp.zeros_like(counter))
     # each uint32 word -> [..., 2] uint16 (low half first on every platform JAX supports)
     halves = [lax.bitcast_convert_type(w, jnp.uint16) for w in words]
     draws = jnp.concatenate(halves, axis=-1).reshape((*lead, 4 * groups[-1]))
