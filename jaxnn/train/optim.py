@@ -48,12 +48,16 @@ def make_schedule(optim: Mapping[str, Any], total_steps: int) -> optax.Schedule:
             [optax.linear_schedule(0.0, peak, warmup), optax.constant_schedule(peak)], [warmup]
         )
     decay_steps = max(int(total_steps), warmup + 1)
+    end_value = peak * float(optim["end_lr_fraction"])
+    if warmup == 0:  # the same values; optax logs a warning for a 0-step warmup ramp
+        alpha = 0.0 if peak == 0.0 else end_value / peak
+        return optax.cosine_decay_schedule(init_value=peak, decay_steps=decay_steps, alpha=alpha)
     return optax.warmup_cosine_decay_schedule(
         init_value=0.0,
         peak_value=peak,
         warmup_steps=warmup,
         decay_steps=decay_steps,
-        end_value=peak * float(optim["end_lr_fraction"]),
+        end_value=end_value,
     )
 
 
