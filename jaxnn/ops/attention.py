@@ -12,10 +12,11 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 from jax.sharding import PartitionSpec as P
 
-from jaxnn.ops.dropout import dropout
+from jaxnn.ops.dropout import bits16_at, dropout, is_threefry_key, keep_threshold, key_words
 
 __all__ = ["IMPLEMENTATIONS", "dot_product_attention"]
 
@@ -242,6 +243,44 @@ def _block_logits(st: _Static, q_blk, kt_blk, bias, q_start, k_start):
     return s
 
 
+class _Dropout:
+    """Static part of "chunked" attention dropout (hashable: part of the custom_vjp plan).
+
+    The mask is the one "reference" draws for its [B, N, T, S] weights with jaxnn.ops.dropout:
+    element (b, n, t, s) is kept iff draw s mod 4 of the Threefry counter
+    ((b·N + n)·T + t)·G + floor(s / 4), G = ceil(S / 4), is >= τ (`bits16_at`). Any block's
+    counters follow from its offsets, so the forward and backward passes regenerate each
+    block's mask and never hold a T×S array.
+    """
+
+    def __init__(self, rate: float, heads: int, t_len: int, s_len: int):
+        self.threshold, self.scale = keep_threshold(rate)
+        self.heads, self.t_len, self.groups = heads, t_len, -(-s_len // 4)
+        self._key = (self.threshold, heads, t_len, self.groups)
+
+    def __hash__(self):
+        return hash(self._key)
+
+    def __eq__(self, other):
+        return isinstance(other, _Dropout) and self._key == other._key
+
+
+def _block_keep(drop: _Dropout, seed, b0, n0, shape, q_start, k_start):
+    """Boolean [gb, gn, bq, bk] keep mask of one block of the group starting at example b0
+    (of the whole batch: ``seed[2]`` holds this device's first example) and head n0."""
+    gb, gn, bq, bk = shape
+    u32 = lambda x: jnp.asarray(x).astype(jnp.uint32)
+    iota = lambda n, axis: lax.broadcasted_iota(jnp.uint32, (gb, gn, bq, bk // 4), axis)
+    b = seed[2] + u32(b0) + iota(gb, 0)
+    n = u32(n0) + iota(gn, 1)
+    t = u32(q_start) + iota(bq, 2)
+    g = u32(k_start // 4) + iota(bk // 4, 3)
+    counter = ((b * np.uint32(drop.heads) + n) * np.uint32(drop.t_len) + t) * np.uint32(
+        drop.groups
+    ) + g
+    return bits16_at(seed[:2], counter).astype(jnp.int32) >= drop.threshold
+
+
 def _key_block_range(st: _Static, lengths, q_start):
     """[0, hi) key blocks that can hold a visible key for queries starting at q_start."""
     hi = jnp.int32(st.num_k)
@@ -253,8 +292,12 @@ def _key_block_range(st: _Static, lengths, q_start):
     return hi
 
 
-def _chunked_forward(st: _Static, q, k, v, bias, mask, lengths):
-    """q [B,N,Tp,H] (already scaled), k/v [B,N,Sp,H] f32 -> out [B,N,Tp,Hv], lse [B,N,Tp]."""
+def _chunked_forward(st: _Static, q, k, v, bias, mask, lengths, drop=None, seed=None, b0=0, n0=0):
+    """q [B,N,Tp,H] (already scaled), k/v [B,N,Sp,H] f32 -> out [B,N,Tp,Hv], lse [B,N,Tp].
+
+    With ``drop`` (a `_Dropout`), the probabilities that multiply V are dropped (survivors
+    scaled) while the softmax sums use them all; (b0, n0) are this group's first example and
+    head, so each block draws the mask "reference" would."""
     batch, heads, _, _ = q.shape
     head_dim_v = v.shape[-1]
     bq, bk = st.block_q, st.block_k
@@ -278,6 +321,9 @@ def _chunked_forward(st: _Static, q, k, v, bias, mask, lengths):
             p = jnp.exp(s - m_safe[..., None])
             alpha = jnp.exp(m_prev - m_safe)
             l_new = l_prev * alpha + jnp.sum(p, axis=-1)
+            if drop is not None:
+                keep = _block_keep(drop, seed, b0, n0, p.shape, q_start, k_start)
+                p = jnp.where(keep, p * drop.scale, 0.0)
             pv = jnp.einsum("bnqk,bnkh->bnqh", p, v_blk, preferred_element_type=jnp.float32)
             return m_new, l_new, acc_prev * alpha[..., None] + pv
 
@@ -301,7 +347,12 @@ def _chunked_forward(st: _Static, q, k, v, bias, mask, lengths):
     return out, lse
 
 
-def _chunked_backward(st: _Static, q, k, v, bias, mask, lengths, out, lse, d_out):
+def _chunked_backward(
+    st: _Static, q, k, v, bias, mask, lengths, out, lse, d_out, drop=None, seed=None, b0=0, n0=0
+):
+    """Gradients of `_chunked_forward` from the saved log-sum-exp. With dropout (M the keep
+    mask, c its scale): dV = (P∘M·c)ᵀ dO, dP = (dO Vᵀ)∘M·c, and D = rowsum(dO ∘ O) as without
+    it (O = (P∘M·c) V), so dS = P ∘ (dP - D) keeps its form."""
     batch, heads, _, head_dim = q.shape
     bq, bk = st.block_q, st.block_k
     delta = jnp.sum(d_out * out, axis=-1)  # D_t = Σ_h dO ∘ O, [B, N, Tp]
@@ -341,10 +392,19 @@ def _chunked_backward(st: _Static, q, k, v, bias, mask, lengths, out, lse, d_out
             valid = _block_valid(st, mask, lengths, q_start, k_start)
             if valid is not None:
                 p_t = jnp.where(jnp.swapaxes(valid, 2, 3), p_t, 0.0)
+            pd_t = p_t
+            if drop is not None:
+                gb, gn, _, _ = p_t.shape
+                keep_t = jnp.swapaxes(
+                    _block_keep(drop, seed, b0, n0, (gb, gn, bq, bk), q_start, k_start), 2, 3
+                )
+                pd_t = jnp.where(keep_t, p_t * drop.scale, 0.0)
             d_v = d_v + jnp.einsum(
-                "bnkq,bnqh->bnkh", p_t, do_blk, preferred_element_type=jnp.float32
+                "bnkq,bnqh->bnkh", pd_t, do_blk, preferred_element_type=jnp.float32
             )
             dp_t = jnp.einsum("bnkh,bnhq->bnkq", v_blk, dot_blk, preferred_element_type=jnp.float32)
+            if drop is not None:
+                dp_t = jnp.where(keep_t, dp_t * drop.scale, 0.0)
             ds_t = p_t * (dp_t - delta_blk[..., None, :])
             d_k = d_k + jnp.einsum(
                 "bnkq,bnqh->bnkh", ds_t, q_blk, preferred_element_type=jnp.float32
@@ -421,7 +481,7 @@ def _group_starts(g, heads, gb, gn):
     return (g // per_row) * gb, (g % per_row) * gn
 
 
-def _forward_grouped(st: _Static, group, q, k, v, bias, mask, lengths):
+def _forward_grouped(st: _Static, group, q, k, v, bias, mask, lengths, drop=None, seed=None):
     """Runs the blocked forward one group of (example, head) pairs at a time (see
     _group_sizes); each group's key loop stops at its longest key length."""
     batch, heads, _, _ = q.shape
@@ -431,31 +491,33 @@ def _forward_grouped(st: _Static, group, q, k, v, bias, mask, lengths):
         b, n = _group_starts(g, heads, gb, gn)
         length = None if lengths is None else lax.dynamic_slice_in_dim(lengths, b, gb)
         args = [_group(x, b, gb, n, gn) for x in (q, k, v, bias, mask)]
-        return _chunked_forward(st, *args, length)
+        return _chunked_forward(st, *args, length, drop, seed, b, n)
 
     out, lse = lax.map(one_group, jnp.arange((batch // gb) * (heads // gn)))
     return _ungroup(out, batch, heads, gb, gn), _ungroup(lse, batch, heads, gb, gn)
 
 
-def _flash_impl(plan, q, k, v, bias, mask, lengths):
-    return _forward_grouped(plan[0], plan[2], q, k, v, bias, mask, lengths)[0]
+def _flash_impl(plan, q, k, v, bias, mask, lengths, seed):
+    return _forward_grouped(plan[0], plan[2], q, k, v, bias, mask, lengths, plan[4], seed)[0]
 
 
-def _flash_fwd(plan, q, k, v, bias, mask, lengths):
-    out, lse = _forward_grouped(plan[0], plan[2], q, k, v, bias, mask, lengths)
-    return out, (q, k, v, bias, mask, lengths, out, lse)
+def _flash_fwd(plan, q, k, v, bias, mask, lengths, seed):
+    out, lse = _forward_grouped(plan[0], plan[2], q, k, v, bias, mask, lengths, plan[4], seed)
+    return out, (q, k, v, bias, mask, lengths, seed, out, lse)
 
 
 def _flash_bwd(plan, residuals, d_out):
-    st, (gb, gn) = plan[1], plan[3]
-    q, k, v, bias, mask, lengths, out, lse = residuals
+    st, (gb, gn), drop = plan[1], plan[3], plan[4]
+    q, k, v, bias, mask, lengths, seed, out, lse = residuals
     batch, heads = q.shape[:2]
 
     def one_group(d_bias, g):
         b, n = _group_starts(g, heads, gb, gn)
         length = None if lengths is None else lax.dynamic_slice_in_dim(lengths, b, gb)
         args = [_group(x, b, gb, n, gn) for x in (q, k, v, bias, mask, out, lse, d_out)]
-        d_q, d_k, d_v, d_bias_group = _chunked_backward(st, *args[:5], length, *args[5:])
+        d_q, d_k, d_v, d_bias_group = _chunked_backward(
+            st, *args[:5], length, *args[5:], drop, seed, b, n
+        )
         if d_bias is not None:
             starts = (b if bias.shape[0] > 1 else 0, n if bias.shape[1] > 1 else 0, 0, 0)
             d_bias = lax.dynamic_update_slice(
@@ -467,15 +529,17 @@ def _flash_bwd(plan, residuals, d_out):
     num_groups = (batch // gb) * (heads // gn)
     d_bias, grads = lax.scan(one_group, d_bias0, jnp.arange(num_groups))
     d_q, d_k, d_v = (_ungroup(x, batch, heads, gb, gn) for x in grads)
-    return d_q, d_k, d_v, d_bias, None, None
+    return d_q, d_k, d_v, d_bias, None, None, None
 
 
 _flash = jax.custom_vjp(_flash_impl, nondiff_argnums=(0,))
 _flash.defvjp(_flash_fwd, _flash_bwd)
 
 
-def _chunked(q, k, v, mask, bias, is_causal, key_lengths, blocks=None):
-    """blocks: optional ((fwd_block_q, fwd_block_k), (bwd_block_q, bwd_block_k)) targets."""
+def _chunked(q, k, v, mask, bias, is_causal, key_lengths, blocks=None, dropout=None):
+    """blocks: optional ((fwd_block_q, fwd_block_k), (bwd_block_q, bwd_block_k)) targets.
+    dropout: None or (rate, seed): seed uint32 [3] = the key's two words and the index of this
+    call's first example in the whole batch (nonzero on a device of a mesh)."""
     t_len, head_dim = q.shape[1], q.shape[3]
     s_len = k.shape[1]
     fwd_blocks, bwd_blocks = blocks or (_FWD_BLOCKS, _BWD_BLOCKS)
@@ -486,6 +550,12 @@ def _chunked(q, k, v, mask, bias, is_causal, key_lengths, blocks=None):
     plan = tuple(_Static(t_len, s_len, t_pad, s_pad, *b, flags) for b in (fwd_blocks, bwd_blocks))
     batch, heads = q.shape[0], q.shape[2]
     plan += tuple(_group_sizes(batch, heads, b[0] * b[1]) for b in (fwd_blocks, bwd_blocks))
+    seed = None
+    if dropout is None:
+        plan += (None,)
+    else:
+        rate, seed = dropout
+        plan += (_Dropout(rate, heads, t_len, s_len),)
     scale = 1.0 / math.sqrt(head_dim)
     # One transposition at entry to [B, N, T, H]; the scale is folded into q (O(T·H) work).
     q_t = _pad_axis(jnp.swapaxes(q.astype(jnp.float32) * scale, 1, 2), 2, t_pad, 0.0)
@@ -500,11 +570,11 @@ def _chunked(q, k, v, mask, bias, is_causal, key_lengths, blocks=None):
     lengths = None
     if key_lengths is not None:
         lengths = jnp.clip(jnp.asarray(key_lengths, jnp.int32), 0, s_len)
-    out = _flash(plan, q_t, k_t, v_t, bias4, mask4, lengths)
+    out = _flash(plan, q_t, k_t, v_t, bias4, mask4, lengths, seed)
     return jnp.swapaxes(out[:, :, :t_len], 1, 2).astype(q.dtype)
 
 
-def _split_over_batch(kernel, q, k, v, mask, bias, is_causal, key_lengths):
+def _split_over_batch(kernel, q, k, v, mask, bias, is_causal, key_lengths, dropout=None):
     """Run ``kernel`` on each device's examples when the batch is split over a device mesh.
 
     XLA cannot partition the blocked kernel's loops along the batch: under a mesh it would
@@ -514,11 +584,13 @@ def _split_over_batch(kernel, q, k, v, mask, bias, is_causal, key_lengths):
     under ``jax.shard_map`` with B split over every mesh axis (the batch layout of
     jaxnn.train.distributed); per-example masks, biases and key lengths are split with it,
     broadcast ones replicated. Attention never mixes examples, so the result is the same.
+    ``dropout`` (rate, seed): each device's seed carries the index of its first example, so
+    its masks are those of the whole batch's.
     """
     mesh = jax.sharding.get_abstract_mesh()
     batch = q.shape[0]
     if mesh.empty or mesh.size == 1 or batch % mesh.size:
-        return kernel(q, k, v, mask, bias, is_causal, key_lengths)
+        return kernel(q, k, v, mask, bias, is_causal, key_lengths, dropout=dropout)
     split = P(tuple(mesh.axis_names))
 
     def spec(x, rank):
@@ -527,14 +599,22 @@ def _split_over_batch(kernel, q, k, v, mask, bias, is_causal, key_lengths):
         return split if jnp.ndim(x) == rank and jnp.shape(x)[0] == batch else P()
 
     mask4, bias4 = _as_rank4(mask), _as_rank4(bias)
+    rate, seed = dropout if dropout is not None else (None, None)
     in_specs = (split, split, split, spec(mask4, 4), spec(bias4, 4), spec(key_lengths, 1))
-    return jax.shard_map(
-        lambda *a: kernel(*a[:5], is_causal, a[5]),
-        mesh=mesh,
-        in_specs=in_specs,
-        out_specs=split,
-        check_vma=False,
-    )(q, k, v, mask4, bias4, key_lengths)
+    in_specs += (None if seed is None else P(),)
+
+    def local(q, k, v, mask, bias, lengths, seed):
+        drop = None
+        if seed is not None:
+            device = jnp.int32(0)  # this device's place along the flattened mesh axes
+            for name in mesh.axis_names:
+                device = device * mesh.shape[name] + lax.axis_index(name)
+            drop = (rate, seed.at[2].set((device * q.shape[0]).astype(jnp.uint32)))
+        return kernel(q, k, v, mask, bias, is_causal, lengths, dropout=drop)
+
+    return jax.shard_map(local, mesh=mesh, in_specs=in_specs, out_specs=split, check_vma=False)(
+        q, k, v, mask4, bias4, key_lengths, seed
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -621,11 +701,39 @@ def _pallas(q, k, v, mask, bias, is_causal, key_lengths):
     return to_bnth(out)
 
 
-def _auto(q, k, dropout_rate, return_weights, mask, key_lengths) -> str:
+def _chunked_dropout_problem(q, k, dropout_rng) -> str | None:
+    """Why "chunked" cannot draw the masks "reference" would (None when it can)."""
+    if dropout_rng is None:
+        return "dropout_rng is None"
+    if not is_threefry_key(dropout_rng):
+        return "dropout_rng is not a Threefry key (the jax.random default)"
+    batch, t_len, heads, _ = q.shape
+    if batch * heads * t_len * -(-k.shape[1] // 4) >= 2**32:
+        return (
+            f"B·N·T·ceil(S/4) = {batch}·{heads}·{t_len}·{-(-k.shape[1] // 4)} >= 2^32 (the "
+            "32-bit mask counters would wrap; jaxnn.ops.dropout then uses jax.random.bits)"
+        )
+    return None
+
+
+def _check_chunked_dropout(q, k, dropout_rng) -> None:
+    problem = _chunked_dropout_problem(q, k, dropout_rng)
+    if problem:
+        raise ValueError(
+            f"implementation='chunked' cannot apply attention dropout here: {problem}; use "
+            "implementation='reference'"
+        )
+
+
+def _auto(q, k, dropout_rate, return_weights, mask, key_lengths, dropout_rng=None) -> str:
     """The implementation "auto" picks (see dot_product_attention's docstring)."""
-    if dropout_rate > 0.0 or return_weights:
+    if return_weights:
         return "reference"
     backend = jax.default_backend()
+    if dropout_rate > 0.0 and (
+        backend != "cpu" or _chunked_dropout_problem(q, k, dropout_rng) is not None
+    ):
+        return "reference"  # only these two implementations drop attention weights
     if backend == "gpu":
         cudnn_ok = q.dtype in (jnp.bfloat16, jnp.float16) and q.shape[-1] <= 128
         return "cudnn" if cudnn_ok and q.shape[-1] % 8 == 0 else "xla"
@@ -690,17 +798,23 @@ def dot_product_attention(
           Every block matmul is a plain [m, k] @ [k, n] (Kᵀ, Qᵀ, dOᵀ are transposed once per
           group), which XLA's CPU GEMMs run fastest. Key blocks that are entirely
           causal-masked or beyond the group's key_lengths are skipped. bf16/f16 inputs are
-          computed in float32. Supports mask, bias (with its gradient), is_causal and
-          key_lengths; not dropout or return_weights; reverse-mode differentiation only (no
-          jax.jvp / jacfwd). Traced under a device mesh (``jax.sharding.use_abstract_mesh``,
-          as jaxnn.train's steps are) with B divisible by the device count, it runs under
-          ``jax.shard_map`` on each device's examples (XLA cannot split its loops itself).
+          computed in float32. Supports mask, bias (with its gradient), is_causal,
+          key_lengths and dropout; not return_weights; reverse-mode differentiation only (no
+          jax.jvp / jacfwd). Dropout is exact: each block regenerates, from its counters, the
+          mask "reference" draws for the whole [B, N, T, S] weights (jaxnn.ops.dropout's
+          Threefry draws), so both give the same result; the softmax sums use the undropped
+          probabilities and the backward keeps D = rowsum(dO ∘ O). It needs a Threefry key and
+          B·N·T·ceil(S/4) < 2^32 (else ValueError). Traced under a device mesh
+          (``jax.sharding.use_abstract_mesh``, as jaxnn.train's steps are) with B divisible by
+          the device count, it runs under ``jax.shard_map`` on each device's examples (XLA
+          cannot split its loops itself); each device's masks are its rows' of the whole batch.
         * "xla" / "cudnn": jax.nn.dot_product_attention's own implementations ("cudnn" needs
           an NVIDIA GPU). Rows that see no key are set to zero afterwards (jax.nn would give
           them uniform weights). No dropout or return_weights.
         * "pallas": the Pallas flash-attention kernels shipped with JAX, on GPU (is_causal
           only) and TPU (is_causal and bias); raises on CPU and for mask / key_lengths.
-        * "auto" (default): "reference" when dropout or return_weights is requested; else on
+        * "auto" (default): "reference" when return_weights is requested, or dropout off the
+          CPU (or with a key or shape "chunked" cannot match); else on
           GPU "cudnn" for bf16/f16 with H <= 128 and H % 8 == 0, otherwise "xla"; on TPU
           "pallas" when there is no mask or key_lengths, otherwise "xla"; on CPU "chunked"
           when T·S >= 128², otherwise "reference". Measured on a 2-core CPU (f32, with a
@@ -724,16 +838,16 @@ def dot_product_attention(
     """
     _check_args(q, k, v, mask, bias, key_lengths, dropout_rate, dropout_rng, implementation)
     if implementation == "auto":
-        implementation = _auto(q, k, dropout_rate, return_weights, mask, key_lengths)
+        implementation = _auto(q, k, dropout_rate, return_weights, mask, key_lengths, dropout_rng)
     if return_weights and implementation != "reference":
         raise ValueError(
             f"return_weights=True needs implementation='reference' (it materializes the "
             f"[B, N, T, S] weights); got implementation={implementation!r}"
         )
-    if dropout_rate > 0.0 and implementation != "reference":
+    if dropout_rate > 0.0 and implementation not in ("reference", "chunked"):
         raise ValueError(
-            f"dropout_rate={dropout_rate} is supported by implementation='reference' only; got "
-            f"implementation={implementation!r}"
+            f"dropout_rate={dropout_rate} is supported by implementation='reference' and "
+            f"'chunked' only; got implementation={implementation!r}"
         )
     if implementation == "reference":
         out, weights = _reference(
@@ -741,7 +855,12 @@ def dot_product_attention(
         )
         return (out, weights) if return_weights else out
     if implementation == "chunked":
-        return _split_over_batch(_chunked, q, k, v, mask, bias, is_causal, key_lengths)
+        drop = None
+        if dropout_rate > 0.0:
+            _check_chunked_dropout(q, k, dropout_rng)
+            words = key_words(dropout_rng).astype(jnp.uint32)
+            drop = (float(dropout_rate), jnp.concatenate([words, jnp.zeros((1,), jnp.uint32)]))
+        return _split_over_batch(_chunked, q, k, v, mask, bias, is_causal, key_lengths, drop)
     if implementation in ("xla", "cudnn"):
         return _jax_nn(q, k, v, mask, bias, is_causal, key_lengths, implementation)
     return _pallas(q, k, v, mask, bias, is_causal, key_lengths)

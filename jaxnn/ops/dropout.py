@@ -25,7 +25,14 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-__all__ = ["dropout", "uniform_bits16"]
+__all__ = [
+    "bits16_at",
+    "dropout",
+    "is_threefry_key",
+    "keep_threshold",
+    "key_words",
+    "uniform_bits16",
+]
 
 _LEVELS = 1 << 16  # 16-bit draws: the drop threshold is rate · 2^16, rounded
 
@@ -43,7 +50,8 @@ def _static_rate(rate) -> float | None:
     return value
 
 
-def _is_threefry(rng: jax.Array) -> bool:
+def is_threefry_key(rng: jax.Array) -> bool:
+    """Whether ``rng`` is a Threefry key (the jax.random default), typed or raw [2]."""
     if jnp.issubdtype(rng.dtype, jax.dtypes.prng_key):
         return "threefry" in str(jax.random.key_impl(rng))
     return rng.shape == (2,) and "threefry" in str(jax.config.jax_default_prng_impl)
@@ -103,15 +111,35 @@ def uniform_bits16(rng: jax.Array, shape: tuple[int, ...]) -> jax.Array:
         return uniform_bits16(rng, (1,))[0]
     lead, last = shape[:-1], shape[-1]
     groups = (*lead, -(-last // 4))
-    if not _is_threefry(rng) or math.prod(groups) >= 2**32:
+    if not is_threefry_key(rng) or math.prod(groups) >= 2**32:
         return jax.random.bits(rng, shape, jnp.uint16)
-    key = jax.random.key_data(rng) if jnp.issubdtype(rng.dtype, jax.dtypes.prng_key) else rng
-    counter = _row_major_counter(groups)
+    draws = bits16_at(key_words(rng), _row_major_counter(groups))
+    return draws[..., :last]
+
+
+def key_words(rng: jax.Array) -> jax.Array:
+    """The two uint32 words of a Threefry ``jax.random`` key (new-style typed or raw [2])."""
+    return jax.random.key_data(rng) if jnp.issubdtype(rng.dtype, jax.dtypes.prng_key) else rng
+
+
+def bits16_at(key: jax.Array, counter: jax.Array) -> jax.Array:
+    """uint16 [..., 4·G] draws of the uint32 counters [..., G]: counter c gives the four draws
+    (low, high 16 bits of w0, then of w1) of Threefry-2x32(key, (c, 0)) = (w0, w1).
+
+    `uniform_bits16` draws an array's bits from its row-major counters; a blocked kernel
+    (jaxnn.ops.attention's "chunked" dropout) computes any block's counters and gets the same
+    bits without drawing the whole array.
+    """
     words = _threefry2x32(key[0], key[1], counter, jnp.zeros_like(counter))
     # each uint32 word -> [..., 2] uint16 (low half first on every platform JAX supports)
     halves = [lax.bitcast_convert_type(w, jnp.uint16) for w in words]
-    draws = jnp.concatenate(halves, axis=-1).reshape((*lead, 4 * groups[-1]))
-    return draws[..., :last]
+    return jnp.concatenate(halves, axis=-1).reshape((*counter.shape[:-1], 4 * counter.shape[-1]))
+
+
+def keep_threshold(rate: float) -> tuple[int, float]:
+    """(τ, scale) of a static rate in (0, 1): keep a draw u iff u >= τ, survivors x scale."""
+    threshold = min(round(rate * _LEVELS), _LEVELS - 1)
+    return threshold, _LEVELS / (_LEVELS - threshold)
 
 
 def dropout(
@@ -152,9 +180,8 @@ def dropout(
         raise ValueError(f"rng is None but dropout with rate={rate!r} needs a jax.random key")
     draws = uniform_bits16(rng, x.shape).astype(jnp.int32)
     if static is not None:
-        threshold = min(round(static * _LEVELS), _LEVELS - 1)
+        threshold, scale = keep_threshold(static)
         keep = draws >= threshold
-        scale = _LEVELS / (_LEVELS - threshold)
     else:
         rate = jnp.clip(jnp.asarray(rate, jnp.float32), 0.0, 1.0)
         threshold = jnp.round(rate * _LEVELS).astype(jnp.int32)

@@ -119,25 +119,21 @@ def test_dropout_only_in_training():
 
 
 def test_attention_dropout_is_its_own_rate():
-    """attention_dropout_rate=0 keeps a fast kernel usable while the rest of the block drops."""
+    """attention_dropout_rate defaults to dropout_rate and can be set apart; the blocked kernel
+    drops attention weights exactly as the reference does (same masks, same result)."""
     variables = _variables("layer", "gelu")
     key = jax.random.key(3)
 
-    def run(**kwargs):
-        block = TransformerEncoderBlock(num_heads=2, mlp_dim=16, attention_impl="chunked", **kwargs)
+    def run(impl="chunked", **kwargs):
+        block = TransformerEncoderBlock(num_heads=2, mlp_dim=16, attention_impl=impl, **kwargs)
         return block.apply(variables, X, MASK, train=True, rngs={"dropout": key})
 
-    with pytest.raises(ValueError, match="dropout_rate"):  # inherited 0.3 on the weights
-        run(dropout_rate=0.3)
+    inherited = run(dropout_rate=0.3)  # 0.3 on the attention weights too
+    np.testing.assert_allclose(inherited, run("reference", dropout_rate=0.3), rtol=1e-5, atol=1e-5)
     dropped = run(dropout_rate=0.3, attention_dropout_rate=0.0)
-    reference = TransformerEncoderBlock(
-        num_heads=2,
-        mlp_dim=16,
-        attention_impl="reference",
-        dropout_rate=0.3,
-        attention_dropout_rate=0.0,
-    ).apply(variables, X, MASK, train=True, rngs={"dropout": key})
+    reference = run("reference", dropout_rate=0.3, attention_dropout_rate=0.0)
     np.testing.assert_allclose(dropped, reference, rtol=1e-5, atol=1e-5)
+    assert not np.allclose(dropped, inherited)
     assert not np.allclose(dropped, run(dropout_rate=0.0))
 
 

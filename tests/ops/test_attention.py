@@ -398,6 +398,46 @@ def test_dropout_drops_at_rate_and_rescales_survivors():
     np.testing.assert_allclose(out, np.einsum("bnts,bsnh->btnh", dropped, v), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("grouped", [False, True])
+@pytest.mark.parametrize("case", ["plain", "causal+lengths", "causal+mask+bias+lengths"])
+def test_chunked_dropout_equals_reference_dropout(case, grouped, small_blocks, monkeypatch):
+    """The blocked kernel regenerates each block's mask from its counters: the same masks as
+    "reference" (jaxnn.ops.dropout on the whole [B, N, T, S] weights), so the same values and
+    q/k/v(/bias) gradients, across block, padding and (example, head) group boundaries."""
+    if grouped:  # several heads and examples per step: nonzero group offsets in the counters
+        monkeypatch.setattr(attention, "_GROUP_BUDGET", 10**9)
+    q, k, v = _qkv()  # B=2, T=37, S=53, N=3
+    kwargs = _make_case(case, 2, 37, 53, 3)
+    kwargs.update(dropout_rate=0.3, dropout_rng=jax.random.key(11))
+    got, got_grads = _value_and_grads("chunked", kwargs, True)(q, k, v, kwargs.get("bias"))
+    want, want_grads = _value_and_grads("reference", kwargs, True)(q, k, v, kwargs.get("bias"))
+    assert _rel_err(got, want) < 1e-5
+    for g, w in zip(got_grads, want_grads):
+        assert _rel_err(g, w) < 1e-5
+    no_drop = {**kwargs, "dropout_rate": 0.0}
+    assert not np.allclose(got, _attend("chunked", no_drop, True)(q, k, v, kwargs.get("bias")))
+
+
+def test_auto_drops_attention_with_the_blocked_kernel_on_cpu():
+    q, k, _ = _qkv(t_len=200, s_len=200)
+    key = jax.random.key(0)
+    assert attention._auto(q, k, 0.1, False, None, None, key) == "chunked"
+    assert attention._auto(q, k, 0.1, True, None, None, key) == "reference"  # return_weights
+    rbg = jax.random.key(0, impl="rbg")  # masks "reference" draws with jax.random.bits
+    assert attention._auto(q, k, 0.1, False, None, None, rbg) == "reference"
+
+
+def test_chunked_dropout_refuses_shapes_whose_counters_would_wrap():
+    # B·N·T·ceil(S/4) >= 2^32: jaxnn.ops.dropout falls back to jax.random.bits there, so the
+    # blocked kernel could not draw the same masks (checked at trace time, nothing allocated)
+    big = jax.ShapeDtypeStruct((4, 65536, 16, 8), jnp.float32)
+    attend = lambda q, k, v: dot_product_attention(
+        q, k, v, dropout_rate=0.1, dropout_rng=jax.random.key(0), implementation="chunked"
+    )
+    with pytest.raises(ValueError, match=r"2\^32"):
+        jax.eval_shape(attend, big, big, big)
+
+
 def test_dropout_rate_one_gives_zeros_without_nan():
     q, k, v = _qkv(batch=1, t_len=5, s_len=5)
     fn = lambda q: dot_product_attention(q, k, v, dropout_rate=1.0, dropout_rng=jax.random.key(0))
@@ -422,8 +462,12 @@ def test_dropout_rate_one_gives_zeros_without_nan():
         (dict(dropout_rate=1.5, dropout_rng=jax.random.key(0)), "dropout_rate=1.5"),
         (dict(dropout_rate=0.1), "dropout_rng"),
         (
-            dict(dropout_rate=0.1, dropout_rng=jax.random.key(0), implementation="chunked"),
-            "reference",
+            dict(
+                dropout_rate=0.1,
+                dropout_rng=jax.random.key(0, impl="rbg"),
+                implementation="chunked",
+            ),
+            "not a Threefry key",
         ),
         (dict(dropout_rate=0.1, dropout_rng=jax.random.key(0), implementation="xla"), "reference"),
         (dict(return_weights=True, implementation="chunked"), "return_weights"),
@@ -508,8 +552,10 @@ mask = (jnp.arange(T)[None] < lengths[:, None] + 10)[:, None, None, :]  # per ex
 split, rep = NamedSharding(mesh, P(("data", "fsdp"))), NamedSharding(mesh, P())
 
 def loss(impl, q, k, v, bias, mask, lengths):
+    # attention dropout too: each device's masks must be those of its rows of the whole batch
     out = dot_product_attention(q, k, v, mask=mask, bias=bias, key_lengths=lengths,
-                                is_causal=True, implementation=impl)
+                                is_causal=True, implementation=impl, dropout_rate=0.2,
+                                dropout_rng=jax.random.key(9))
     return jnp.sum(out * v)
 
 def sharded(*args):
