@@ -55,9 +55,13 @@ def matmul_rate(dtype, size=2048, reps=10):
     return 2 * size**3 / statistics.median(times["matmul"])
 
 
-def jax_case(impl, mode):
-    """jit(fn)(q, k, v, cot): the output (fwd) or the gradients wrt q, k, v of Σ out·cot."""
-    attend = lambda q, k, v: dot_product_attention(q, k, v, implementation=impl)
+def jax_case(impl, mode, dropout=0.0):
+    """jit(fn)(q, k, v, cot): the output (fwd) or the gradients wrt q, k, v of Σ out·cot
+    (attention dropout at rate ``dropout`` with a fixed key; "reference" and "chunked" only)."""
+    rng = jax.random.key(2) if dropout > 0.0 else None
+    attend = lambda q, k, v: dot_product_attention(
+        q, k, v, implementation=impl, dropout_rate=dropout, dropout_rng=rng
+    )
     if mode == "fwd":
         return jax.jit(lambda q, k, v, cot: attend(q, k, v))
     loss = lambda q, k, v, cot: jnp.sum((attend(q, k, v) * cot).astype(jnp.float32))
@@ -71,7 +75,7 @@ def prepare_jax(impl, mode, shape, dtype, args):
     make = lambda key: jax.random.normal(key, (batch, t_len, heads, head_dim), jnp.float32)
     q, k, v = (make(key).astype(dtype) for key in (kq, kk, kv))
     cot = make(jax.random.key(1)).astype(dtype)  # a fixed random cotangent
-    fn = jax_case(impl, mode)
+    fn = jax_case(impl, mode, args.dropout)
     start = time.perf_counter()
     try:
         lowered = fn.lower(q, k, v, cot)
@@ -89,7 +93,7 @@ def prepare_jax(impl, mode, shape, dtype, args):
     return record, lambda: jax.block_until_ready(compiled(q, k, v, cot))
 
 
-def prepare_torch(mode, shape, dtype_name):
+def prepare_torch(mode, shape, dtype_name, dropout=0.0):
     """(record, run) for torch's scaled_dot_product_attention, or (None, None) without torch."""
     try:
         import torch
@@ -113,12 +117,12 @@ def prepare_torch(mode, shape, dtype_name):
     def run():
         if mode == "fwd":
             with torch.no_grad():
-                sdpa(q, k, v)
+                sdpa(q, k, v, dropout_p=dropout)
         else:
             for x in (q, k, v):
                 x.grad = None
                 x.requires_grad_(True)
-            sdpa(q, k, v).backward(cot)
+            sdpa(q, k, v, dropout_p=dropout).backward(cot)
         sync()
 
     record = {
@@ -179,7 +183,7 @@ def bench_shape(args, impls, header, shape, mode, dtype_name):
         if too_slow(args.history, key, args.max_seconds):
             rec, run = {"status": "skipped: extrapolated time too long"}, None
         elif impl == "torch":
-            rec, run = prepare_torch(mode, shape, dtype_name)
+            rec, run = prepare_torch(mode, shape, dtype_name, args.dropout)
             if rec is None:
                 continue
         else:
@@ -347,6 +351,13 @@ def parse_args(argv=None):
     p.add_argument("--impls", nargs="+", help="default: every implementation the backend has")
     p.add_argument("--no-torch", dest="torch", action="store_false", help="skip torch SDPA")
     p.add_argument("--reps", type=int, default=5)
+    p.add_argument(
+        "--dropout",
+        type=float,
+        default=0.0,
+        help="attention dropout rate (reference, chunked and torch; the others report "
+        "unsupported); use with --tag",
+    )
     p.add_argument(
         "--settle",
         type=float,
