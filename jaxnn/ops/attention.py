@@ -16,7 +16,15 @@ import numpy as np
 from jax import lax
 from jax.sharding import PartitionSpec as P
 
-from jaxnn.ops.dropout import bits16_at, dropout, is_threefry_key, keep_threshold, key_words
+from jaxnn.ops.dropout import (
+    bits16_at,
+    counter_grid,
+    counters_fit,
+    dropout,
+    is_threefry_key,
+    keep_threshold,
+    key_words,
+)
 
 __all__ = ["IMPLEMENTATIONS", "dot_product_attention"]
 
@@ -255,7 +263,7 @@ class _Dropout:
 
     def __init__(self, rate: float, heads: int, t_len: int, s_len: int):
         self.threshold, self.scale = keep_threshold(rate)
-        self.heads, self.t_len, self.groups = heads, t_len, -(-s_len // 4)
+        self.heads, self.t_len, self.groups = heads, t_len, counter_grid((s_len,))[0]
         self._key = (self.threshold, heads, t_len, self.groups)
 
     def __hash__(self):
@@ -708,10 +716,12 @@ def _chunked_dropout_problem(q, k, dropout_rng) -> str | None:
     if not is_threefry_key(dropout_rng):
         return "dropout_rng is not a Threefry key (the jax.random default)"
     batch, t_len, heads, _ = q.shape
-    if batch * heads * t_len * -(-k.shape[1] // 4) >= 2**32:
+    weights = (batch, heads, t_len, k.shape[1])  # what "reference" drops
+    if not counters_fit(weights):
+        grid = "·".join(map(str, counter_grid(weights)))
         return (
-            f"B·N·T·ceil(S/4) = {batch}·{heads}·{t_len}·{-(-k.shape[1] // 4)} >= 2^32 (the "
-            "32-bit mask counters would wrap; jaxnn.ops.dropout then uses jax.random.bits)"
+            f"B·N·T·ceil(S/4) = {grid} >= 2^32 (the 32-bit mask counters would wrap; "
+            "jaxnn.ops.dropout then uses jax.random.bits)"
         )
     return None
 

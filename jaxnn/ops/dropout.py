@@ -27,6 +27,8 @@ from jax import lax
 
 __all__ = [
     "bits16_at",
+    "counter_grid",
+    "counters_fit",
     "dropout",
     "is_threefry_key",
     "keep_threshold",
@@ -109,12 +111,22 @@ def uniform_bits16(rng: jax.Array, shape: tuple[int, ...]) -> jax.Array:
     shape = tuple(int(n) for n in shape)
     if not shape:
         return uniform_bits16(rng, (1,))[0]
-    lead, last = shape[:-1], shape[-1]
-    groups = (*lead, -(-last // 4))
-    if not is_threefry_key(rng) or math.prod(groups) >= 2**32:
+    if not is_threefry_key(rng) or not counters_fit(shape):
         return jax.random.bits(rng, shape, jnp.uint16)
-    draws = bits16_at(key_words(rng), _row_major_counter(groups))
-    return draws[..., :last]
+    draws = bits16_at(key_words(rng), _row_major_counter(counter_grid(shape)))
+    return draws[..., : shape[-1]]
+
+
+def counter_grid(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The Threefry counters behind `uniform_bits16`'s draws of ``shape`` [..., L]: one per
+    group of four along the last axis, [..., ceil(L / 4)], numbered row-major."""
+    return (*shape[:-1], -(-shape[-1] // 4))
+
+
+def counters_fit(shape: tuple[int, ...]) -> bool:
+    """Whether the counters of ``shape`` fit in 32 bits (else `uniform_bits16` falls back to
+    ``jax.random.bits``, whose draws a blocked kernel cannot regenerate)."""
+    return math.prod(counter_grid(shape)) < 2**32
 
 
 def key_words(rng: jax.Array) -> jax.Array:
