@@ -140,28 +140,29 @@ def prepare_jax(config: dict, steps_per_block: int, mesh=None) -> dict:
     }
 
 
-def step_rates(times: list[float], steps_per_block: int, config: dict) -> dict:
-    """Median step time and the throughputs it gives."""
+def step_rates(times: list[float], steps_per_block: int, config: dict, info: dict) -> dict:
+    """``info`` with the median step time and the throughputs it gives (FLOP/s too when
+    ``info`` holds "flops_per_step")."""
     batch_size, length = config["train"]["batch_size"], config["data"]["max_len"]
     step_s = statistics.median(times) / steps_per_block
-    return {
+    result = {
+        **info,
         "step_s": step_s,
         "examples_per_s": batch_size / step_s,
         "tokens_per_s": batch_size * length / step_s,
         "block_times_s": times,
     }
+    if "flops_per_step" in info:
+        result["flops_per_s"] = info["flops_per_step"] / step_s
+    return result
 
 
 def bench_jax(config: dict, steps_per_block: int, repeats: int, mesh=None) -> dict:
     """Median step time of jaxnn's jitted train step on ``mesh`` (default: every device).
     The result's "compiled" entry is the compiled step (left out of the JSON)."""
     prepared = prepare_jax(config, steps_per_block, mesh)
-    result = step_rates(
-        time_interleaved({"jax": prepared.pop("block")}, repeats)["jax"], steps_per_block, config
-    )
-    result.update(prepared)
-    result["flops_per_s"] = result["flops_per_step"] / result["step_s"]
-    return result
+    times = time_interleaved({"jax": prepared.pop("block")}, repeats)["jax"]
+    return step_rates(times, steps_per_block, config, prepared)
 
 
 def prepare_matmul(n: int = 1024) -> dict:
@@ -171,13 +172,6 @@ def prepare_matmul(n: int = 1024) -> dict:
     f = jax.jit(lambda x, y: x @ y)
     f(a, b).block_until_ready()
     return {"n": n, "flops": 2 * n**3, "block": lambda: f(a, b).block_until_ready()}
-
-
-def matmul_rate(n: int = 1024, repeats: int = 7) -> dict:
-    """float32 [n, n] @ [n, n] under jit: 2 n^3 FLOPs per call."""
-    prepared = prepare_matmul(n)
-    seconds = statistics.median(time_interleaved({"mm": prepared["block"]}, repeats)["mm"])
-    return {"n": n, "seconds": seconds, "flops_per_s": prepared["flops"] / seconds}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -432,11 +426,10 @@ def main() -> None:
         if torch_prepared:
             contenders["torch"] = torch_prepared.pop("block")
         times = time_interleaved(contenders, repeats, settle_s=0.5)
-        jax_result = {**step_rates(times["jax"], per_block, config), **jax_prepared}
-        jax_result["flops_per_s"] = jax_result["flops_per_step"] / jax_result["step_s"]
+        jax_result = step_rates(times["jax"], per_block, config, jax_prepared)
         torch_result = None
         if torch_prepared:
-            torch_result = {**step_rates(times["torch"], per_block, config), **torch_prepared}
+            torch_result = step_rates(times["torch"], per_block, config, torch_prepared)
         # the device's dense rate: the fastest matmul of the rounds (a loaded round only slows
         # it down, and a slow denominator would flatter MFU)
         matmul_s = min(times["matmul"])
