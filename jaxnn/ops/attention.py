@@ -548,6 +548,8 @@ def _chunked(q, k, v, mask, bias, is_causal, key_lengths, blocks=None, dropout=N
     """blocks: optional ((fwd_block_q, fwd_block_k), (bwd_block_q, bwd_block_k)) targets.
     dropout: None or (rate, seed): seed uint32 [3] = the key's two words and the index of this
     call's first example in the whole batch (nonzero on a device of a mesh)."""
+    if dropout is not None and dropout[0] >= 1.0:  # every weight dropped, as jaxnn.ops.dropout
+        return jnp.zeros((*q.shape[:3], v.shape[-1]), q.dtype)
     t_len, head_dim = q.shape[1], q.shape[3]
     s_len = k.shape[1]
     fwd_blocks, bwd_blocks = blocks or (_FWD_BLOCKS, _BWD_BLOCKS)

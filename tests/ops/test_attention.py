@@ -438,9 +438,13 @@ def test_chunked_dropout_refuses_shapes_whose_counters_would_wrap():
         jax.eval_shape(attend, big, big, big)
 
 
-def test_dropout_rate_one_gives_zeros_without_nan():
-    q, k, v = _qkv(batch=1, t_len=5, s_len=5)
-    fn = lambda q: dot_product_attention(q, k, v, dropout_rate=1.0, dropout_rng=jax.random.key(0))
+@pytest.mark.parametrize("implementation", ["auto", "reference", "chunked"])
+def test_dropout_rate_one_gives_zeros_without_nan(implementation):
+    # 2·256·256 weights: a threshold of 2^16 - 1 would let about two of them through
+    q, k, v = _qkv(batch=1, t_len=256, s_len=256, heads=2)
+    fn = lambda q: dot_product_attention(
+        q, k, v, dropout_rate=1.0, dropout_rng=jax.random.key(0), implementation=implementation
+    )
     assert np.all(np.asarray(fn(q)) == 0.0)
     assert np.isfinite(np.asarray(jax.grad(lambda q: fn(q).sum())(q))).all()
 
