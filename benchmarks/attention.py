@@ -370,6 +370,8 @@ def parse_args(argv=None):
     p.add_argument("--max-memory-gib", type=float, default=16.0, help="skip larger executables")
     p.add_argument("--tag", default=None, help="suffix of the output files")
     args = p.parse_args(argv)
+    if not 0.0 <= args.dropout < 1.0:
+        p.error(f"--dropout={args.dropout} is not allowed; allowed: a rate in [0, 1)")
     if args.quick:
         args.seq_lens = args.seq_lens or [128, 512, 2048, 4096]
     elif args.full:
