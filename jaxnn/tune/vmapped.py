@@ -558,7 +558,9 @@ class VmappedBowTrainer:
         self._train = jax.jit(self._train_step, donate_argnums=(0, 1), static_argnums=(10, 11))
         self._eval = jax.jit(self._eval_step)
         self._copy = jax.jit(lambda tree: jax.tree.map(jnp.copy, tree))
-        self._select = jax.jit(self._where_trial)
+        # The running best is donated: it is replaced, never read again (a fresh copy of
+        # every table per improving epoch cost more than the where itself).
+        self._select = jax.jit(self._where_trial, donate_argnums=(2,))
         metrics = jax.jit(jax.vmap(lambda cm: (accuracy(cm), macro_f1(cm))))
         self._scores = lambda cm: jax.device_get(metrics(jnp.asarray(cm, jnp.float32)))
         self._init_opt_jit = jax.jit(self._init_opt)
@@ -569,6 +571,7 @@ class VmappedBowTrainer:
             }
         )
         self._to_public = jax.jit(lambda params, order: self._swap_tables(params, True, order))
+        self._to_public_in_order = jax.jit(lambda params: self._swap_tables(params, True))
         self._from_public = jax.jit(lambda params: self._swap_tables(params, False))
 
     def _where_trial(self, mask: jax.Array, new: Any, old: Any) -> Any:
@@ -581,12 +584,14 @@ class VmappedBowTrainer:
 
     def _swap_tables(self, params: Any, public: bool, order: jax.Array | None = None) -> Any:
         """Tables [V, K, D] (internal) <-> [K, V, D] (public: every leaf has the trial first);
-        to public, trial k of the result is trial order[k] of ``params``."""
+        to public, trial k of the result is trial order[k] of ``params`` (None: the same order)."""
         if not public:
             return {
                 **{n: jnp.swapaxes(params[n], 0, 1) for n in self.tables},
                 "head": params["head"],
             }
+        if order is None:  # already in order: a transposition, no gather
+            return {**{n: jnp.swapaxes(params[n], 0, 1) for n in self.tables}, "head": params["head"]}
         return {
             **{n: jnp.take(params[n], order, axis=1).swapaxes(0, 1) for n in self.tables},
             "head": jax.tree.map(lambda x: jnp.take(x, order, axis=0), params["head"]),
@@ -720,7 +725,10 @@ class VmappedBowTrainer:
         """Train the trials ``seeds`` [K] together; params in the public layout (trial first),
         trial k of them = trial back[k] here (default: the same order)."""
         k = len(seeds)
-        back = jnp.arange(k) if back is None else jnp.asarray(back)
+        in_order = back is None or np.array_equal(back, np.arange(k))
+        to_public = (
+            self._to_public_in_order if in_order else lambda p: self._to_public(p, jnp.asarray(back))
+        )
         params, opt = self._init(seeds)
         num_dropout = int(np.sum(dropout > 0))
         shared_seed = len(set(np.asarray(seeds)[:num_dropout].tolist())) <= 1
@@ -735,9 +743,8 @@ class VmappedBowTrainer:
         best_params = self._copy(params)
         probs_out: dict[str, list] = {n: [] for n in eval_splits}
         step = 0
+        final_improved = np.zeros(k, bool)
         for epoch in range(self.num_epochs):
-            if all(stopped[i] or failure[i] for i in range(k)) and not keep_probs:
-                break
             losses = []
             for i, batch in enumerate(self.train_batches.epoch(epoch)):
                 if i >= self.steps_per_epoch:
@@ -794,17 +801,30 @@ class VmappedBowTrainer:
                     bad_epochs[t] += 1
                     if self.patience and bad_epochs[t] >= self.patience:
                         stopped[t] = True
-            if improved.any():
-                best_params = self._select(jnp.asarray(improved), params, best_params)
             if keep_probs:
                 for name, (probs, _, _) in evals.items():
                     probs_out[name].append(probs)
+            last_epoch = epoch == self.num_epochs - 1 or (
+                all(stopped[i] or failure[i] for i in range(k)) and not keep_probs
+            )
+            if last_epoch:  # the final selection is made with the public layout, below
+                final_improved = improved
+                break
+            if improved.any():
+                best_params = self._select(jnp.asarray(improved), params, best_params)
+        last_public = to_public(params)
+        if final_improved.all():  # every best is the last epoch's: one array serves both
+            best_public = last_public
+        elif final_improved.any():
+            best_public = to_public(self._select(jnp.asarray(final_improved), params, best_params))
+        else:
+            best_public = to_public(best_params)
         return GroupResult(
             history=history,
             failure=failure,
             best_epoch=best_epoch,
-            best_params=self._to_public(best_params, back),
-            last_params=self._to_public(params, back),
+            best_params=best_public,
+            last_params=last_public,
             probs={n: np.stack(v) for n, v in probs_out.items() if v},
         )
 

@@ -151,6 +151,32 @@ def test_vmapped_group_equals_separate_runs_and_a_diverging_trial_fails_alone(da
             assert rg["val_macro_f1"] == pytest.approx(ra["val_macro_f1"], abs=1e-12)
 
 
+def test_best_params_are_each_trials_params_at_its_best_epoch():
+    """best_params[t] = the params after trial t's best epoch, whether that epoch is the last
+    (the final selection is made while converting to the public layout) or an earlier one,
+    with trials reordered (dropout first) inside the group. The schedule is constant, so a run
+    of e epochs ends with the params a longer run has after epoch e."""
+    data = xor_data(30)
+    hyper = {
+        "learning_rate": [3e-1, 1e-2, 1.0, 3.0, 0.1],
+        "dropout": [0.4, 0.0, 0.0, 0.4, 0.0],
+        "weight_decay": [0.0] * 5,
+    }
+    fits = {
+        e: VmappedBowTrainer(config(train__num_epochs=e), data).fit(hyper, [0] * 5)
+        for e in (1, 3, 4)
+    }
+    assert fits[4].best_epoch == [3, 1, 3, 1, 3]  # none improves in the last epoch of 4
+    assert fits[3].best_epoch == [3, 1, 3, 1, 3]  # some do in the last epoch of 3
+    for epochs in (3, 4):
+        out = fits[epochs]
+        for t, best in enumerate(out.best_epoch):
+            want = jax.tree.map(lambda x, t=t: x[t], fits[best].last_params)
+            got = jax.tree.map(lambda x, t=t: x[t], out.best_params)
+            for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+                np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
 def test_zero_sample_weights_leave_a_trial_untrained(data):
     trainer = VmappedBowTrainer(config(), data)
     weights = np.ones((2, len(data.train)), np.float32)
