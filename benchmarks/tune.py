@@ -11,7 +11,8 @@ their per-epoch metrics must agree; the script prints the largest difference. Wa
 medians over ``--repeats`` runs after one untimed warm-up run of each (compilation is reported
 separately: the first run's wall), with the load average before and after. Each run includes
 the per-epoch validation and the host-side batch work, as in the tuner (a fit of the trials).
-Writes benchmarks/results/tune.json, tune.md and tune.png.
+Writes benchmarks/results/tune.json, tune.md and tune.png (tune.CORPUS.* for a corpus other than
+bbc_news).
 """
 
 from __future__ import annotations
@@ -142,7 +143,8 @@ def main() -> None:
         f"{jax.device_count()} {jax.default_backend()} device(s), jax {jax.__version__}",
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "tune.json").write_text(json.dumps(result, indent=2) + "\n")
+    stem = "tune" if args.corpus == "bbc_news" else f"tune.{args.corpus}"
+    (RESULTS / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
     md = [
         f"# 8 same-shape trials: vmapped vs sequential ({args.corpus}, {args.epochs} epochs)",
         "",
@@ -174,7 +176,7 @@ def main() -> None:
         "",
         f"machine: {result['machine']}",
     ]
-    (RESULTS / "tune.md").write_text("\n".join(md) + "\n")
+    (RESULTS / f"{stem}.md").write_text("\n".join(md) + "\n")
     import matplotlib
 
     matplotlib.use("Agg")
@@ -198,7 +200,7 @@ def main() -> None:
     ax.set_ylabel("wall s (median; dots: runs)")
     ax.set_title(f"8 trials, {args.corpus}, {args.epochs} epoch(s): vmapped / sequential")
     fig.tight_layout()
-    fig.savefig(RESULTS / "tune.png", dpi=100)
+    fig.savefig(RESULTS / f"{stem}.png", dpi=100)
     print("\n".join(md))
 
 
