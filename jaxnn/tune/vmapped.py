@@ -585,13 +585,11 @@ class VmappedBowTrainer:
     def _swap_tables(self, params: Any, public: bool, order: jax.Array | None = None) -> Any:
         """Tables [V, K, D] (internal) <-> [K, V, D] (public: every leaf has the trial first);
         to public, trial k of the result is trial order[k] of ``params`` (None: the same order)."""
-        if not public:
+        if not public or order is None:  # in order: a transposition, no gather
             return {
                 **{n: jnp.swapaxes(params[n], 0, 1) for n in self.tables},
                 "head": params["head"],
             }
-        if order is None:  # already in order: a transposition, no gather
-            return {**{n: jnp.swapaxes(params[n], 0, 1) for n in self.tables}, "head": params["head"]}
         return {
             **{n: jnp.take(params[n], order, axis=1).swapaxes(0, 1) for n in self.tables},
             "head": jax.tree.map(lambda x: jnp.take(x, order, axis=0), params["head"]),
@@ -726,9 +724,10 @@ class VmappedBowTrainer:
         trial k of them = trial back[k] here (default: the same order)."""
         k = len(seeds)
         in_order = back is None or np.array_equal(back, np.arange(k))
-        to_public = (
-            self._to_public_in_order if in_order else lambda p: self._to_public(p, jnp.asarray(back))
-        )
+        if in_order:
+            to_public = self._to_public_in_order
+        else:
+            to_public = lambda p: self._to_public(p, jnp.asarray(back))
         params, opt = self._init(seeds)
         num_dropout = int(np.sum(dropout > 0))
         shared_seed = len(set(np.asarray(seeds)[:num_dropout].tolist())) <= 1
