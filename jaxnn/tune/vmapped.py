@@ -92,7 +92,8 @@ class GroupResult:
         val_loss, val_accuracy, val_macro_f1 (and the same for any other eval split).
       failure: per trial, None or the reason ("non-finite training loss at epoch e, step s").
       best_epoch: per trial, the epoch with the best validation ``select_metric`` (or None).
-      best_params: params pytree with leading axis K at each trial's best epoch.
+      best_params: params pytree with leading axis K at each trial's best epoch (the very
+        arrays of ``last_params`` when every trial's best epoch is the last one).
       last_params: params pytree with leading axis K after the last epoch.
       probs: {split: [epochs, K, N, C] predicted probabilities} when ``keep_probs``.
       wall_time_s: the whole group's wall time.
