@@ -571,9 +571,7 @@ class VmappedBowTrainer:
                 "head": jax.tree.map(lambda *x: jnp.stack(x), *[t["head"] for t in trees]),
             }
         )
-        self._to_public = jax.jit(lambda params, order: self._swap_tables(params, True, order))
-        self._to_public_in_order = jax.jit(lambda params: self._swap_tables(params, True))
-        self._from_public = jax.jit(lambda params: self._swap_tables(params, False))
+        self._swap = jax.jit(self._swap_tables)
 
     def _where_trial(self, mask: jax.Array, new: Any, old: Any) -> Any:
         """new where mask[k] else old, trial by trial (mask [K] bool; tables trial-minor)."""
@@ -583,10 +581,13 @@ class VmappedBowTrainer:
         )
         return out
 
-    def _swap_tables(self, params: Any, public: bool, order: jax.Array | None = None) -> Any:
-        """Tables [V, K, D] (internal) <-> [K, V, D] (public: every leaf has the trial first);
-        to public, trial k of the result is trial order[k] of ``params`` (None: the same order)."""
-        if not public or order is None:  # in order: a transposition, no gather
+    def _swap_tables(self, params: Any, order: jax.Array | None = None) -> Any:
+        """Tables [V, K, D] (internal) <-> [K, V, D] (public: every leaf has the trial first).
+
+        Without ``order`` a transposition of the tables, its own inverse (either direction);
+        with it, internal to public with trial k of the result = trial order[k] of ``params``.
+        """
+        if order is None:  # a transposition, no gather
             return {
                 **{n: jnp.swapaxes(params[n], 0, 1) for n in self.tables},
                 "head": params["head"],
@@ -661,6 +662,7 @@ class VmappedBowTrainer:
         seeds = np.asarray(seeds)
         if self.vmap:  # the trials with dropout first (`_train_step`), back in order below
             order = np.argsort(dropout <= 0, kind="stable")
+            back = np.argsort(order)  # the caller's trial i is trial back[i] of the group
             part = self._fit_group(
                 lr[order],
                 dropout[order],
@@ -669,9 +671,9 @@ class VmappedBowTrainer:
                 sample_weights[order],
                 eval_splits,
                 keep_probs,
-                back=np.argsort(order),
+                back=back,
             )
-            back = np.argsort(order)  # (params came back in order from _fit_group)
+            # (the params came back in the caller's order from _fit_group; the rest here)
             part.history, part.failure, part.best_epoch = (
                 [x[i] for i in back] for x in (part.history, part.failure, part.best_epoch)
             )
@@ -726,9 +728,9 @@ class VmappedBowTrainer:
         k = len(seeds)
         in_order = back is None or np.array_equal(back, np.arange(k))
         if in_order:
-            to_public = self._to_public_in_order
+            to_public = self._swap
         else:
-            to_public = lambda p: self._to_public(p, jnp.asarray(back))
+            to_public = lambda p: self._swap(p, jnp.asarray(back))
         params, opt = self._init(seeds)
         num_dropout = int(np.sum(dropout > 0))
         shared_seed = len(set(np.asarray(seeds)[:num_dropout].tolist())) <= 1
@@ -830,7 +832,7 @@ class VmappedBowTrainer:
 
     def evaluate(self, params: Any, split: Any) -> list[dict[str, float]]:
         """Loss, accuracy and macro F1 of each of the K params (leading axis K) on ``split``."""
-        _, loss_sum, cm = self._evaluate(self._from_public(params), split)
+        _, loss_sum, cm = self._evaluate(self._swap(params), split)
         acc, f1 = self._scores(cm)
         return [
             {
