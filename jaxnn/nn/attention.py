@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import flax.linen as nn
@@ -11,6 +12,39 @@ import jax.numpy as jnp
 from jaxnn import ops
 
 __all__ = ["MultiHeadAttention"]
+
+
+class _FlatDenseGeneral(nn.Module):
+    """``nn.DenseGeneral`` over the last ``in_axes`` axes, computed as one 2-D matmul.
+
+    Same parameters as ``nn.DenseGeneral(features, axis=(-in_axes, ..., -1))`` (kernel
+    [*in_dims, *features], bias [*features], the kernel drawn flat as [prod(in), prod(out)] by
+    LeCun-normal, then reshaped, as Flax does) and the same outputs, but the rows are flattened
+    to [M, prod(in)] and the kernel to [prod(in), prod(out)] before the product. On XLA:CPU the
+    rank-3/4 form compiles its backward with transposing fusions around the kernel gradient;
+    flat, a transformer block's projections train about 1.3x faster (benchmarks/train.py).
+    """
+
+    features: tuple[int, ...]
+    in_axes: int = 1
+    dtype: Any = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        in_dims = x.shape[x.ndim - self.in_axes :]
+        fan_in, fan_out = math.prod(in_dims), math.prod(self.features)
+        shape = (*in_dims, *self.features)
+
+        def kernel_init(rng, shape, dtype=jnp.float32):
+            flat = nn.initializers.lecun_normal()(rng, (fan_in, fan_out), dtype)
+            return flat.reshape(shape)
+
+        kernel = self.param("kernel", kernel_init, shape, jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros_init(), self.features, jnp.float32)
+        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+        leading = x.shape[: x.ndim - self.in_axes]
+        y = x.reshape(-1, fan_in) @ kernel.reshape(fan_in, fan_out) + bias.reshape(fan_out)
+        return y.reshape(*leading, *self.features)
 
 
 class MultiHeadAttention(nn.Module):
@@ -81,14 +115,8 @@ class MultiHeadAttention(nn.Module):
                     f"to [B, N, T, S]); got {mask.shape}"
                 )
 
-        def projection(name: str) -> nn.DenseGeneral:
-            return nn.DenseGeneral(
-                (self.num_heads, head_dim),
-                axis=-1,
-                dtype=self.dtype,
-                param_dtype=jnp.float32,
-                name=name,
-            )
+        def projection(name: str) -> _FlatDenseGeneral:
+            return _FlatDenseGeneral((self.num_heads, head_dim), dtype=self.dtype, name=name)
 
         query = projection("query")(x)
         key = projection("key")(x)
@@ -103,10 +131,4 @@ class MultiHeadAttention(nn.Module):
             dropout_rng=self.make_rng("dropout") if rate > 0.0 else None,
             implementation=self.attention_impl,
         )
-        return nn.DenseGeneral(
-            out_features,
-            axis=(-2, -1),
-            dtype=self.dtype,
-            param_dtype=jnp.float32,
-            name="out",
-        )(heads)
+        return _FlatDenseGeneral((out_features,), in_axes=2, dtype=self.dtype, name="out")(heads)
