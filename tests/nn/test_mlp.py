@@ -102,7 +102,6 @@ def test_bad_configuration_raises():
         MLP(()).init(jax.random.key(0), X, deterministic=True)
 
 
-
 @pytest.mark.parametrize("shape", [(5,), (2, 3, 5), (2, 2, 3, 5)])
 def test_any_rank_equals_the_unflattened_formula(shape):
     """The MLP flattens leading axes to rows internally (a faster backward on XLA:CPU); values
