@@ -119,9 +119,9 @@ def test_any_rank_equals_the_unflattened_formula(shape):
     got = jax.jit(lambda p: mlp.apply({"params": p}, x, deterministic=True))(params)
     assert got.shape == (*shape[:-1], 3)
     np.testing.assert_allclose(got, formula(params), rtol=1e-5, atol=1e-6)
-    g = jax.jit(
-        jax.grad(lambda p: jnp.sum(mlp.apply({"params": p}, x, deterministic=True) ** 2))
-    )(params)
+    g = jax.jit(jax.grad(lambda p: jnp.sum(mlp.apply({"params": p}, x, deterministic=True) ** 2)))(
+        params
+    )
     g_ref = jax.jit(jax.grad(lambda p: jnp.sum(formula(p) ** 2)))(params)
     chex.assert_trees_all_close(g, g_ref, rtol=1e-5, atol=1e-6)
 
