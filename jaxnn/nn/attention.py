@@ -21,8 +21,10 @@ class _FlatDenseGeneral(nn.Module):
     [*in_dims, *features], bias [*features], the kernel drawn flat as [prod(in), prod(out)] by
     LeCun-normal, then reshaped, as Flax does) and the same outputs, but the rows are flattened
     to [M, prod(in)] and the kernel to [prod(in), prod(out)] before the product. On XLA:CPU the
-    rank-3/4 form compiles its backward with transposing fusions around the kernel gradient;
-    flat, a transformer block's projections train about 1.3x faster (benchmarks/train.py).
+    rank-3/4 form compiles its backward with transposing fusions around the kernel gradient:
+    the four projections of a B=64, T=256, D=128 block took 147 ms forward + backward in
+    isolation, 109 ms flat (with the flat feed-forward layer of `jaxnn.nn.MLP`, the transformer
+    step of benchmarks/train.py went from 0.78x to 0.89-0.97x PyTorch's tokens/s).
     """
 
     features: tuple[int, ...]
