@@ -49,6 +49,10 @@ class MLP(nn.Module):
         if len(self.features) == 0:
             raise ValueError("features must name at least one layer size; got ()")
         act = ops.get_activation(self.activation)
+        if jnp.ndim(x) < 1:
+            raise ValueError(
+                f"x must have at least rank 1 ([..., D]); got shape {jnp.shape(x)} (a scalar)"
+            )
         # Rows flattened to [M, D]: on XLA:CPU a rank-3 Dense's backward (the kernel gradient
         # contracting B and T) is compiled with transposing elementwise fusions; a B=64, T=256
         # feed-forward layer's forward + backward takes about 1.8x longer than on the flat rows

@@ -100,6 +100,8 @@ def test_bad_configuration_raises():
         MLP((2,), activation="swish").init(jax.random.key(0), X, deterministic=True)
     with pytest.raises(ValueError, match="features"):
         MLP(()).init(jax.random.key(0), X, deterministic=True)
+    with pytest.raises(ValueError, match=r"at least rank 1.*got shape \(\)"):
+        MLP((2,)).init(jax.random.key(0), jnp.float32(1.0), deterministic=True)
 
 
 @pytest.mark.parametrize("shape", [(5,), (2, 2, 3, 5)])
