@@ -67,6 +67,16 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=7)
     args = parser.parse_args()
     b, t, d, f, n = args.batch, args.length, args.dim, args.mlp_dim, args.heads
+    for flag, value in (
+        ("--batch", b),
+        ("--length", t),
+        ("--dim", d),
+        ("--mlp-dim", f),
+        ("--heads", n),
+        ("--reps", args.reps),
+    ):
+        if value < 1:
+            parser.error(f"{flag}={value}; allowed: an integer >= 1")
     if d % n:
         parser.error(f"--dim={d} must be divisible by --heads={n}")
     keys = jax.random.split(jax.random.key(0), 7)

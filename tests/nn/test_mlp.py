@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from absl.testing import parameterized
 
+from jaxnn import ops
 from jaxnn.nn import MLP
 from tests.nn.conftest import make_random_variables
 
@@ -108,8 +109,6 @@ def test_bad_configuration_raises():
 def test_any_rank_equals_the_unflattened_formula(shape):
     """The MLP flattens leading axes to rows internally (a faster backward on XLA:CPU); values
     and gradients equal Dense -> act -> Dense written on the unflattened array."""
-    from jaxnn import ops
-
     x = jax.random.normal(jax.random.key(4), shape)
     mlp = MLP((8, 3), activation="gelu")
     params = make_random_variables(mlp, x, deterministic=True)["params"]
@@ -131,8 +130,6 @@ def test_any_rank_equals_the_unflattened_formula(shape):
 def test_flattening_rows_keeps_the_dropout_draws():
     """Dropout on the flattened hidden layer [M, F] draws what it would on [B, T, F]: the draws
     follow the row-major order of the leading axes (jaxnn.ops.dropout.uniform_bits16)."""
-    from jaxnn import ops
-
     key = jax.random.key(3)
     x = jnp.ones((2, 3, 10))
     np.testing.assert_array_equal(
