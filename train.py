@@ -103,6 +103,13 @@ def main(argv: list[str]) -> int:
     )
     for noisy in ("absl", "jax._src.xla_bridge", "orbax"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    from jaxnn.host_memory import configure_host_allocator, host_allocator
+
+    try:  # before JAX's first computation: XLA's CPU buffers reused, not re-faulted per step
+        configure_host_allocator()
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
 
     import jax
 
@@ -133,7 +140,9 @@ def main(argv: list[str]) -> int:
     if workdir is None:
         name = Path(config_flags.get_config_filename(flags.FLAGS["config"])).stem
         workdir = str(ROOT / "runs" / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}")
-    logging.getLogger("jaxnn.train").info("workdir: %s", workdir)
+    log = logging.getLogger("jaxnn.train")
+    log.info("workdir: %s", workdir)
+    log.info("host allocator: %(mode)s (%(detail)s)", host_allocator())
     try:
         results = train_and_evaluate(config, workdir, overwrite=_OVERWRITE.value)
     except (ConfigError, ConfigMismatchError) as err:

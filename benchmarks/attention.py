@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # timing.py, also when imported
 from timing import time_interleaved
 
+from jaxnn.host_memory import configure_host_allocator, host_allocator
 from jaxnn.ops.attention import dot_product_attention
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -152,6 +153,7 @@ def run(args):
         "device": str(getattr(device, "device_kind", device)),
         "jax": jax.__version__,
         "cpu_count": os.cpu_count(),
+        "host_allocator": host_allocator()["mode"],
         "platform": platform.platform(),
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         "argv": sys.argv[1:],
@@ -245,7 +247,8 @@ def write_markdown(report, path):
         "# Attention benchmark",
         "",
         f"Device: {header['device']} ({header['backend']}, {header['cpu_count']} CPUs), "
-        f"jax {header['jax']}, {header['date']}. Command: "
+        f"jax {header['jax']}, host allocator {header.get('host_allocator', 'system')}, "
+        f"{header['date']}. Command: "
         f"`python benchmarks/attention.py {' '.join(header['argv'])}`",
         "",
         "Dense 2048² matmul in the same run: "
@@ -408,4 +411,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    configure_host_allocator()  # before JAX's first computation (jaxnn.host_memory)
     main()

@@ -14,6 +14,7 @@ import argparse
 import jax
 import jax.numpy as jnp
 
+from jaxnn.host_memory import configure_host_allocator
 from jaxnn.ops import dot_product_attention
 
 
@@ -50,4 +51,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    configure_host_allocator()  # before JAX's first computation (jaxnn.host_memory)
     main()

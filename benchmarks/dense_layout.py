@@ -29,9 +29,12 @@ import jax
 import jax.numpy as jnp
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from timing import time_interleaved  # noqa: E402  (benchmarks/timing.py)
+
+from jaxnn.host_memory import configure_host_allocator, host_allocator  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 
@@ -94,6 +97,7 @@ def main() -> None:
         "shape": {"B": b, "T": t, "D": d, "F": f, "N": n},
         "backend": jax.default_backend(),
         "load_average": [round(v, 2) for v in os.getloadavg()],
+        "host_allocator": host_allocator()["mode"],
         "cases": {},
     }
     runners, grads = {}, {}
@@ -107,7 +111,8 @@ def main() -> None:
         "# Dense layout: rank-3 vs flat rows, forward + backward (benchmarks/dense_layout.py)",
         "",
         f"Backend {results['backend']}, B={b}, T={t}, D={d}, F={f}, N={n}; medians of "
-        f"{args.reps} interleaved rounds; load average at start {results['load_average']}.",
+        f"{args.reps} interleaved rounds; load average at start {results['load_average']}; "
+        f"host allocator {results['host_allocator']}.",
         "",
         "| layer | rank-3 ms | flat ms | rank-3 / flat | largest relative gradient difference |",
         "|---|---|---|---|---|",
@@ -135,4 +140,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    configure_host_allocator()  # before JAX's first computation (jaxnn.host_memory)
     main()

@@ -40,6 +40,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))  # timing.py, also when imported fr
 
 from timing import time_interleaved  # noqa: E402  (benchmarks/timing.py)
 
+from jaxnn.host_memory import configure_host_allocator, host_allocator  # noqa: E402
 from jaxnn.train.config import base_config, validate_config  # noqa: E402
 from jaxnn.train.distributed import describe_mesh, make_mesh, shard_batch  # noqa: E402
 from jaxnn.train.loop import build_steps, init_train_state  # noqa: E402
@@ -347,7 +348,8 @@ def write_outputs(results: dict) -> None:
         "# Train-step benchmark (benchmarks/train.py)",
         "",
         f"Devices: {results['devices']}. {results['machine']}. Load average at start: "
-        f"{results['load_average']}.",
+        f"{results['load_average']}. Host allocator (jaxnn.host_memory, process-wide, so "
+        f"PyTorch's too): {results['host_allocator']['mode']}.",
         "",
         *rows,
         "",
@@ -411,6 +413,7 @@ def main() -> None:
         "devices": describe_mesh(make_mesh()),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
         "load_average": [round(x, 2) for x in os.getloadavg()],
+        "host_allocator": host_allocator(),
         "repeats": repeats,
         "jax_version": jax.__version__,
         "models": {},
@@ -457,4 +460,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    configure_host_allocator()  # before JAX's first computation (jaxnn.host_memory)
     main()

@@ -32,6 +32,7 @@ import jax
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from jaxnn.host_memory import configure_host_allocator, host_allocator  # noqa: E402
 from jaxnn.train import load_data  # noqa: E402
 from jaxnn.train.config import validate_config  # noqa: E402
 from jaxnn.tune.vmapped import VmappedBowTrainer  # noqa: E402
@@ -140,7 +141,8 @@ def main() -> None:
         "groups": groups,
         "loadavg_1_5_15 (before, after)": [load_before, load_after],
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-        f"{jax.device_count()} {jax.default_backend()} device(s), jax {jax.__version__}",
+        f"{jax.device_count()} {jax.default_backend()} device(s), jax {jax.__version__}, "
+        f"host allocator {host_allocator()['mode']}",
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     stem = "tune" if args.corpus == "bbc_news" else f"tune.{args.corpus}"
@@ -205,4 +207,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    configure_host_allocator()  # before JAX's first computation (jaxnn.host_memory)
     main()

@@ -12,8 +12,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _run(*args, cwd=ROOT):
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+def _run(*args, cwd=ROOT, **extra_env):
+    env = dict(os.environ, PYTHONPATH=str(ROOT), **extra_env)
     return subprocess.run(
         [sys.executable, str(ROOT / "train.py"), *args],
         cwd=cwd,
@@ -38,6 +38,16 @@ def test_bad_value_is_refused_before_anything_runs(tmp_path, override, message):
     assert result.returncode == 2, result.stderr[-2000:]
     assert message in result.stderr
     assert not workdir.exists()  # nothing written, no data loaded
+
+
+def test_bad_host_allocator_is_refused_before_anything_runs(tmp_path):
+    workdir = tmp_path / "run"
+    result = _run(
+        "--config=configs/tiny.py", f"--workdir={workdir}", JAXNN_HOST_ALLOCATOR="jemalloc"
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "$JAXNN_HOST_ALLOCATOR is 'jemalloc'; allowed: ('keep', 'system')" in result.stderr
+    assert not workdir.exists()
 
 
 def test_unknown_override_key_is_refused(tmp_path):

@@ -327,9 +327,15 @@ def write_outputs(result: Mapping, workdir: str | os.PathLike) -> None:
 
 
 def _main(argv: Sequence[str]) -> None:
-    from absl import flags
+    from absl import app, flags
+
+    from jaxnn.host_memory import configure_host_allocator
 
     del argv
+    try:  # before JAX's first computation (jaxnn.host_memory)
+        configure_host_allocator()
+    except ValueError as err:
+        raise app.UsageError(str(err)) from None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     config = flags.FLAGS["config"].value
     workdir = flags.FLAGS["workdir"].value

@@ -17,6 +17,7 @@ from pathlib import Path
 from absl import app, flags
 from ml_collections import config_flags
 
+from jaxnn.host_memory import configure_host_allocator
 from jaxnn.tune.bow import make_runner
 from jaxnn.tune.report import comparison_markdown
 from jaxnn.tune.tuner import ProgressiveTuner, run_search, split_config
@@ -46,6 +47,10 @@ def _row(corpus: str, search: str, out: dict, metric: str) -> dict:
 
 def main(argv: list[str]) -> None:
     del argv
+    try:  # before JAX's first computation (jaxnn.host_memory)
+        configure_host_allocator()
+    except ValueError as err:
+        raise app.UsageError(str(err)) from None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     config = _CONFIG.value
     workdir = Path(_WORKDIR.value)

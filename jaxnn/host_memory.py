@@ -1,0 +1,109 @@
+"""Host memory for XLA:CPU: keep freed blocks for reuse instead of handing them back to the kernel.
+
+XLA's CPU runtime allocates every executable's outputs and temporaries with ``malloc`` on each
+call and frees them afterwards. glibc serves a block of at least ``M_MMAP_THRESHOLD`` (128 KiB,
+rising to at most 32 MiB) with a fresh ``mmap`` and unmaps it on ``free``; and each worker thread
+allocates from its own arena, whose 64 MiB heaps cannot hold a larger block, so it too is
+mmapped. A train step that writes a [64, 4, 256, 256] float32 score matrix (64 MiB) therefore
+faults in 16,384 zero-filled pages on every call. benchmarks/host_allocator.py times a fresh
+64 MiB output, attention and the train steps with glibc's defaults and with this setting.
+
+``configure_host_allocator("keep")`` sets, through glibc's ``mallopt``:
+
+    M_ARENA_MAX = 1            every thread allocates from the main heap
+    M_MMAP_MAX = 0             no block is mmapped: all come from that heap and are reused
+    M_TRIM_THRESHOLD = 2^31-1  the heap's free top is not handed back below 2 GiB
+
+so after the first step the same pages serve every later one: the caching a GPU allocator
+does (PyTorch's CUDA allocator, XLA's BFC) applied to host memory. The price is the same too:
+the process keeps its peak heap (resident memory does not fall after a large step).
+
+Call it first in a process, before any JAX computation: M_ARENA_MAX only binds threads that have
+not allocated yet, and XLA starts its worker threads with the first computation (a later call
+warns; blocks under 64 MiB are still reused then). This module imports nothing of jaxnn or JAX,
+so importing it starts nothing. train.py,
+``python -m jaxnn.tune``, ``python -m jaxnn.analysis.bias_variance``, the benchmarks and the
+test suite do. ``JAXNN_HOST_ALLOCATOR=system`` (or mode "system") leaves malloc as it is. Off
+Linux/glibc there is no mallopt and the call changes nothing.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import platform
+import sys
+import warnings
+
+ENV_VAR = "JAXNN_HOST_ALLOCATOR"
+MODES = ("keep", "system")
+
+# glibc <malloc.h> parameter numbers.
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_MAX = -4
+_M_ARENA_MAX = -8
+_KEEP_SETTINGS = ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2**31 - 1))
+
+_state = {"mode": "system", "detail": "not configured (glibc defaults)"}
+
+
+def configure_host_allocator(mode: str | None = None) -> str:
+    """Apply ``mode`` ("keep" or "system"; None reads $JAXNN_HOST_ALLOCATOR, default "keep")
+    and return the mode now in force. "keep" on a system without glibc's mallopt returns
+    "system"; once "keep" is applied it stays (a second call is a no-op). Raises ValueError
+    naming the value when it is neither mode."""
+    source = "argument"
+    if mode is None:
+        mode, source = os.environ.get(ENV_VAR, "keep"), f"${ENV_VAR}"
+    if mode not in MODES:
+        raise ValueError(f"host allocator mode from {source} is {mode!r}; allowed: {MODES}")
+    if _state["mode"] == "keep":  # already applied; mallopt offers no way back to the defaults
+        if mode == "system":
+            warnings.warn(
+                "host allocator mode 'system' requested after 'keep' was applied in this "
+                "process; glibc cannot restore its defaults, so 'keep' stays",
+                stacklevel=2,
+            )
+        return "keep"
+    if mode == "system":
+        _state.update(mode="system", detail=f"glibc defaults ({source})")
+        return "system"
+    libc, version = platform.libc_ver()
+    if platform.system() != "Linux" or libc != "glibc":
+        _state.update(mode="system", detail=f"no glibc mallopt on {platform.system()} {libc}")
+        return "system"
+    mallopt = ctypes.CDLL(None).mallopt
+    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+    mallopt.restype = ctypes.c_int
+    if _jax_started():
+        warnings.warn(
+            "configure_host_allocator('keep') after JAX's first computation: its worker "
+            "threads keep their own arenas, whose blocks over 64 MiB are still mmapped per "
+            "call; call it first in the process",
+            stacklevel=2,
+        )
+    failed = [param for param, value in _KEEP_SETTINGS if mallopt(param, value) != 1]
+    if failed:  # glibc refused a setting: say so rather than claim the mode
+        _state.update(mode="system", detail=f"glibc {version} refused mallopt {failed}")
+        return "system"
+    _state.update(
+        mode="keep", detail=f"glibc {version}: arena_max=1, mmap_max=0, trim_threshold=2^31-1"
+    )
+    return "keep"
+
+
+def _jax_started() -> bool:
+    """Whether JAX has created its backends (and so its CPU worker threads) in this process."""
+    if "jax" not in sys.modules:
+        return False
+    try:
+        from jax._src import xla_bridge
+    except ImportError:  # a JAX without this module: nothing to tell
+        return False
+    return bool(getattr(xla_bridge, "backends_are_initialized", lambda: False)())
+
+
+def host_allocator() -> dict[str, str]:
+    """{"mode": ..., "detail": ...}: what `configure_host_allocator` set in this process, for
+    benchmark and run records."""
+    return dict(_state)

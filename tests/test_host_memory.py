@@ -1,0 +1,115 @@
+"""jaxnn.host_memory: the "keep" setting must put XLA's CPU buffers on glibc's reusable heap.
+
+The check is glibc's own accounting (mallinfo2: bytes in mmapped blocks vs in the arenas), read
+in fresh child processes, since the setting is process-wide and must precede JAX's first
+computation (the test process itself runs under "keep", tests/conftest.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import textwrap
+import warnings
+
+import pytest
+
+from jaxnn import host_memory
+
+glibc = pytest.mark.skipif(
+    platform.system() != "Linux" or platform.libc_ver()[0] != "glibc",
+    reason="mallopt and mallinfo2 are glibc's",
+)
+
+# A jitted x + 1 on a 64 MiB array, its output alive, then glibc's accounting.
+_CHILD = textwrap.dedent(
+    """
+    import ctypes, json, sys, warnings
+    from jaxnn.host_memory import configure_host_allocator, host_allocator
+    late = sys.argv[1] == "late"
+    import jax.numpy as jnp
+    if late:
+        jnp.ones(8).block_until_ready()  # JAX's threads start before the setting
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        mode = configure_host_allocator()
+    import jax
+    x = jnp.ones((4096, 4096), jnp.float32)
+    y = jax.jit(lambda a: a + 1.0)(x).block_until_ready()
+
+    class MallInfo2(ctypes.Structure):
+        _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks",
+            "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+    info = ctypes.CDLL(None).mallinfo2
+    info.restype = MallInfo2
+    m = info()
+    print(json.dumps({"mode": mode, "detail": host_allocator()["detail"],
+        "mmapped": m.hblkhd, "in_use": m.uordblks, "sum": float(y[0, 0]),
+        "warnings": [str(w.message) for w in caught]}))
+    """
+)
+
+
+def _child(allocator: str | None, when: str = "first") -> dict:
+    env = dict(os.environ)
+    env.pop(host_memory.ENV_VAR, None)
+    if allocator is not None:
+        env[host_memory.ENV_VAR] = allocator
+    out = subprocess.run(
+        [sys.executable, "-c", _CHILD, when], env=env, capture_output=True, text=True, check=True
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@glibc
+def test_keep_serves_xla_buffers_from_the_heap_and_system_mmaps_them():
+    block = 64 * 2**20
+    kept = _child(None)  # the default is "keep"
+    assert kept["mode"] == "keep" and "arena_max=1" in kept["detail"]
+    assert kept["mmapped"] < block, kept  # input and output both came from the arenas
+    assert kept["in_use"] >= 2 * block, kept
+    assert kept["warnings"] == []
+    system = _child("system")
+    assert system["mode"] == "system"
+    assert system["mmapped"] >= 2 * block, system  # glibc's default: one mmap per large block
+    assert kept["sum"] == system["sum"] == 2.0  # same arithmetic either way
+
+
+@glibc
+def test_keep_after_jax_started_warns():
+    late = _child(None, when="late")
+    assert late["mode"] == "keep"
+    assert any("after JAX's first computation" in w for w in late["warnings"]), late
+
+
+def test_bad_mode_names_the_value_and_the_choices(monkeypatch):
+    with pytest.raises(ValueError, match=r"from argument is 'fast'; allowed: \('keep', 'system'\)"):
+        host_memory.configure_host_allocator("fast")
+    monkeypatch.setenv(host_memory.ENV_VAR, "tcmalloc")
+    with pytest.raises(ValueError, match=r"from \$JAXNN_HOST_ALLOCATOR is 'tcmalloc'"):
+        host_memory.configure_host_allocator()
+
+
+def test_without_glibc_keep_reports_system(monkeypatch):
+    monkeypatch.setitem(host_memory._state, "mode", "system")
+    monkeypatch.setitem(host_memory._state, "detail", "")
+    monkeypatch.setattr(host_memory.platform, "libc_ver", lambda: ("", ""))
+    assert host_memory.configure_host_allocator("keep") == "system"
+    assert host_memory.host_allocator()["mode"] == "system"
+    assert "no glibc mallopt" in host_memory.host_allocator()["detail"]
+
+
+def test_keep_cannot_be_undone_and_says_so(monkeypatch):
+    monkeypatch.setitem(host_memory._state, "mode", "keep")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert host_memory.configure_host_allocator("system") == "keep"
+        assert host_memory.configure_host_allocator("keep") == "keep"  # a no-op, silent
+    assert [str(w.message) for w in caught] == [
+        "host allocator mode 'system' requested after 'keep' was applied in this process; "
+        "glibc cannot restore its defaults, so 'keep' stays"
+    ]
