@@ -105,7 +105,7 @@ def main(argv: list[str]) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     from jaxnn.host_memory import configure_host_allocator, host_allocator
 
-    try:  # before JAX's first computation: XLA's CPU buffers reused, not re-faulted per step
+    try:  # $JAXNN_HOST_ALLOCATOR, before JAX's first computation (jaxnn.host_memory)
         configure_host_allocator()
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
