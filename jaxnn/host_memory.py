@@ -60,7 +60,8 @@ def configure_host_allocator(mode: str | None = None) -> str:
     naming the value when it is neither mode."""
     source = "argument"
     if mode is None:
-        mode, source = os.environ.get(ENV_VAR, "system"), f"${ENV_VAR}"
+        env = os.environ.get(ENV_VAR)
+        mode, source = env or "system", f"${ENV_VAR}" if env else f"${ENV_VAR} unset"
     if mode not in MODES:
         raise ValueError(f"host allocator mode from {source} is {mode!r}; allowed: {MODES}")
     if _state["mode"] == "keep":  # already applied; mallopt offers no way back to the defaults
