@@ -27,10 +27,10 @@ a step writes large intermediates (long sequences, big batches, materialized att
 Call it first in a process, before any JAX computation: M_ARENA_MAX only binds threads that have
 not allocated yet, and XLA starts its worker threads with the first computation (a later call
 warns; blocks under 64 MiB are still reused then). This module imports nothing of jaxnn or JAX,
-so importing it starts nothing. train.py,
-``python -m jaxnn.tune``, ``python -m jaxnn.analysis.bias_variance``, the benchmarks and the
-test suite call it with the environment's choice; "system" (the default) leaves malloc as it
-is. Off Linux/glibc there is no mallopt and "keep" changes nothing.
+so importing it starts nothing. train.py, ``python -m jaxnn.tune``,
+``python -m jaxnn.analysis.bias_variance``, the benchmarks and the test suite call it with the
+environment's choice; "system" (the default) leaves malloc as it is. Off Linux/glibc there is
+no mallopt and "keep" changes nothing.
 """
 
 from __future__ import annotations
