@@ -105,8 +105,8 @@ def main(argv: list[str]) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     from jaxnn.host_memory import configure_host_allocator, host_allocator
 
-    try:  # $JAXNN_HOST_ALLOCATOR, before JAX's first computation (jaxnn.host_memory)
-        configure_host_allocator()
+    try:  # $JAXNN_HOST_ALLOCATOR or the config's, before JAX's first computation
+        configure_host_allocator(config=_CONFIG.value)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

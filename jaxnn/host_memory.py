@@ -21,15 +21,20 @@ the process keeps its peak heap (resident memory does not fall after a large ste
 It is opt-in (``JAXNN_HOST_ALLOCATOR=keep``), because it is not a win everywhere. Measured on a
 2-core AMD EPYC: the transformer train step (B=64, T=256) ran 1.2-1.5x faster and XLA's own
 attention 1.5x, but the default IMDB bag-of-words run's steady-state epoch took ~15 % longer
-(14.7-15.0 s against 12.6-12.9 s), its loop's host threads then sharing one arena. Try it when
-a step writes large intermediates (long sequences, big batches, materialized attention).
+(14.7-15.0 s against 12.6-12.9 s; not diagnosed: perhaps its host threads contending for the
+one arena). Try it when
+a step writes large intermediates (long sequences, big batches, materialized attention). A run
+config asks for it with ``train.host_allocator = "keep"``, as configs/imdb_transformer.py does
+(there, 60 steps and the test evaluation of train.py took 162-181 s of wall against 202-205 s
+with glibc's defaults, alternating runs, identical results).
 
 Call it first in a process, before any JAX computation: M_ARENA_MAX only binds threads that have
 not allocated yet, and XLA starts its worker threads with the first computation (a later call
 warns; blocks under 64 MiB are still reused then). This module imports nothing of jaxnn or JAX,
 so importing it starts nothing. train.py, ``python -m jaxnn.tune``,
 ``python -m jaxnn.analysis.bias_variance``, the benchmarks and the test suite call it with the
-environment's choice; "system" (the default) leaves malloc as it is. Off Linux/glibc there is
+environment's choice ($JAXNN_HOST_ALLOCATOR), which, when set, wins over the run config's
+``train.host_allocator``; "system" (the default) leaves malloc as it is. Off Linux/glibc there is
 no mallopt and "keep" changes nothing.
 """
 
@@ -40,6 +45,7 @@ import os
 import platform
 import sys
 import warnings
+from collections.abc import Mapping
 
 ENV_VAR = "JAXNN_HOST_ALLOCATOR"
 MODES = ("keep", "system")
@@ -53,17 +59,32 @@ _KEEP_SETTINGS = ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2**31
 _state = {"mode": "system", "detail": "not configured (glibc defaults)"}
 
 
-def configure_host_allocator(mode: str | None = None) -> str:
-    """Apply ``mode`` ("keep" or "system"; None reads $JAXNN_HOST_ALLOCATOR, default "system")
-    and return the mode now in force. "keep" on a system without glibc's mallopt returns
-    "system"; once "keep" is applied it stays (a second call is a no-op). Raises ValueError
-    naming the value when it is neither mode."""
+def configure_host_allocator(mode: str | None = None, *, config: Mapping | None = None) -> str:
+    """Apply a mode ("keep" or "system") and return the mode now in force.
+
+    The mode is ``mode`` when given; else $JAXNN_HOST_ALLOCATOR when it is set (and not empty);
+    else the ``train.host_allocator`` of ``config`` (a run config, ConfigDict or dict: train.py,
+    the tuner and the bias-variance sweep pass theirs) when it is not empty; else "system". So
+    the environment, when set, overrides every config of a process. "keep" on a system without
+    glibc's mallopt returns "system"; once "keep" is applied it stays (a second call is a
+    no-op). Raises ValueError naming the value and where it came from when it is neither mode.
+    """
     source = "argument"
     if mode is None:
+        train = (config or {}).get("train") or {}
+        config = train.get("host_allocator", "")
         env = os.environ.get(ENV_VAR)
-        mode, source = env or "system", f"${ENV_VAR}" if env else f"${ENV_VAR} unset"
+        if env:
+            mode, source = env, f"${ENV_VAR}"
+            if config and config != env:
+                source += f", over the config's train.host_allocator={config!r}"
+        elif config:
+            mode, source = config, "config train.host_allocator"
+        else:
+            mode, source = "system", f"${ENV_VAR} unset"
     if mode not in MODES:
-        raise ValueError(f"host allocator mode from {source} is {mode!r}; allowed: {MODES}")
+        allowed = f"{MODES}" + (" or '' (the environment's)" if source.startswith("config") else "")
+        raise ValueError(f"host allocator mode from {source} is {mode!r}; allowed: {allowed}")
     if _state["mode"] == "keep":  # already applied; mallopt offers no way back to the defaults
         if mode == "system":
             warnings.warn(
@@ -94,7 +115,8 @@ def configure_host_allocator(mode: str | None = None) -> str:
         _state.update(mode="system", detail=f"glibc {version} refused mallopt {failed}")
         return "system"
     _state.update(
-        mode="keep", detail=f"glibc {version}: arena_max=1, mmap_max=0, trim_threshold=2^31-1"
+        mode="keep",
+        detail=f"glibc {version}: arena_max=1, mmap_max=0, trim_threshold=2^31-1 ({source})",
     )
     return "keep"
 

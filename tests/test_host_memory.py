@@ -33,9 +33,10 @@ _CHILD = textwrap.dedent(
     import jax.numpy as jnp
     if late:
         jnp.ones(8).block_until_ready()  # JAX's threads start before the setting
+    config = {"train": {"host_allocator": sys.argv[2]}} if len(sys.argv) > 2 else None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        mode = configure_host_allocator()
+        mode = configure_host_allocator(config=config)
     import jax
     x = jnp.ones((4096, 4096), jnp.float32)
     y = jax.jit(lambda a: a + 1.0)(x).block_until_ready()
@@ -54,13 +55,16 @@ _CHILD = textwrap.dedent(
 )
 
 
-def _child(allocator: str | None, when: str = "first") -> dict:
+def _child(allocator: str | None, when: str = "first", config: str | None = None) -> dict:
+    """The child's report; ``allocator`` = $JAXNN_HOST_ALLOCATOR (None: unset), ``config`` =
+    the train.host_allocator of the run config it passes (None: no config)."""
     env = dict(os.environ)
     env.pop(host_memory.ENV_VAR, None)
     if allocator is not None:
         env[host_memory.ENV_VAR] = allocator
+    args = [when] + ([] if config is None else [config])
     out = subprocess.run(
-        [sys.executable, "-c", _CHILD, when], env=env, capture_output=True, text=True, check=True
+        [sys.executable, "-c", _CHILD, *args], env=env, capture_output=True, text=True, check=True
     )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -77,6 +81,27 @@ def test_keep_serves_xla_buffers_from_the_heap_and_system_mmaps_them():
     assert system["mode"] == "system" and "glibc defaults" in system["detail"]
     assert system["mmapped"] >= 2 * block, system  # glibc's default: one mmap per large block
     assert kept["sum"] == system["sum"] == 2.0  # same arithmetic either way
+
+
+@glibc
+def test_a_run_config_chooses_the_mode_unless_the_environment_is_set():
+    block = 64 * 2**20
+    kept = _child(None, config="keep")
+    assert kept["mode"] == "keep" and "(config train.host_allocator)" in kept["detail"], kept
+    assert kept["mmapped"] < block, kept
+    empty = _child(None, config="")  # "" leaves the choice to the environment: unset, system
+    assert empty["mode"] == "system" and "unset" in empty["detail"], empty
+    assert empty["mmapped"] >= 2 * block, empty
+    overridden = _child("system", config="keep")
+    assert overridden["mode"] == "system", overridden
+    assert "over the config's train.host_allocator='keep'" in overridden["detail"]
+    assert overridden["mmapped"] >= 2 * block, overridden
+
+
+def test_bad_config_mode_names_the_value_and_the_choices(monkeypatch):
+    monkeypatch.delenv(host_memory.ENV_VAR, raising=False)
+    with pytest.raises(ValueError, match=r"from config train.host_allocator is 'fast'; allowed: "):
+        host_memory.configure_host_allocator(config={"train": {"host_allocator": "fast"}})
 
 
 @glibc

@@ -12,8 +12,10 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _run(*args, cwd=ROOT, **extra_env):
+def _run(*args, cwd=ROOT, unset=(), **extra_env):
     env = dict(os.environ, PYTHONPATH=str(ROOT), **extra_env)
+    for name in unset:
+        env.pop(name, None)
     return subprocess.run(
         [sys.executable, str(ROOT / "train.py"), *args],
         cwd=cwd,
@@ -47,6 +49,19 @@ def test_bad_host_allocator_is_refused_before_anything_runs(tmp_path):
     )
     assert result.returncode == 2, result.stderr[-2000:]
     assert "$JAXNN_HOST_ALLOCATOR is 'jemalloc'; allowed: ('keep', 'system')" in result.stderr
+    assert not workdir.exists()
+
+
+def test_bad_config_host_allocator_is_refused_before_anything_runs(tmp_path):
+    workdir = tmp_path / "run"
+    result = _run(
+        "--config=configs/tiny.py",
+        f"--workdir={workdir}",
+        "--config.train.host_allocator=jemalloc",
+        unset=("JAXNN_HOST_ALLOCATOR",),
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "from config train.host_allocator is 'jemalloc'" in result.stderr
     assert not workdir.exists()
 
 

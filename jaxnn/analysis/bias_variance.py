@@ -332,12 +332,12 @@ def _main(argv: Sequence[str]) -> None:
     from jaxnn.host_memory import configure_host_allocator
 
     del argv
-    try:  # before JAX's first computation (jaxnn.host_memory)
-        configure_host_allocator()
+    config = flags.FLAGS["config"].value
+    try:  # $JAXNN_HOST_ALLOCATOR or the config's, before JAX's first computation
+        configure_host_allocator(config=config)
     except ValueError as err:
         raise app.UsageError(str(err)) from None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    config = flags.FLAGS["config"].value
     workdir = flags.FLAGS["workdir"].value
     result = sweep(config)
     write_outputs(result, workdir)

@@ -127,6 +127,11 @@ def base_config() -> ml_collections.ConfigDict:
     config.train.keep_checkpoints = 2  # latest N checkpoints kept (the best one separately)
     config.train.max_steps_per_epoch = 0  # 0 = a full epoch; else stop each epoch early
     config.train.progress_bar = True
+    # host memory of XLA:CPU (jaxnn.host_memory): "keep" reuses freed blocks (faster steps with
+    # large intermediates), "system" = glibc's defaults, "" = $JAXNN_HOST_ALLOCATOR (default
+    # system). Process-wide, applied before JAX starts; $JAXNN_HOST_ALLOCATOR, when set, wins.
+    # It changes speed only, so a resumed run may use another value.
+    config.train.host_allocator = ""
 
     config.mesh = ml_collections.ConfigDict()
     # > 1: a 2-D device mesh (data, fsdp); parameters and optimizer state split in fsdp parts
@@ -324,6 +329,12 @@ def validate_config(config: ml_collections.ConfigDict | Mapping) -> dict:
     _check_int(flat, "train.max_steps_per_epoch", 0)
     if not isinstance(flat["train.progress_bar"], bool):
         _fail("train.progress_bar", flat["train.progress_bar"], "allowed: True, False")
+    if flat["train.host_allocator"] not in ("", "keep", "system"):
+        _fail(
+            "train.host_allocator",
+            flat["train.host_allocator"],
+            "allowed: 'keep', 'system', or '' ($JAXNN_HOST_ALLOCATOR, default system)",
+        )
     _check_number(flat, "optim.initial_loss_scale", 1, float("inf"), low_open=False, high_open=True)
     _check_int(flat, "optim.loss_scale_period", 1)
     _check_int(flat, "mesh.fsdp", 1)

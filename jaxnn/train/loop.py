@@ -747,8 +747,8 @@ def prepare_workdir(config: Mapping[str, Any], workdir: str | Path, *, overwrite
         shutil.rmtree(workdir)
     if saved_path.is_file():
         saved = json.loads(saved_path.read_text(encoding="utf-8"))
-        if saved != wanted:
-            diffs = _diff(saved, wanted)
+        if _results_config(saved) != _results_config(wanted):
+            diffs = _diff(_results_config(saved), _results_config(wanted))
             raise ConfigMismatchError(
                 f"workdir {workdir} holds a run with a different config ({'; '.join(diffs[:5])}"
                 f"{' ...' if len(diffs) > 5 else ''}); use another --workdir, or --overwrite to "
@@ -762,6 +762,23 @@ def prepare_workdir(config: Mapping[str, Any], workdir: str | Path, *, overwrite
     workdir.mkdir(parents=True, exist_ok=True)
     write_json(saved_path, wanted)
     return workdir
+
+
+# Keys that change speed, never results: a resumed run may differ in them (and a workdir
+# written before a key existed resumes).
+SPEED_ONLY_KEYS = (("train", "host_allocator"),)
+
+
+def _results_config(config: Mapping) -> dict:
+    """``config`` without `SPEED_ONLY_KEYS`, for comparing a saved run with a requested one."""
+    out = {
+        section: dict(values) if isinstance(values, Mapping) else values
+        for section, values in config.items()
+    }
+    for section, key in SPEED_ONLY_KEYS:
+        if isinstance(out.get(section), dict):
+            out[section].pop(key, None)
+    return out
 
 
 def _diff(saved: Mapping, wanted: Mapping, prefix: str = "") -> list[str]:
@@ -805,7 +822,9 @@ def train_and_evaluate(
     workdir = Path(workdir)
     if not main:
         saved = workdir / "config.json"
-        if not saved.is_file() or json.loads(saved.read_text("utf-8")) != config_to_dict(cfg):
+        if not saved.is_file() or _results_config(
+            json.loads(saved.read_text("utf-8"))
+        ) != _results_config(config_to_dict(cfg)):
             raise ConfigMismatchError(
                 f"process {jax.process_index()}: {saved} does not hold this run's config (process "
                 "0 refused the workdir, or the workdir is not on a filesystem all hosts share)"

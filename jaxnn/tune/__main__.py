@@ -47,12 +47,12 @@ def _row(corpus: str, search: str, out: dict, metric: str) -> dict:
 
 def main(argv: list[str]) -> None:
     del argv
-    try:  # before JAX's first computation (jaxnn.host_memory)
-        configure_host_allocator()
+    config = _CONFIG.value
+    try:  # $JAXNN_HOST_ALLOCATOR or the config's, before JAX's first computation
+        configure_host_allocator(config=config)
     except ValueError as err:
         raise app.UsageError(str(err)) from None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    config = _CONFIG.value
     workdir = Path(_WORKDIR.value)
     train_config, options = split_config(config)  # every check before any data is loaded
     runner = make_runner(options.engine, max_group=options.group_size)

@@ -63,6 +63,7 @@ def _with(path: str, value):
         ("model.norm", "group", "layer, batch, rms"),
         ("model.pooling", "sum", "mean, sqrt"),  # base_config's model is bow
         ("model.trigram_buckets", -1, ">= 0"),
+        ("train.host_allocator", "jemalloc", "'keep', 'system', or ''"),
     ],
 )
 def test_bad_value_names_key_value_and_allowed(path, value, allowed):

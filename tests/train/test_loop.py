@@ -89,6 +89,26 @@ def test_different_config_is_refused_and_overwrite_starts_over(tiny_config, tmp_
     assert results["epochs_run"] == 1
 
 
+def test_a_speed_only_key_does_not_block_a_resume(tiny_config, tmp_path):
+    """train.host_allocator changes speed, never results: a run resumes under another value,
+    and a workdir written before the key existed resumes too."""
+    workdir = tmp_path / "run"
+    tiny_config.train.num_epochs = 1
+    tiny_config.train.max_steps_per_epoch = 3
+    first = train_and_evaluate(tiny_config, workdir)
+    saved = json.loads((workdir / "config.json").read_text())
+    del saved["train"]["host_allocator"]  # as an older jaxnn wrote it
+    (workdir / "config.json").write_text(json.dumps(saved))
+    tiny_config.train.host_allocator = "keep"
+    again = train_and_evaluate(tiny_config, workdir)  # not refused: complete, same results
+    assert again["test"] == first["test"]
+    assert json.loads((workdir / "config.json").read_text())["train"]["host_allocator"] == "keep"
+    tiny_config.train.host_allocator = "system"
+    tiny_config.train.batch_size = 3  # a key that changes results still refuses
+    with pytest.raises(ConfigMismatchError, match=r"train\.batch_size: saved \d+, requested 3"):
+        train_and_evaluate(tiny_config, workdir)
+
+
 def test_early_stopping_when_validation_stops_improving(tiny_config):
     tiny_config.optim.learning_rate = 1e-12  # nothing moves: validation never improves
     tiny_config.train.num_epochs = 6
