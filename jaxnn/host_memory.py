@@ -22,11 +22,11 @@ It is opt-in (``JAXNN_HOST_ALLOCATOR=keep``), because it is not a win everywhere
 2-core AMD EPYC: the transformer train step (B=64, T=256) ran 1.2-1.5x faster and XLA's own
 attention 1.5x, but the default IMDB bag-of-words run's steady-state epoch took ~15 % longer
 (14.7-15.0 s against 12.6-12.9 s; not diagnosed: perhaps its host threads contending for the
-one arena). Try it when
-a step writes large intermediates (long sequences, big batches, materialized attention). A run
-config asks for it with ``train.host_allocator = "keep"``, as configs/imdb_transformer.py does
-(there, 60 steps and the test evaluation of train.py took 162-181 s of wall against 202-205 s
-with glibc's defaults, alternating runs, identical results).
+one arena; later reruns were within noise). Try it when a step writes large intermediates (long
+sequences, big batches, materialized attention). A run config asks for it with
+``train.host_allocator = "keep"``, as configs/imdb_transformer.py does (there, 60 steps and the
+test evaluation of train.py took 162-181 s of wall against 202-205 s with glibc's defaults,
+alternating runs, identical results).
 
 Call it first in a process, before any JAX computation: M_ARENA_MAX only binds threads that have
 not allocated yet, and XLA starts its worker threads with the first computation (a later call
@@ -71,15 +71,14 @@ def configure_host_allocator(mode: str | None = None, *, config: Mapping | None 
     """
     source = "argument"
     if mode is None:
-        train = (config or {}).get("train") or {}
-        config = train.get("host_allocator", "")
+        from_config = ((config or {}).get("train") or {}).get("host_allocator", "")
         env = os.environ.get(ENV_VAR)
         if env:
             mode, source = env, f"${ENV_VAR}"
-            if config and config != env:
-                source += f", over the config's train.host_allocator={config!r}"
-        elif config:
-            mode, source = config, "config train.host_allocator"
+            if from_config and from_config != env:
+                source += f", over the config's train.host_allocator={from_config!r}"
+        elif from_config:
+            mode, source = from_config, "config train.host_allocator"
         else:
             mode, source = "system", f"${ENV_VAR} unset"
     if mode not in MODES:
