@@ -69,7 +69,7 @@ def configure_host_allocator(mode: str | None = None, *, config: Mapping | None 
     glibc's mallopt returns "system"; once "keep" is applied it stays (a second call is a
     no-op). Raises ValueError naming the value and where it came from when it is neither mode.
     """
-    source = "argument"
+    source, allowed = "argument", f"{MODES}"
     if mode is None:
         from_config = ((config or {}).get("train") or {}).get("host_allocator", "")
         env = os.environ.get(ENV_VAR)
@@ -79,10 +79,10 @@ def configure_host_allocator(mode: str | None = None, *, config: Mapping | None 
                 source += f", over the config's train.host_allocator={from_config!r}"
         elif from_config:
             mode, source = from_config, "config train.host_allocator"
+            allowed += " or '' (the environment's)"
         else:
             mode, source = "system", f"${ENV_VAR} unset"
     if mode not in MODES:
-        allowed = f"{MODES}" + (" or '' (the environment's)" if source.startswith("config") else "")
         raise ValueError(f"host allocator mode from {source} is {mode!r}; allowed: {allowed}")
     if _state["mode"] == "keep":  # already applied; mallopt offers no way back to the defaults
         if mode == "system":

@@ -24,6 +24,8 @@ from typing import Any
 
 import ml_collections
 
+from jaxnn.host_memory import MODES as HOST_ALLOCATOR_MODES
+
 __all__ = [
     "ACTIVATIONS",
     "ATTENTION_IMPLS",
@@ -329,11 +331,12 @@ def validate_config(config: ml_collections.ConfigDict | Mapping) -> dict:
     _check_int(flat, "train.max_steps_per_epoch", 0)
     if not isinstance(flat["train.progress_bar"], bool):
         _fail("train.progress_bar", flat["train.progress_bar"], "allowed: True, False")
-    if flat["train.host_allocator"] not in ("", "keep", "system"):
+    if flat["train.host_allocator"] not in ("", *HOST_ALLOCATOR_MODES):
         _fail(
             "train.host_allocator",
             flat["train.host_allocator"],
-            "allowed: 'keep', 'system', or '' ($JAXNN_HOST_ALLOCATOR, default system)",
+            f"allowed: {', '.join(map(repr, HOST_ALLOCATOR_MODES))}, or '' "
+            "($JAXNN_HOST_ALLOCATOR, default system)",
         )
     _check_number(flat, "optim.initial_loss_scale", 1, float("inf"), low_open=False, high_open=True)
     _check_int(flat, "optim.loss_scale_period", 1)
