@@ -33,6 +33,7 @@ __all__ = [
     "is_threefry_key",
     "keep_threshold",
     "key_words",
+    "traced_keep_threshold",
     "uniform_bits16",
 ]
 
@@ -154,6 +155,17 @@ def keep_threshold(rate: float) -> tuple[int, float]:
     return threshold, _LEVELS / (_LEVELS - threshold)
 
 
+def traced_keep_threshold(rate: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """(τ int32, scale float32) of traced rates (any shape): `keep_threshold` elementwise, for
+    rates clipped to [0, 1], where rate = 1 gives τ = 2^16 (keep nothing) and scale 0."""
+    rate = jnp.clip(jnp.asarray(rate, jnp.float32), 0.0, 1.0)
+    threshold = jnp.round(rate * _LEVELS).astype(jnp.int32)
+    threshold = jnp.where(rate < 1.0, jnp.minimum(threshold, _LEVELS - 1), _LEVELS)
+    # threshold = 2^16 keeps nothing; guard the unused 1/0 so no inf reaches the graph.
+    kept_levels = (_LEVELS - threshold).astype(jnp.float32)
+    return threshold, jnp.where(kept_levels > 0, _LEVELS / jnp.maximum(kept_levels, 1.0), 0.0)
+
+
 def dropout(
     x: jax.Array,
     rate: float | jax.Array,
@@ -195,11 +207,6 @@ def dropout(
         threshold, scale = keep_threshold(static)
         keep = draws >= threshold
     else:
-        rate = jnp.clip(jnp.asarray(rate, jnp.float32), 0.0, 1.0)
-        threshold = jnp.round(rate * _LEVELS).astype(jnp.int32)
-        threshold = jnp.where(rate < 1.0, jnp.minimum(threshold, _LEVELS - 1), _LEVELS)
+        threshold, scale = traced_keep_threshold(rate)
         keep = draws >= threshold
-        # threshold = 2^16 keeps nothing; guard the unused 1/0 so no inf reaches the graph.
-        kept_levels = (_LEVELS - threshold).astype(jnp.float32)
-        scale = jnp.where(kept_levels > 0, _LEVELS / jnp.maximum(kept_levels, 1.0), 0.0)
     return jnp.where(keep, x * scale, 0).astype(x.dtype)

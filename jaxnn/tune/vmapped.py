@@ -20,10 +20,12 @@ BatchIterator, seeded by the config's seed), which the layout uses:
   sizes U, and each token's slot) is computed once per batch on the host, with NumPy.
 - A trial without dropout pools with a matmul, counts [B, U] @ rows [U, K*D] (counts[b, u] =
   occurrences of row u in text b / its tokens); a trial with dropout gathers its [B, T', D]
-  token vectors (dropout acts on each token before the mean), one trial at a time (in a
-  scan: one trial's per-token arrays alive at a time). The trials with dropout run first in
-  the group (`fit` reorders them and puts them back). A trial's dropout draws are a function
-  of its seed and the step, so trials with one seed (a tuner stage's) share them: drawn once.
+  token vectors (dropout acts on each token before the mean). A trial's dropout draws are a
+  function of its seed and the step, so trials with one seed (a tuner stage's) share them:
+  drawn once, and those trials' vectors are gathered together, [c, T', K', D] for a chunk of
+  c texts at a time (`_dropout_mean_pool`). Trials with different seeds go one at a time (in
+  a scan: one trial's per-token arrays alive at a time). The trials with dropout run first in
+  the group (`fit` reorders them and puts them back).
 
 ``vmap=False`` runs the same step with K = 1, one trial after another: the sequential reference
 benchmarks/tune.py measures, with the same metrics as the group.
@@ -50,6 +52,7 @@ there); the other trials of its group are unaffected (vmapped trials share no ar
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import time
@@ -67,6 +70,7 @@ from jaxnn.metrics import accuracy, confusion_matrix, macro_f1
 from jaxnn.models.bow import hashed_bigram_ids
 from jaxnn.ops import dropout as ops_dropout
 from jaxnn.ops import get_activation, mean_pool
+from jaxnn.ops.dropout import traced_keep_threshold, uniform_bits16
 from jaxnn.train.config import validate_config, weight_decay_mode
 from jaxnn.train.optim import make_schedule
 
@@ -145,6 +149,92 @@ def _counts_matmul_bwd(counts_t, g):
 
 
 _counts_matmul.defvjp(_counts_matmul_fwd, _counts_matmul_bwd)
+
+
+def _texts_per_chunk(batch: int, floats_per_text: int, target: int = 1 << 20) -> int:
+    """The largest divisor of ``batch`` whose per-token arrays hold at most ``target`` floats
+    (at least 1): a chunk's [c, T', K, D] temporaries stay within a few MiB."""
+    best = 1
+    for c in range(1, batch + 1):
+        if batch % c == 0 and c * floats_per_text <= target:
+            best = c
+    return best
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _dropout_mean_pool(chunk, rows, invs, masks, bits, rates):
+    """The dropout trials' pooled vectors [B, K, D], trials sharing their uniform draws.
+
+    With tables n of rows[n] [U_n, K, D] (K trials' rows, trial-minor), ids invs[n] [B, T_n]
+    into them and masks[n] [B, T_n] (real tokens), and bits [B, sum_n T_n, D] (uint16, the
+    draws `jaxnn.ops.dropout` makes for the tables' token vectors concatenated along the
+    tokens), trial k's pooled vector is
+
+        pooled[b, k] = sum_{n, t: mask} where(bits >= tau_k, E_n[k][inv] * scale_k, 0) / count_b
+
+    (tau_k, scale_k = `traced_keep_threshold(rates[k])`; count_b = the text's real tokens over
+    all tables), i.e. mean_pool(dropout(concatenated vectors)) of each trial alone. One gather
+    brings the K trials' rows together ([c, T_n, K, D], each id's K*D floats contiguous,
+    instead of K gathers of D floats), ``chunk`` texts at a time so that the per-token
+    temporaries stay in cache; the backward is a linear map (no residual but the ids, masks
+    and bits): each chunk's token gradients scatter-add into the rows' gradient.
+    """
+    if chunk < 1 or bits.shape[0] % chunk:
+        raise ValueError(f"chunk={chunk} must divide the batch size {bits.shape[0]}")
+    return _dropout_pool_fwd(chunk, rows, invs, masks, bits, rates)[0]
+
+
+def _pool_parts(invs, masks, bits, rates):
+    threshold, scale = traced_keep_threshold(rates)  # [K]
+    count = jnp.maximum(sum(jnp.sum(m, 1, dtype=jnp.float32) for m in masks), 1.0)  # [B]
+    starts = np.cumsum([0] + [inv.shape[1] for inv in invs])
+
+    def kept(bits, n):  # table n's keep mask [c, T_n, K, D] from a chunk's bits [c, T', D]
+        draws = bits[:, starts[n] : starts[n + 1], None, :].astype(jnp.int32)
+        return draws >= threshold[:, None]
+
+    return scale[:, None], count, kept
+
+
+def _dropout_pool_fwd(chunk, rows, invs, masks, bits, rates):
+    rows, invs, masks = (tuple(map(jnp.asarray, x)) for x in (rows, invs, masks))
+    scale, count, kept = _pool_parts(invs, masks, bits, rates)
+    k, d = rows[0].shape[1:]
+
+    def body(i, out):
+        take = lambda a: jax.lax.dynamic_slice_in_dim(a, i * chunk, chunk)
+        bits_c, total = take(bits), 0.0
+        for n, (r, inv, m) in enumerate(zip(rows, invs, masks)):
+            y = jnp.where(kept(bits_c, n), r[take(inv)] * scale, 0.0)  # [c, T_n, K, D]
+            total = total + jnp.sum(jnp.where(take(m)[..., None, None], y, 0.0), axis=1)
+        pooled = total / take(count)[:, None, None]
+        return jax.lax.dynamic_update_slice_in_dim(out, pooled.astype(out.dtype), i * chunk, 0)
+
+    out = jnp.zeros((bits.shape[0], k, d), rows[0].dtype)
+    out = jax.lax.fori_loop(0, bits.shape[0] // chunk, body, out)
+    return out, (tuple(r.shape for r in rows), invs, masks, bits, rates)
+
+
+def _dropout_pool_bwd(chunk, res, g):
+    shapes, invs, masks, bits, rates = res
+    scale, count, kept = _pool_parts(invs, masks, bits, rates)
+    g = g / count[:, None, None]
+
+    def body(i, grads):
+        take = lambda a: jax.lax.dynamic_slice_in_dim(a, i * chunk, chunk)
+        bits_c, g_c = take(bits), take(g)[:, None] * scale  # [c, 1, K, D]
+        out = []
+        for n, (acc, inv, m) in enumerate(zip(grads, invs, masks)):
+            live = kept(bits_c, n) & take(m)[..., None, None]
+            out.append(acc.at[take(inv)].add(jnp.where(live, g_c, 0.0)))
+        return tuple(out)
+
+    zeros = tuple(jnp.zeros(s, g.dtype) for s in shapes)
+    grads = jax.lax.fori_loop(0, bits.shape[0] // chunk, body, zeros)
+    return grads, None, None, None, None
+
+
+_dropout_mean_pool.defvjp(_dropout_pool_fwd, _dropout_pool_bwd)
 
 
 def _dropout_trials(x: jax.Array, rates: jax.Array, keys: jax.Array, trial_axis: int) -> jax.Array:
@@ -273,6 +363,14 @@ class VmappedBowTrainer:
             m = jnp.concatenate([rows[n]["mask"] for n in names], axis=1)
             return mean_pool(ops_dropout(x, dropout[0], keys[0, 0]), m)[:, None]
         k = picked[names[0]][0].shape[1]
+        if keys is not None:  # k trials with dropout, one seed: the same draws for all
+            invs = tuple(rows[n]["inv"] for n in names)
+            b, tokens = invs[0].shape[0], sum(inv.shape[1] for inv in invs)
+            bits = uniform_bits16(keys[0, 0], (b, tokens, self.embed_dim))
+            chunk = _texts_per_chunk(b, tokens * k * self.embed_dim)
+            masks = tuple(rows[n]["mask"] for n in names)
+            rows_k = tuple(picked[n][0] for n in names)
+            return _dropout_mean_pool(chunk, rows_k, invs, masks, bits, dropout)
         width = k * self.embed_dim
         pooled = sum(
             _counts_matmul(rows[n]["counts"], rows[n]["counts_t"], picked[n][0].reshape(-1, width))
@@ -404,13 +502,27 @@ class VmappedBowTrainer:
             return jnp.sum(objective), losses
 
         # The gradient in parts (the losses are separate, so this is the same gradient): the
-        # dropout trials one at a time in a loop, each one's backward before the next one's
-        # forward, so that one trial's per-token arrays are alive at a time (all at once, as
-        # XLA schedules them in one program, made a K = 4 step 1.4x four K = 1 steps); then the
-        # trials without dropout together.
+        # dropout trials, then the trials without dropout together. Dropout trials with one
+        # seed pool a chunk of texts at a time; with several seeds, one trial at a time in a
+        # loop, each one's backward before the next one's forward, so that one trial's
+        # per-token arrays are alive at a time (all at once, as XLA schedules them in one
+        # program, made a K = 4 step 1.4x four K = 1 steps).
         losses, g_head, g_rows = [], [], {n: [] for n in picked}
         grad = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)
-        if num_dropout:
+        if num_dropout and shared_seed:
+            # one seed: the trials' draws are the same, so their token vectors are gathered,
+            # dropped and pooled together, a chunk of texts at a time (`_dropout_mean_pool`)
+            first = lambda x: x[:num_dropout]
+            (_, loss_d), (g_head_d, g_rows_d) = grad(
+                jax.tree.map(first, params["head"]),
+                {n: (p[:, :num_dropout],) for n, p in picked.items()},
+                *map(first, (dropout, keys, weights, wd)),
+            )
+            losses.append(loss_d)
+            g_head.append(g_head_d)
+            for n, (g,) in g_rows_d.items():
+                g_rows[n].append(g)
+        elif num_dropout:
 
             def one_trial(_, xs):
                 head, trial_rows, rate, key, w, decay = xs
@@ -454,13 +566,26 @@ class VmappedBowTrainer:
                 g_rows[n].append(g)
         losses = jnp.concatenate(losses)
         g_head = jax.tree.map(lambda *g: jnp.concatenate(g), *g_head)
-        g_rows = {n: jnp.concatenate(g, axis=1) for n, g in g_rows.items()}
+        # The tables' gradients stay in their parts (dropout trials, the others: [U, k_i, D]),
+        # joined and scaled a row chunk at a time inside the update below: joining the whole
+        # [U, K, D] first cost a pass through memory as long as the update's gathers.
+        scale = None
         if self.clip > 0:  # each trial's global norm; tables carry the trial on axis 1
             sq = sum(jnp.sum(jnp.square(g), range(1, g.ndim)) for g in jax.tree.leaves(g_head))
-            sq = sq + sum(jnp.sum(jnp.square(g), (0, 2)) for g in g_rows.values())
+            sq = sq + sum(
+                jnp.concatenate([jnp.sum(jnp.square(g), (0, 2)) for g in parts])
+                for parts in g_rows.values()
+            )
             scale = jnp.minimum(1.0, self.clip / jnp.maximum(jnp.sqrt(sq), 1e-12))
             g_head = jax.tree.map(lambda g: g * _per_trial(scale, g.ndim, 0), g_head)
-            g_rows = {n: g * scale[None, :, None] for n, g in g_rows.items()}
+
+        def joined(parts, start=None, size=None):
+            """The gradient rows [start, start + size) (all without start) of every trial."""
+            if start is not None:
+                parts = [jax.lax.dynamic_slice_in_dim(g, start, size) for g in parts]
+            g = parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=1)
+            return g if scale is None else g * scale[None, :, None]
+
         count = opt["count"] + 1
         lr_t = lr * self.schedule(step)  # [K]
 
@@ -493,7 +618,7 @@ class VmappedBowTrainer:
         for name, r in rows.items():
             if "rows" not in r:  # the whole table (dense, or lazy through ``touched``)
                 m_old, v_old = opt["m"][name], opt["v"][name]
-                d, m_new, v_new = direction(g_rows[name], m_old, v_old)
+                d, m_new, v_new = direction(joined(g_rows[name]), m_old, v_old)
                 p_new = picked[name] - lr_rows * d
                 if "touched" in r:
                     keep = r["touched"][:, None, None]
@@ -504,12 +629,12 @@ class VmappedBowTrainer:
             # Row chunks of ~256 KiB per array in a loop (gather, update, scatter): the whole
             # [U, K, D] at once streamed several 6 MiB temporaries through memory per step,
             # where one trial's rows alone stay in the 2 MiB L2 cache.
-            at, g = r["rows"], g_rows[name]
-            chunk = _row_chunk(at.shape[0], g.shape[1] * g.shape[2])
+            at, parts = r["rows"], g_rows[name]
+            chunk = _row_chunk(at.shape[0], len(seeds) * self.embed_dim)
 
-            def update(i, tables, at=at, g=g, chunk=chunk):
+            def update(i, tables, at=at, parts=parts, chunk=chunk):
                 idx = jax.lax.dynamic_slice_in_dim(at, i * chunk, chunk)
-                g_c = jax.lax.dynamic_slice_in_dim(g, i * chunk, chunk)
+                g_c = joined(parts, i * chunk, chunk)
                 p_c, m_c, v_c = (t.at[idx].get(mode="fill", fill_value=0.0) for t in tables)
                 d, m_c, v_c = direction(g_c, m_c, v_c)
                 new = (p_c - lr_rows * d, m_c, v_c)

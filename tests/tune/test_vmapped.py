@@ -8,9 +8,10 @@ import pytest
 
 from jaxnn.analysis.synthetic import xor_corpus
 from jaxnn.data import BatchIterator, prepare
+from jaxnn.ops.dropout import uniform_bits16
 from jaxnn.train.config import base_config
 from jaxnn.train.optim import l2_loss, make_optimizer
-from jaxnn.tune.vmapped import VmappedBowTrainer, shared_signature
+from jaxnn.tune.vmapped import VmappedBowTrainer, _dropout_mean_pool, shared_signature
 
 
 def xor_data(neutral: int):
@@ -214,6 +215,58 @@ def test_signature_ignores_only_the_vmappable_fields():
     b = config(optim__learning_rate=0.5, model__dropout=0.3, optim__weight_decay=0.1).to_dict()
     c = config(model__hidden_size=16).to_dict()
     assert shared_signature(a) == shared_signature(b) != shared_signature(c)
+
+
+def numpy_dropout_pool(rows, invs, masks, bits, rates, g):
+    """The formula of `_dropout_mean_pool` written out in NumPy, and its gradient for the
+    cotangent g [B, K, D]: pooled[b, k] = sum over tables and real tokens of
+    keep * E[k][id] * 2^16 / (2^16 - tau_k), divided by the text's real tokens."""
+    tau = np.minimum(np.round(np.asarray(rates, np.float64) * 2**16), 2**16 - 1)
+    scale = 2**16 / (2**16 - tau)
+    b, (k, d) = bits.shape[0], rows[0].shape[1:]
+    count = np.maximum(sum(m.sum(1) for m in masks), 1)
+    pooled, grads = np.zeros((b, k, d)), [np.zeros(r.shape) for r in rows]
+    start = 0
+    for r, inv, m, gr in zip(rows, invs, masks, grads):
+        for i in range(b):
+            for t in np.flatnonzero(m[i]):
+                for j in range(k):
+                    keep = (bits[i, start + t].astype(np.int64) >= tau[j]) * scale[j]
+                    pooled[i, j] += keep * r[inv[i, t], j] / count[i]
+                    gr[inv[i, t], j] += keep * g[i, j] / count[i]
+        start += inv.shape[1]
+    return pooled, grads
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 6])
+@pytest.mark.parametrize("jit", [False, True])
+def test_pooled_dropout_of_trials_sharing_draws_matches_numpy(chunk, jit):
+    """K = 3 trials (rates 0, 0.3, 0.7) over two tables of different lengths (unigrams,
+    bigrams), a text without tokens, chunks that split the batch: values and gradients."""
+    rng = np.random.default_rng(0)
+    b, k, d, sizes, lengths = 6, 3, 5, (7, 4), (5, 4)
+    rows = tuple(rng.standard_normal((u, k, d)).astype(np.float32) for u in sizes)
+    invs = tuple(rng.integers(0, u, (b, t)).astype(np.int32) for u, t in zip(sizes, lengths))
+    masks = tuple(rng.random((b, t)) < 0.7 for t in lengths)
+    masks[0][2], masks[1][2] = False, False  # text 2 has no tokens: pooled zeros, no NaN
+    bits = uniform_bits16(jax.random.key(3), (b, sum(lengths), d))
+    rates = jnp.asarray([0.0, 0.3, 0.7], jnp.float32)
+    g = rng.standard_normal((b, k, d)).astype(np.float32)
+
+    def objective(rows):
+        pooled = _dropout_mean_pool(chunk, rows, invs, masks, bits, rates)
+        return jnp.sum(pooled * g), pooled
+
+    fn = jax.value_and_grad(objective, has_aux=True)
+    (_, pooled), grads = (jax.jit(fn) if jit else fn)(rows)
+    want, want_grads = numpy_dropout_pool(rows, invs, masks, np.asarray(bits), rates, g)
+    np.testing.assert_allclose(pooled, want, rtol=1e-5, atol=1e-6)
+    assert np.all(np.asarray(pooled)[2] == 0)
+    for got, ref in zip(grads, want_grads):
+        np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)
+    # the rate-0 trial keeps every token; the 0.7 one drops about 70 % of them
+    kept = np.asarray(bits).astype(np.int64) >= round(0.7 * 2**16)
+    assert 0.2 < kept.mean() < 0.4
 
 
 @pytest.mark.parametrize("neutral", [30, 400])  # V < 256 (touched form), V > 256 (rows form)
