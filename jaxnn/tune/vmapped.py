@@ -468,7 +468,8 @@ class VmappedBowTrainer:
         ``num_dropout`` (static): the first num_dropout trials draw dropout masks, the others
         have rate 0 and draw none (the same result as a mask that keeps everything).
         ``shared_seed`` (static): the dropout trials share one seed, so their uniform draws are
-        the same (a trial's masks are a function of its seed and the step): drawn once.
+        the same (a trial's masks are a function of its seed and the step): drawn once, and the
+        trials pooled together (`_dropout_mean_pool`); else one trial at a time in a scan.
         """
         keys = None
         if num_dropout:
@@ -509,25 +510,31 @@ class VmappedBowTrainer:
         # program, made a K = 4 step 1.4x four K = 1 steps).
         losses, g_head, g_rows = [], [], {n: [] for n in picked}
         grad = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)
+
+        def together(part: slice, keys):
+            """The trials ``part`` in one gradient call (their rows [U, k, D] as they are)."""
+            take = lambda x: x[part]
+            (_, loss), (g_h, g_r) = grad(
+                jax.tree.map(take, params["head"]),
+                {n: (p[:, part],) for n, p in picked.items()},
+                take(dropout),
+                None if keys is None else take(keys),
+                take(weights),
+                take(wd),
+            )
+            losses.append(loss)
+            g_head.append(g_h)
+            for n, (g,) in g_r.items():
+                g_rows[n].append(g)
+
         if num_dropout and shared_seed:
             # one seed: the trials' draws are the same, so their token vectors are gathered,
             # dropped and pooled together, a chunk of texts at a time (`_dropout_mean_pool`)
-            first = lambda x: x[:num_dropout]
-            (_, loss_d), (g_head_d, g_rows_d) = grad(
-                jax.tree.map(first, params["head"]),
-                {n: (p[:, :num_dropout],) for n, p in picked.items()},
-                *map(first, (dropout, keys, weights, wd)),
-            )
-            losses.append(loss_d)
-            g_head.append(g_head_d)
-            for n, (g,) in g_rows_d.items():
-                g_rows[n].append(g)
+            together(slice(0, num_dropout), keys)
         elif num_dropout:
 
             def one_trial(_, xs):
                 head, trial_rows, rate, key, w, decay = xs
-                if shared_seed:  # the same key in every iteration: XLA draws its bits once
-                    key = keys[0]
                 one = lambda x: x[None]
                 (_, loss), (g_h, g_r) = grad(
                     jax.tree.map(one, head),
@@ -551,19 +558,7 @@ class VmappedBowTrainer:
             for n, (g,) in g_rows_d.items():
                 g_rows[n].append(jnp.swapaxes(g, 0, 1))
         if num_dropout < len(seeds):
-            rest = lambda x: x[num_dropout:]
-            (_, loss_r), (g_head_r, g_rows_r) = grad(
-                jax.tree.map(rest, params["head"]),
-                {n: (p[:, num_dropout:],) for n, p in picked.items()},
-                rest(dropout),
-                None,
-                rest(weights),
-                rest(wd),
-            )
-            losses.append(loss_r)
-            g_head.append(g_head_r)
-            for n, (g,) in g_rows_r.items():
-                g_rows[n].append(g)
+            together(slice(num_dropout, None), None)
         losses = jnp.concatenate(losses)
         g_head = jax.tree.map(lambda *g: jnp.concatenate(g), *g_head)
         # The tables' gradients stay in their parts (dropout trials, the others: [U, k_i, D]),
