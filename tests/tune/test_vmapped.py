@@ -238,11 +238,28 @@ def numpy_dropout_pool(rows, invs, masks, bits, rates, g):
     return pooled, grads
 
 
+def counts_of(invs, masks, sizes):
+    """`_host_rows`'s counts of each table: occurrences of each slot among a text's real tokens
+    over the text's real tokens in all tables, [B, U_n] (and its transpose)."""
+    b = invs[0].shape[0]
+    total = np.maximum(sum(m.sum(1) for m in masks), 1)
+    out = []
+    for inv, m, u in zip(invs, masks, sizes):
+        c = np.zeros((b, u), np.float32)
+        for i in range(b):
+            np.add.at(c[i], inv[i][m[i]], 1.0 / total[i])
+        out.append((c, np.ascontiguousarray(c.T)))
+    return tuple(out)
+
+
 @pytest.mark.parametrize("chunk", [1, 2, 6])
 @pytest.mark.parametrize("jit", [False, True])
-def test_pooled_dropout_of_trials_sharing_draws_matches_numpy(chunk, jit):
-    """K = 3 trials (rates 0, 0.3, 0.7) over two tables of different lengths (unigrams,
-    bigrams), a text without tokens, chunks that split the batch: values and gradients."""
+@pytest.mark.parametrize("num_dropout", [3, 2])
+def test_pooled_dropout_of_trials_sharing_draws_matches_numpy(chunk, jit, num_dropout):
+    """K = 3 trials over two tables of different lengths (unigrams, bigrams), a text without
+    tokens, chunks that split the batch: values and gradients. All three with dropout (rates
+    0, 0.3, 0.7), or the first two (0.3, 0.7) and a third without, pooled by the counts
+    matmul (the formula with rate 0)."""
     rng = np.random.default_rng(0)
     b, k, d, sizes, lengths = 6, 3, 5, (7, 4), (5, 4)
     rows = tuple(rng.standard_normal((u, k, d)).astype(np.float32) for u in sizes)
@@ -250,11 +267,14 @@ def test_pooled_dropout_of_trials_sharing_draws_matches_numpy(chunk, jit):
     masks = tuple(rng.random((b, t)) < 0.7 for t in lengths)
     masks[0][2], masks[1][2] = False, False  # text 2 has no tokens: pooled zeros, no NaN
     bits = uniform_bits16(jax.random.key(3), (b, sum(lengths), d))
-    rates = jnp.asarray([0.0, 0.3, 0.7], jnp.float32)
+    rates = jnp.asarray([0.0, 0.3, 0.7] if num_dropout == k else [0.3, 0.7, 0.0], jnp.float32)
+    counts = None if num_dropout == k else counts_of(invs, masks, sizes)
     g = rng.standard_normal((b, k, d)).astype(np.float32)
 
     def objective(rows):
-        pooled = _dropout_mean_pool(chunk, rows, invs, masks, bits, rates)
+        pooled = _dropout_mean_pool(
+            chunk, num_dropout, rows, invs, masks, counts, bits, rates[:num_dropout]
+        )
         return jnp.sum(pooled * g), pooled
 
     fn = jax.value_and_grad(objective, has_aux=True)
@@ -263,10 +283,21 @@ def test_pooled_dropout_of_trials_sharing_draws_matches_numpy(chunk, jit):
     np.testing.assert_allclose(pooled, want, rtol=1e-5, atol=1e-6)
     assert np.all(np.asarray(pooled)[2] == 0)
     for got, ref in zip(grads, want_grads):
+        assert got.shape == ref.shape
         np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)
-    # the rate-0 trial keeps every token; the 0.7 one drops about 70 % of them
+    # the rate-0.7 trial drops about 70 % of the tokens' entries
     kept = np.asarray(bits).astype(np.int64) >= round(0.7 * 2**16)
     assert 0.2 < kept.mean() < 0.4
+
+
+def test_pooled_dropout_refuses_inconsistent_parts():
+    rows = (jnp.ones((4, 3, 2)),)
+    invs, masks = (np.zeros((2, 3), np.int32),), (np.ones((2, 3), bool),)
+    bits = jnp.zeros((2, 3, 2), jnp.uint16)
+    with pytest.raises(ValueError, match="num_dropout=2"):  # 2 < K = 3 but no counts
+        _dropout_mean_pool(1, 2, rows, invs, masks, None, bits, jnp.zeros(2))
+    with pytest.raises(ValueError, match="chunk=4"):
+        _dropout_mean_pool(4, 3, rows, invs, masks, None, bits, jnp.zeros(3))
 
 
 @pytest.mark.parametrize("neutral", [30, 400])  # V < 256 (touched form), V > 256 (rows form)
