@@ -9,7 +9,9 @@ K = 8 program. Two groups: "mixed" (half the trials with dropout 0.3: the headli
 "no_dropout". Both runs see the same batches, the same initial parameters and dropout masks, so
 their per-epoch metrics must agree; the script prints the largest difference. Wall times are
 medians over ``--repeats`` runs after one untimed warm-up run of each (compilation is reported
-separately: the first run's wall), with the load average before and after. Each run includes
+separately: the first run's wall), with the load average before and after; the rounds alternate
+the two, and the median of the rounds' ratios is given beside the ratio of the medians (on a
+shared machine whose load drifts, the paired figure is the steadier one). Each run includes
 the per-epoch validation and the host-side batch work, as in the tuner (a fit of the trials).
 Writes benchmarks/results/tune.json, tune.md and tune.png (tune.CORPUS.* for a corpus other than
 bbc_news).
@@ -90,6 +92,9 @@ def measure(sequential, vmapped, hyper, seeds, repeats):
             wall, outs[name] = run(trainer, hyper, seeds)
             walls[name].append(wall)
     med = {name: statistics.median(w) for name, w in walls.items()}
+    # each round runs the two back to back, so its ratio sees one load: the median of the
+    # rounds' ratios is the estimate least moved by load that drifts over the run
+    rounds = [v / s for s, v in zip(walls["sequential"], walls["vmapped"])]
     diffs = {}
     for key in ("train_loss", "val_loss", "val_accuracy", "val_macro_f1"):
         diffs[key] = max(
@@ -103,6 +108,8 @@ def measure(sequential, vmapped, hyper, seeds, repeats):
         "median_wall_s": med,
         "first_run_wall_s (with compile)": first,
         "ratio_vmapped_over_sequential": med["vmapped"] / med["sequential"],
+        "round_ratios": rounds,
+        "median_round_ratio": statistics.median(rounds),
         "first_run_ratio": first["vmapped"] / first["sequential"],
         "max_metric_difference": diffs,
         "failures": {n: o.failure for n, o in outs.items()},
@@ -153,17 +160,21 @@ def main() -> None:
         "sequential = the same jitted step at K = 1, one trial after another (compiled once);",
         "vmapped = the 8 trials in one program. Groups: mixed = 4 learning rates x dropout",
         "{0, 0.3}, weight decay 0 / 1e-4; no_dropout = the same with dropout 0 for all.",
+        "Each round runs sequential then vmapped; 'median of round ratios' pairs the two runs",
+        "of a round (one load), 'ratio of medians' does not.",
         "",
-        "| group | run | median wall s | first run s (compile) | walls s | ratio |",
-        "|---|---|---|---|---|---|",
+        "| group | run | median wall s | first run s (compile) | walls s | ratio of medians "
+        "| median of round ratios |",
+        "|---|---|---|---|---|---|---|",
     ]
     for group, g in groups.items():
         for name in ("sequential", "vmapped"):
             ratio = f"**{g['ratio_vmapped_over_sequential']:.3f}**" if name == "vmapped" else ""
+            paired = f"{g['median_round_ratio']:.3f}" if name == "vmapped" else ""
             md.append(
                 f"| {group} | {name} | {g['median_wall_s'][name]:.2f} | "
                 f"{g['first_run_wall_s (with compile)'][name]:.2f} | "
-                f"{', '.join(f'{w:.2f}' for w in g['wall_s'][name])} | {ratio} |"
+                f"{', '.join(f'{w:.2f}' for w in g['wall_s'][name])} | {ratio} | {paired} |"
             )
     md.append("")
     for group, g in groups.items():
