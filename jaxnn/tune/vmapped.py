@@ -553,14 +553,15 @@ class VmappedBowTrainer:
         # one program, made a K = 4 step 1.4x four K = 1 steps), then the others together.
         losses, g_head, g_rows = [], [], {n: [] for n in picked}
         grad = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)
-        take_rows = lambda p, part: p if part == slice(None) else p[:, part]
+        one_call = bool(num_dropout and shared_seed)
 
         def together(part: slice, keys, nd=None):
-            """The trials ``part`` in one gradient call (their rows [U, k, D] as they are)."""
-            take = lambda x: x if part == slice(None) else x[part]
+            """The trials ``part`` in one gradient call (their rows [U, k, D] as they are; a
+            full slice is no copy: XLA drops it)."""
+            take = lambda x: x[part]
             (_, loss), (g_h, g_r) = grad(
                 jax.tree.map(take, params["head"]),
-                {n: (take_rows(p, part),) for n, p in picked.items()},
+                {n: (p[:, part],) for n, p in picked.items()},
                 take(dropout),
                 None if keys is None else take(keys),
                 take(weights),
@@ -572,7 +573,7 @@ class VmappedBowTrainer:
             for n, (g,) in g_r.items():
                 g_rows[n].append(g)
 
-        if num_dropout and shared_seed:
+        if one_call:
             # one seed: the trials' draws are the same, so their token vectors are gathered,
             # dropped and pooled together, a chunk of texts at a time (`_dropout_mean_pool`)
             together(slice(None), keys, num_dropout)
@@ -602,13 +603,14 @@ class VmappedBowTrainer:
             g_head.append(g_head_d)
             for n, (g,) in g_rows_d.items():
                 g_rows[n].append(jnp.swapaxes(g, 0, 1))
-        if num_dropout < len(seeds) and not (num_dropout and shared_seed):
+        if num_dropout < len(seeds) and not one_call:
             together(slice(num_dropout, None), None)
         losses = jnp.concatenate(losses)
         g_head = jax.tree.map(lambda *g: jnp.concatenate(g), *g_head)
-        # The tables' gradients stay in their parts (dropout trials, the others: [U, k_i, D]),
-        # joined and scaled a row chunk at a time inside the update below: joining the whole
-        # [U, K, D] first cost a pass through memory as long as the update's gathers.
+        # The tables' gradients: one [U, K, D] part after one call, else the parts (dropout
+        # trials, the others: [U, k_i, D]), joined and scaled a row chunk at a time inside the
+        # update below: joining the whole [U, K, D] first cost a pass through memory as long as
+        # the update's gathers.
         scale = None
         if self.clip > 0:  # each trial's global norm; tables carry the trial on axis 1
             sq = sum(jnp.sum(jnp.square(g), range(1, g.ndim)) for g in jax.tree.leaves(g_head))
