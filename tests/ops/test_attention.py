@@ -7,6 +7,7 @@ and (for the fast implementations) implementation="reference", values and gradie
 from __future__ import annotations
 
 import itertools
+import re
 
 import jax
 import jax.numpy as jnp
@@ -503,6 +504,30 @@ def test_bad_shapes_raise_at_trace_time(shapes, match):
 # ------------------------------------------------------------------------------------------
 # Slow: long sequences (excluded from CI; run with -m slow)
 # ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="XLA:CPU's dot forms")
+@pytest.mark.parametrize(
+    "shape",
+    [(2, 256, 4, 32), (2, 100, 3, 16), (1, 2048, 2, 64)],
+    ids=["one-block", "one-ragged-block", "many-blocks"],
+)
+def test_chunked_backward_matmuls_contract_the_lhs_last_axis(shape):
+    """Every matmul of the compiled forward + backward contracts its left operand's last axis,
+    the form XLA:CPU runs in its fast kernels. Guards the barriers in _chunked_backward:
+    without them, a one-block pass folded Kᵀ and the final dQᵀ swap into the dQ matmul and
+    compiled it as a generic dot contracting axis 2, at half the speed."""
+    q = k = v = jnp.ones(shape, jnp.float32)
+
+    def loss(q, k, v):
+        return jnp.sum(dot_product_attention(q, k, v, implementation="chunked"))
+
+    text = jax.jit(jax.grad(loss, argnums=(0, 1, 2))).lower(q, k, v).compile().as_text()
+    dots = re.findall(r"= f32\[([\d,]*)\]\S* dot\(.*?lhs_contracting_dims=\{(\d+)\}", text)
+    assert len(dots) >= 7  # QKᵀ and PV forward; recomputed scores, dV, dP, dK and dQ backward
+    for dims, contracted in dots:
+        rank = len(dims.split(","))
+        assert int(contracted) == rank - 1, (dims, contracted)
 
 
 @pytest.mark.slow
