@@ -520,9 +520,26 @@ def _flash_fwd(plan, q, k, v, bias, mask, lengths, seed):
     return out, (q, k, v, bias, mask, lengths, seed, out, lse)
 
 
+@jax.custom_jvp
+def _first_order_only(arrays):
+    """Identity, whose derivative raises: marks the blocked backward as not differentiable."""
+    return arrays
+
+
+@_first_order_only.defjvp
+def _first_order_only_jvp(primals, tangents):
+    raise NotImplementedError(
+        "implementation='chunked' has first derivatives only: its backward pass (loops with "
+        "data-dependent bounds) cannot be differentiated again, so grad of grad, jax.hessian "
+        "and the like are not available; use implementation='reference' or 'xla' for those"
+    )
+
+
 def _flash_bwd(plan, residuals, d_out):
     st, (gb, gn), drop = plan[1], plan[3], plan[4]
     q, k, v, bias, mask, lengths, seed, out, lse = residuals
+    # A second derivative would differentiate this function: say so plainly, up front.
+    q, k, v, bias, out, lse, d_out = _first_order_only((q, k, v, bias, out, lse, d_out))
     batch, heads = q.shape[:2]
 
     def one_group(d_bias, g):
@@ -817,11 +834,12 @@ def dot_product_attention(
           group), which XLA's CPU GEMMs run fastest. Key blocks that are entirely
           causal-masked or beyond the group's key_lengths are skipped. bf16/f16 inputs are
           computed in float32. Supports mask, bias (with its gradient), is_causal,
-          key_lengths and dropout; not return_weights; reverse-mode differentiation only (no
-          jax.jvp / jacfwd). Dropout is exact: each block regenerates, from its counters, the
-          mask "reference" draws for the whole [B, N, T, S] weights (jaxnn.ops.dropout's
-          Threefry draws), so both give the same result; the softmax sums use the undropped
-          probabilities and the backward keeps D = rowsum(dO ∘ O). It needs a Threefry key and
+          key_lengths and dropout; not return_weights; first-order reverse-mode differentiation
+          only (no jax.jvp / jacfwd, and no grad of grad: NotImplementedError). Dropout is
+          exact: each block regenerates, from its counters, the mask "reference" draws for
+          the whole [B, N, T, S] weights (jaxnn.ops.dropout's Threefry draws), so both give
+          the same result; the softmax sums use the undropped probabilities and the backward
+          keeps D = rowsum(dO ∘ O). It needs a Threefry key and
           B·N·T·ceil(S/4) < 2^32 (else ValueError). Traced under a device mesh
           (``jax.sharding.use_abstract_mesh``, as jaxnn.train's steps are) with B divisible by
           the device count, it runs under ``jax.shard_map`` on each device's examples (XLA

@@ -506,6 +506,23 @@ def test_bad_shapes_raise_at_trace_time(shapes, match):
 # ------------------------------------------------------------------------------------------
 
 
+def test_second_derivatives_raise_for_chunked_and_work_elsewhere():
+    q, k, v = _qkv(batch=1, t_len=9, s_len=11, heads=2, head_dim=4)
+
+    def grad_norm(impl):
+        def loss(q):
+            return jnp.sum(dot_product_attention(q, k, v, implementation=impl) ** 2)
+
+        return lambda q: jnp.sum(jax.grad(loss)(q) ** 2)
+
+    want = jax.grad(grad_norm("reference"))(q)
+    assert _rel_err(jax.grad(grad_norm("xla"))(q), want) < 1e-5
+    with pytest.raises(NotImplementedError, match="'chunked' has first derivatives only"):
+        jax.grad(grad_norm("chunked"))(q)
+    with pytest.raises(NotImplementedError, match="'reference' or 'xla'"):
+        jax.hessian(lambda q: jnp.sum(dot_product_attention(q, k, v, implementation="chunked")))(q)
+
+
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="XLA:CPU's dot forms")
 @pytest.mark.parametrize(
     "shape",
