@@ -774,12 +774,37 @@ def _auto(q, k, dropout_rate, return_weights, mask, key_lengths, dropout_rng=Non
         return "cudnn" if cudnn_ok and q.shape[-1] % 8 == 0 else "xla"
     if backend == "tpu":
         return "pallas" if mask is None and key_lengths is None else "xla"
-    # CPU: the blocked kernel wins from T·S = 128² up (benchmarks/attention.py); below that
-    # the single fused XLA graph has less loop overhead.
-    return "chunked" if q.shape[1] * k.shape[1] >= _AUTO_CHUNKED_MIN_SCORES else "reference"
+    # CPU. Mid-sized float32 problems (each head's T·S within 256², 2^20 to 2^21 scores in
+    # all, H <= 64) train fastest as XLA's one materialized graph, whose backward reuses the
+    # saved probabilities instead of recomputing them. From T·S = 128² up the blocked kernel
+    # wins otherwise; below, the fused reference graph has less loop overhead.
+    batch, t_len, heads, head_dim = q.shape
+    s_len = k.shape[1]
+    if (
+        dropout_rate == 0.0
+        and q.dtype == jnp.float32
+        and head_dim <= _AUTO_XLA_MAX_HEAD_DIM
+        and t_len * s_len <= _AUTO_XLA_MAX_HEAD_SCORES
+        and _AUTO_XLA_SCORES[0] <= batch * heads * t_len * s_len <= _AUTO_XLA_SCORES[1]
+    ):
+        return "xla"
+    return "chunked" if t_len * s_len >= _AUTO_CHUNKED_MIN_SCORES else "reference"
 
 
 _AUTO_CHUNKED_MIN_SCORES = 128 * 128
+# Measured on a 2-core Xeon (AVX-512), f32 with a padding mask, one process per implementation,
+# forward+backward ("xla" vs "chunked", ms): B=2, T=256, N=8, H=64: 9.5 vs 12.6-14.0;
+# B=8, T=128, N=8, H=64: 10.3 vs 13.9-15.3; B=4, T=256, N=8, H=64: 18.3-20.1 vs 25.3-25.5;
+# B=16, T=128, N=4, H=32: 5.7 vs 8.6. `benchmarks/attention.py --tag auto_small` (no mask,
+# settle pauses) reads 10-13 % in favour of "xla" forward+backward and 20-25 % against it
+# forward alone: training gains, inference loses a little. Outside the window the blocked
+# kernel is as fast or faster: B=2, T=128, N=8, H=64 (2^18 scores) 3.8 vs 2.8; B=1, T=512,
+# N=8, H=64: 15.5 vs 19.0 forward+backward but 6.4 vs 5.0 forward; B=1, T=1024, N=2, H=64
+# (one head's scores outgrow the cache) 57.0 vs 12.9; B=2, T=256, N=4, H=128: 13.5 vs 6.5;
+# B=64, T=256, N=4, H=32: 170 vs 113.
+_AUTO_XLA_MAX_HEAD_SCORES = 256 * 256
+_AUTO_XLA_SCORES = (1 << 20, 1 << 21)
+_AUTO_XLA_MAX_HEAD_DIM = 64
 
 
 # --------------------------------------------------------------------------------------------
@@ -852,11 +877,13 @@ def dot_product_attention(
         * "auto" (default): "reference" when return_weights is requested, or dropout off the
           CPU (or with a key or shape "chunked" cannot match); else on
           GPU "cudnn" for bf16/f16 with H <= 128 and H % 8 == 0, otherwise "xla"; on TPU
-          "pallas" when there is no mask or key_lengths, otherwise "xla"; on CPU "chunked"
-          when T·S >= 128², otherwise "reference". Measured on a 2-core CPU (f32, with a
-          key padding mask, B=64, N=4, H=32): at T = 128 and 256 "chunked" is about 2× "xla"
-          and "reference" forward+backward (2.5× forward); at T = 64 all three tie, and
-          below that one fused graph has less loop overhead.
+          "pallas" when there is no mask or key_lengths, otherwise "xla"; on CPU "xla" for
+          mid-sized float32 problems without dropout (T·S <= 256², 2^20 <= B·N·T·S <= 2^21,
+          H <= 64: one materialized graph whose backward reuses the probabilities, 10-50 %
+          faster forward+backward there, up to 25 % slower forward alone), else "chunked" when
+          T·S >= 128², else "reference". Measured on a 2-core Xeon (f32, key padding mask):
+          at B=64, N=4, H=32, T = 128 and 256, "chunked" is 1.3-1.5× "xla" and 1.6-1.8×
+          "reference" forward+backward; at B=1, N=2, T=1024 it is 4.4× "xla".
 
         An implementation that cannot honour an argument raises ValueError; nothing is
         silently ignored.

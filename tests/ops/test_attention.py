@@ -325,24 +325,42 @@ def test_query_that_sees_no_key_gives_zeros_and_zero_gradient(implementation, sm
     assert np.all(np.asarray(d_k[0]) == 0.0) and np.all(np.asarray(d_v[0]) == 0.0)
 
 
-def test_auto_on_cpu_is_documented_choice_and_correct():
+@pytest.mark.parametrize(
+    "shape, dtype, want",
+    [
+        ((2, 256, 8, 64), jnp.float32, "xla"),  # B·N·T·S = 2^20: one graph, saved probabilities
+        ((4, 256, 8, 64), jnp.float32, "xla"),  # 2^21 scores, T·S = 256²: both at the limit
+        ((16, 128, 4, 32), jnp.float32, "xla"),
+        ((2, 128, 8, 64), jnp.float32, "chunked"),  # 2^18 scores: under the window
+        ((1, 512, 4, 64), jnp.float32, "chunked"),  # 2^20 scores, but one head's T·S over 256²
+        ((8, 256, 8, 64), jnp.float32, "chunked"),  # B·N·T·S over 2^21
+        ((1, 16, 3, 16), jnp.float32, "reference"),
+        ((2, 256, 4, 128), jnp.float32, "chunked"),  # H over 64
+        ((64, 256, 4, 32), jnp.float32, "chunked"),  # benchmarks/train.py's transformer
+        ((2, 256, 8, 64), jnp.bfloat16, "chunked"),  # "xla" would compute in bf16
+        ((128, 64, 8, 32), jnp.float32, "reference"),  # T·S under 128², many scores
+    ],
+)
+def test_auto_on_cpu_is_documented_choice(shape, dtype, want):
     assert jax.default_backend() == "cpu"
-    q, k, v = _qkv(batch=1, t_len=300, s_len=300, heads=2, head_dim=16)
-    assert attention._auto(q, k, 0.0, False, None, None) == "chunked"
-    small_q, small_k, _ = _qkv(batch=1, t_len=16, s_len=16)
-    assert attention._auto(small_q, small_k, 0.0, False, None, None) == "reference"
-    q128, k128, _ = _qkv(batch=1, t_len=128, s_len=128)
-    assert attention._auto(q128, k128, 0.0, False, None, None) == "chunked"
-    q64, k64, _ = _qkv(batch=1, t_len=64, s_len=255)
-    assert attention._auto(q64, k64, 0.0, False, None, None) == "reference"
-    assert attention._auto(q, k, 0.1, False, None, None) == "reference"
+    q = jax.ShapeDtypeStruct(shape, dtype)
+    assert attention._auto(q, q, 0.0, False, None, None) == want
+
+
+def test_auto_on_cpu_never_gives_dropout_or_weights_to_xla_and_is_correct():
+    q, k, v = _qkv(batch=4, t_len=256, s_len=256, heads=4, head_dim=16)
+    assert attention._auto(q, k, 0.0, False, None, None) == "xla"
+    assert attention._auto(q, k, 0.1, False, None, None, jax.random.key(0)) == "chunked"
+    assert attention._auto(q, k, 0.1, False, None, None) == "reference"  # no key given
     assert attention._auto(q, k, 0.0, True, None, None) == "reference"
-    np.testing.assert_allclose(
-        dot_product_attention(q, k, v, is_causal=True),
-        dot_product_attention(q, k, v, is_causal=True, implementation="reference"),
-        rtol=1e-5,
-        atol=1e-6,
-    )
+    for shape in [(4, 256, 4), (1, 1100, 1)]:  # "xla", then "chunked"
+        q, k, v = _qkv(batch=shape[0], t_len=shape[1], s_len=shape[1], heads=shape[2])
+        np.testing.assert_allclose(
+            dot_product_attention(q, k, v, is_causal=True),
+            dot_product_attention(q, k, v, is_causal=True, implementation="reference"),
+            rtol=1e-5,
+            atol=1e-6,
+        )
 
 
 def test_chunked_under_vmap_matches_reference():
