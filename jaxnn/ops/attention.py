@@ -796,7 +796,7 @@ _AUTO_CHUNKED_MIN_SCORES = 128 * 128
 # forward+backward ("xla" vs "chunked", ms): B=2, T=256, N=8, H=64: 9.5 vs 12.6-14.0;
 # B=8, T=128, N=8, H=64: 10.3 vs 13.9-15.3; B=4, T=256, N=8, H=64: 18.3-20.1 vs 25.3-25.5;
 # B=16, T=128, N=4, H=32: 5.7 vs 8.6. `benchmarks/attention.py --tag auto_small` (no mask,
-# settle pauses) reads 10-13 % in favour of "xla" forward+backward and 20-25 % against it
+# settle pauses) has "xla" 1.12-1.15x as fast forward+backward and "chunked" 1.25x as fast
 # forward alone: training gains, inference loses a little. Outside the window the blocked
 # kernel is as fast or faster: B=2, T=128, N=8, H=64 (2^18 scores) 3.8 vs 2.8; B=1, T=512,
 # N=8, H=64: 15.5 vs 19.0 forward+backward but 6.4 vs 5.0 forward; B=1, T=1024, N=2, H=64
@@ -879,8 +879,8 @@ def dot_product_attention(
           GPU "cudnn" for bf16/f16 with H <= 128 and H % 8 == 0, otherwise "xla"; on TPU
           "pallas" when there is no mask or key_lengths, otherwise "xla"; on CPU "xla" for
           mid-sized float32 problems without dropout (T·S <= 256², 2^20 <= B·N·T·S <= 2^21,
-          H <= 64: one materialized graph whose backward reuses the probabilities, 10-50 %
-          faster forward+backward there, up to 25 % slower forward alone), else "chunked" when
+          H <= 64: one materialized graph whose backward reuses the probabilities, 1.1-1.5×
+          as fast forward+backward there, 0.8× forward alone), else "chunked" when
           T·S >= 128², else "reference". Measured on a 2-core Xeon (f32, key padding mask):
           at B=64, N=4, H=32, T = 128 and 256, "chunked" is 1.3-1.5× "xla" and 1.6-1.8×
           "reference" forward+backward; at B=1, N=2, T=1024 it is 4.4× "xla".
