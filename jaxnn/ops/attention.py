@@ -734,6 +734,42 @@ def _pallas(q, k, v, mask, bias, is_causal, key_lengths):
     return to_bnth(out)
 
 
+# --------------------------------------------------------------------------------------------
+# "auto"'s choice for mid-sized CPU problems: the blocked forward, XLA's graph when differentiated
+# --------------------------------------------------------------------------------------------
+
+
+def _chunked_forward_xla_gradient(q, k, v, mask, bias, is_causal, key_lengths):
+    """Attention whose value comes from "chunked" and whose derivatives come from "xla".
+
+    Where one head's probabilities still fit in the cache, the two kernels win in different
+    modes: the blocked forward is faster alone, while XLA's materialized graph trains faster
+    because its backward reuses the saved probabilities instead of recomputing them. As a
+    custom_jvp whose rule is XLA's graph, this runs the blocked forward when only the value
+    is needed (inference, evaluation) and XLA's forward and its derivative when the value is
+    differentiated; forward mode, grad of grad and jax.hessian work as with "xla".
+    """
+    return _mixed(bool(is_causal), q, k, v, mask, bias, key_lengths)
+
+
+def _mixed_value(is_causal, q, k, v, mask, bias, key_lengths):
+    return _split_over_batch(_chunked, q, k, v, mask, bias, is_causal, key_lengths)
+
+
+def _mixed_jvp(is_causal, primals, tangents):
+    q, k, v, mask, bias, key_lengths = primals
+    xla = lambda q, k, v, bias: _jax_nn(q, k, v, mask, bias, is_causal, key_lengths, "xla")
+    d_q, d_k, d_v, _, d_bias, _ = tangents  # masks and lengths (integers) have no tangent
+    if bias is None:
+        return jax.jvp(lambda q, k, v: xla(q, k, v, None), (q, k, v), (d_q, d_k, d_v))
+    return jax.jvp(xla, (q, k, v, bias), (d_q, d_k, d_v, d_bias))
+
+
+_mixed = jax.custom_jvp(_mixed_value, nondiff_argnums=(0,))
+_mixed.defjvp(_mixed_jvp)
+_CHUNKED_FORWARD_XLA_GRADIENT = "chunked forward, xla gradient"  # internal to "auto"
+
+
 def _chunked_dropout_problem(q, k, dropout_rng) -> str | None:
     """Why "chunked" cannot draw the masks "reference" would (None when it can)."""
     if dropout_rng is None:
@@ -776,8 +812,10 @@ def _auto(q, k, dropout_rate, return_weights, mask, key_lengths, dropout_rng=Non
         return "pallas" if mask is None and key_lengths is None else "xla"
     # CPU. Mid-sized float32 problems (each head's T·S within 256², 2^20 to 2^21 scores in
     # all, H <= 64) train fastest as XLA's one materialized graph, whose backward reuses the
-    # saved probabilities instead of recomputing them. From T·S = 128² up the blocked kernel
-    # wins otherwise; below, the fused reference graph has less loop overhead.
+    # saved probabilities instead of recomputing them, but run forward alone faster blocked:
+    # there the value comes from "chunked" and the derivatives from "xla". From T·S = 128²
+    # up the blocked kernel wins otherwise; below, the fused reference graph has less loop
+    # overhead.
     batch, t_len, heads, head_dim = q.shape
     s_len = k.shape[1]
     if (
@@ -787,7 +825,7 @@ def _auto(q, k, dropout_rate, return_weights, mask, key_lengths, dropout_rng=Non
         and t_len * s_len <= _AUTO_XLA_MAX_HEAD_SCORES
         and _AUTO_XLA_SCORES[0] <= batch * heads * t_len * s_len <= _AUTO_XLA_SCORES[1]
     ):
-        return "xla"
+        return _CHUNKED_FORWARD_XLA_GRADIENT
     return "chunked" if t_len * s_len >= _AUTO_CHUNKED_MIN_SCORES else "reference"
 
 
@@ -801,7 +839,10 @@ _AUTO_CHUNKED_MIN_SCORES = 128 * 128
 # kernel is as fast or faster: B=2, T=128, N=8, H=64 (2^18 scores) 3.8 vs 2.8; B=1, T=512,
 # N=8, H=64: 15.5 vs 19.0 forward+backward but 6.4 vs 5.0 forward; B=1, T=1024, N=2, H=64
 # (one head's scores outgrow the cache) 57.0 vs 12.9; B=2, T=256, N=4, H=128: 13.5 vs 6.5;
-# B=64, T=256, N=4, H=32: 170 vs 113.
+# B=64, T=256, N=4, H=32: 170 vs 113. On a 2-core AMD EPYC (AVX-512, `--tag auto_small_amd`)
+# the window's forward+backward gain is smaller: B=2, T=256: xla 7.8 vs chunked 8.9 ms;
+# B=8, T=128: a tie (9.3 vs 9.2). Since "auto" takes only the derivatives from "xla" there,
+# its forward is chunked's (2.6 vs xla 3.2 ms and 3.2 vs 4.0 ms in that run).
 _AUTO_XLA_MAX_HEAD_SCORES = 256 * 256
 _AUTO_XLA_SCORES = (1 << 20, 1 << 21)
 _AUTO_XLA_MAX_HEAD_DIM = 64
@@ -877,11 +918,13 @@ def dot_product_attention(
         * "auto" (default): "reference" when return_weights is requested, or dropout off the
           CPU (or with a key or shape "chunked" cannot match); else on
           GPU "cudnn" for bf16/f16 with H <= 128 and H % 8 == 0, otherwise "xla"; on TPU
-          "pallas" when there is no mask or key_lengths, otherwise "xla"; on CPU "xla" for
+          "pallas" when there is no mask or key_lengths, otherwise "xla"; on CPU, for
           mid-sized float32 problems without dropout (T·S <= 256², 2^20 <= B·N·T·S <= 2^21,
-          H <= 64: one materialized graph whose backward reuses the probabilities, 1.1-1.5×
-          as fast forward+backward there, 0.8× forward alone), else "chunked" when
-          T·S >= 128², else "reference". Measured on a 2-core Xeon (f32, key padding mask):
+          H <= 64), the value from "chunked" and the derivatives from "xla" (a custom_jvp:
+          the blocked forward is the faster one alone, XLA's graph, whose backward reuses
+          the saved probabilities, the faster one to differentiate; forward mode and second
+          derivatives work there as with "xla"), else "chunked" when T·S >= 128², else
+          "reference". Measured on a 2-core Xeon (f32, key padding mask):
           at B=64, N=4, H=32, T = 128 and 256, "chunked" is 1.3-1.5× "xla" and 1.6-1.8×
           "reference" forward+backward; at B=1, N=2, T=1024 it is 4.4× "xla".
 
@@ -924,6 +967,8 @@ def dot_product_attention(
             words = key_words(dropout_rng).astype(jnp.uint32)
             drop = (float(dropout_rate), jnp.concatenate([words, jnp.zeros((1,), jnp.uint32)]))
         return _split_over_batch(_chunked, q, k, v, mask, bias, is_causal, key_lengths, drop)
+    if implementation == _CHUNKED_FORWARD_XLA_GRADIENT:
+        return _chunked_forward_xla_gradient(q, k, v, mask, bias, is_causal, key_lengths)
     if implementation in ("xla", "cudnn"):
         return _jax_nn(q, k, v, mask, bias, is_causal, key_lengths, implementation)
     return _pallas(q, k, v, mask, bias, is_causal, key_lengths)

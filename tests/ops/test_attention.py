@@ -19,6 +19,7 @@ from jaxnn.ops import attention
 from jaxnn.ops.attention import dot_product_attention
 
 CPU_IMPLEMENTATIONS = ("chunked", "xla")
+MIXED = attention._CHUNKED_FORWARD_XLA_GRADIENT  # "auto"'s choice for mid-sized CPU problems
 
 
 def _qkv(batch=2, t_len=37, s_len=53, heads=3, head_dim=16, dtype=jnp.float32, seed=0):
@@ -328,9 +329,9 @@ def test_query_that_sees_no_key_gives_zeros_and_zero_gradient(implementation, sm
 @pytest.mark.parametrize(
     "shape, dtype, want",
     [
-        ((2, 256, 8, 64), jnp.float32, "xla"),  # B·N·T·S = 2^20: one graph, saved probabilities
-        ((4, 256, 8, 64), jnp.float32, "xla"),  # 2^21 scores, T·S = 256²: both at the limit
-        ((16, 128, 4, 32), jnp.float32, "xla"),
+        ((2, 256, 8, 64), jnp.float32, MIXED),  # B·N·T·S = 2^20: one graph, saved probabilities
+        ((4, 256, 8, 64), jnp.float32, MIXED),  # 2^21 scores, T·S = 256²: both at the limit
+        ((16, 128, 4, 32), jnp.float32, MIXED),
         ((2, 128, 8, 64), jnp.float32, "chunked"),  # 2^18 scores: under the window
         ((1, 512, 4, 64), jnp.float32, "chunked"),  # 2^20 scores, but one head's T·S over 256²
         ((8, 256, 8, 64), jnp.float32, "chunked"),  # B·N·T·S over 2^21
@@ -349,7 +350,7 @@ def test_auto_on_cpu_is_documented_choice(shape, dtype, want):
 
 def test_auto_on_cpu_never_gives_dropout_or_weights_to_xla_and_is_correct():
     q, k, v = _qkv(batch=4, t_len=256, s_len=256, heads=4, head_dim=16)
-    assert attention._auto(q, k, 0.0, False, None, None) == "xla"
+    assert attention._auto(q, k, 0.0, False, None, None) == MIXED
     assert attention._auto(q, k, 0.1, False, None, None, jax.random.key(0)) == "chunked"
     assert attention._auto(q, k, 0.1, False, None, None) == "reference"  # no key given
     assert attention._auto(q, k, 0.0, True, None, None) == "reference"
@@ -361,6 +362,42 @@ def test_auto_on_cpu_never_gives_dropout_or_weights_to_xla_and_is_correct():
             rtol=1e-5,
             atol=1e-6,
         )
+
+
+def test_auto_window_values_come_from_chunked_and_derivatives_from_xla():
+    q, k, v = _qkv(batch=4, t_len=256, s_len=256, heads=4, head_dim=16)
+    assert attention._auto(q, k, 0.0, False, None, None) == MIXED
+    bias = 0.5 * jax.random.normal(jax.random.key(7), (1, 4, 256, 256))
+    lengths = jnp.array([256, 200, 3, 0])  # the last example sees no key: zeros
+
+    def attend(impl):
+        return lambda q, k, v, b: dot_product_attention(
+            q, k, v, bias=b, key_lengths=lengths, is_causal=True, implementation=impl
+        )
+
+    def loss(impl):
+        return lambda q, k, v, b: jnp.sum(jnp.sin(attend(impl)(q, k, v, b)))
+
+    args = (q, k, v, bias)
+    want = _numpy_attention(q, k, v, bias=bias, is_causal=True, key_lengths=np.asarray(lengths))
+    for f in (attend("auto"), jax.jit(attend("auto"))):
+        assert _rel_err(f(*args), want) < 1e-5
+    grads = jax.jit(jax.grad(loss("auto"), argnums=(0, 1, 2, 3)))(*args)
+    for got, want in zip(grads, jax.grad(loss("reference"), argnums=(0, 1, 2, 3))(*args)):
+        assert _rel_err(got, want) < 1e-5
+    # Which kernel runs: the value alone is the blocked loop, its gradient XLA's loop-free graph.
+    assert "while" in jax.jit(attend("auto")).lower(*args).as_text()
+    assert "while" not in jax.jit(jax.grad(loss("auto"))).lower(*args).as_text()
+    # Forward mode and second derivatives work, as with "xla".
+    tangents = (v, q, k, bias)
+    _, jvp_auto = jax.jvp(attend("auto"), args, tangents)
+    _, jvp_ref = jax.jvp(attend("reference"), args, tangents)
+    assert _rel_err(jvp_auto, jvp_ref) < 1e-5
+
+    def grad_norm(impl):
+        return lambda q: jnp.sum(jax.grad(loss(impl))(q, k, v, bias) ** 2)
+
+    assert _rel_err(jax.grad(grad_norm("auto"))(q), jax.grad(grad_norm("reference"))(q)) < 1e-4
 
 
 def test_chunked_under_vmap_matches_reference():
