@@ -15,6 +15,12 @@ the ratios compare runs that saw the same load.
 Then one full epoch of real training (`Trainer.run_epoch`) counts the step's compilations, which
 must not exceed the number of length buckets.
 
+Each model runs in its own Python process under the host allocator its shipped config asks for
+(`train.host_allocator`: configs/default.py for bow, configs/imdb_transformer.py for the
+transformer; jaxnn.host_memory), as `python train.py` would run it. The setting is process-wide,
+so the PyTorch twin and the matmul of that process run under it too. $JAXNN_HOST_ALLOCATOR, when
+set, overrides every model's, as it does for train.py.
+
 Writes benchmarks/results/train.json, train.md and train.png. Timings on a shared 2-core CPU are
 noisy: only medians and ratios measured in the same run are reported; nothing here passes or fails.
 """
@@ -26,7 +32,9 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -50,9 +58,22 @@ VOCAB = 30000
 CLASSES = 2
 
 
+def shipped_host_allocator(config_file: str) -> str:
+    """``train.host_allocator`` of ``configs/<config_file>``'s get_config() ('' = the default)."""
+    import importlib.util
+
+    path = ROOT / "configs" / config_file
+    spec = importlib.util.spec_from_file_location(f"_config_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return str(module.get_config().train.host_allocator)
+
+
 def model_configs(quick: bool) -> dict[str, dict]:
-    """The benchmarked settings: default.py's bow model and the issue's reference transformer."""
+    """The benchmarked settings: default.py's bow model and the issue's reference transformer
+    (the model of imdb_transformer.py), each with its shipped config's host allocator."""
     bow = base_config()
+    bow.train.host_allocator = shipped_host_allocator("default.py")
     bow.model.name = "bow"
     bow.model.embed_dim = 32
     bow.model.bigram_buckets = 2**20
@@ -72,6 +93,7 @@ def model_configs(quick: bool) -> dict[str, dict]:
     tr.optim.weight_decay = 0.01
     tr.train.batch_size = 64
     tr.data.max_len = 256
+    tr.train.host_allocator = shipped_host_allocator("imdb_transformer.py")
     if quick:
         tr.train.batch_size = 16
     return {"bow": validate_config(bow), "transformer": validate_config(tr)}
@@ -329,15 +351,16 @@ def write_outputs(results: dict) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "train.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     rows = [
-        "| model | B x T | jaxnn tokens/s | jaxnn examples/s | compile s | GFLOP/step | "
-        "matmul GFLOP/s | MFU vs matmul | PyTorch tokens/s | jaxnn / PyTorch |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| model | B x T | host allocator | jaxnn tokens/s | jaxnn examples/s | compile s | "
+        "GFLOP/step | matmul GFLOP/s | MFU vs matmul | PyTorch tokens/s | jaxnn / PyTorch |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in results["models"].items():
         j, t = r["jax"], r.get("torch")
         ratio = f"{j['tokens_per_s'] / t['tokens_per_s']:.2f}x" if t else "n/a"
         rows.append(
-            f"| {name} | {r['batch_size']} x {r['length']} | {j['tokens_per_s']:,.0f} | "
+            f"| {name} | {r['batch_size']} x {r['length']} | {r['host_allocator']['mode']} | "
+            f"{j['tokens_per_s']:,.0f} | "
             f"{j['examples_per_s']:,.1f} | {j['compile_s']:.1f} | "
             f"{j['flops_per_step'] / 1e9:.2f} | {r['matmul']['flops_per_s'] / 1e9:.1f} | "
             f"{r['mfu_vs_matmul']:.1%} | "
@@ -348,8 +371,14 @@ def write_outputs(results: dict) -> None:
         "# Train-step benchmark (benchmarks/train.py)",
         "",
         f"Devices: {results['devices']}. {results['machine']}. Load average at start: "
-        f"{results['load_average']}. Host allocator (jaxnn.host_memory, process-wide, so "
-        f"PyTorch's too): {results['host_allocator']['mode']}.",
+        f"{results['load_average']}. Each model ran in its own process under its shipped "
+        "config's host allocator (jaxnn.host_memory; process-wide, so PyTorch's and the "
+        "matmul's too)"
+        + (
+            f", here overridden by $JAXNN_HOST_ALLOCATOR={results['host_allocator_env']}."
+            if results["host_allocator_env"]
+            else "."
+        ),
         "",
         *rows,
         "",
@@ -400,65 +429,104 @@ def write_outputs(results: dict) -> None:
     plt.close(fig)
 
 
+def bench_model(name: str, config: dict, repeats: int, with_torch: bool) -> dict:
+    """One model's figures, measured in this process: jaxnn's step, PyTorch's twin and the
+    matmul, interleaved round by round."""
+    per_block = 4 if name == "bow" else 2
+    print(f"[{name}] jaxnn and PyTorch, interleaved ...", flush=True)
+    matmul = prepare_matmul()
+    jax_prepared = prepare_jax(config, per_block)
+    jax_prepared.pop("compiled")
+    contenders = {"jax": jax_prepared.pop("block"), "matmul": matmul["block"]}
+    torch_prepared = prepare_torch(name, config, per_block) if with_torch else None
+    if torch_prepared:
+        contenders["torch"] = torch_prepared.pop("block")
+    times = time_interleaved(contenders, repeats, settle_s=0.5)
+    jax_result = step_rates(times["jax"], per_block, config, jax_prepared)
+    torch_result = None
+    if torch_prepared:
+        torch_result = step_rates(times["torch"], per_block, config, torch_prepared)
+    # the device's dense rate: the fastest matmul of the rounds (a loaded round only slows
+    # it down, and a slow denominator would flatter MFU)
+    matmul_s = min(times["matmul"])
+    return {
+        "batch_size": config["train"]["batch_size"],
+        "length": config["data"]["max_len"],
+        "model": config["model"],
+        "host_allocator": host_allocator(),
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+        "jax": jax_result,
+        "torch": torch_result,
+        "matmul": {
+            "n": matmul["n"],
+            "seconds": matmul_s,
+            "flops_per_s": matmul["flops"] / matmul_s,
+        },
+        "mfu_vs_matmul": jax_result["flops_per_s"] * matmul_s / matmul["flops"],
+        "jax_over_torch_tokens": (
+            jax_result["tokens_per_s"] / torch_result["tokens_per_s"] if torch_result else None
+        ),
+    }
+
+
+def bench_model_in_subprocess(name: str, args: argparse.Namespace) -> dict:
+    """`bench_model` in a fresh Python process, so that the host allocator of the model's
+    config (jaxnn.host_memory, process-wide and applied before JAX's first computation) is
+    the one in force there. Its progress lines stream to this process's output."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / f"{name}.json"
+        command = [sys.executable, __file__, "--one-model", name, "--one-model-out", str(out)]
+        command += ["--repeats", str(args.repeats)] if args.repeats else []
+        command += ["--quick"] if args.quick else []
+        command += ["--no-torch"] if args.no_torch else []
+        subprocess.run(command, check=True)
+        return json.loads(out.read_text(encoding="utf-8"))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="smaller batches, fewer repeats")
     parser.add_argument("--no-torch", action="store_true")
     parser.add_argument("--repeats", type=int, default=None, help="rounds (default 5, --quick 3)")
     parser.add_argument("--epoch-corpus", default="bbc_news", help="'' skips the epoch count")
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        choices=("bow", "transformer"),
+        default=("bow", "transformer"),
+        help="which models to measure (each in its own process)",
+    )
+    # internal: measure one model in this process and write its figures to a JSON file
+    parser.add_argument("--one-model", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--one-model-out", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.repeats is not None and args.repeats < 1:
+        parser.error(f"--repeats={args.repeats}; allowed: an integer >= 1")
     repeats = args.repeats or (3 if args.quick else 5)
     configs = model_configs(args.quick)
+    if args.one_model:
+        config = configs[args.one_model]
+        configure_host_allocator(config=config)  # before JAX's first computation
+        result = bench_model(args.one_model, config, repeats, not args.no_torch)
+        Path(args.one_model_out).write_text(json.dumps(result) + "\n", encoding="utf-8")
+        return
+    configure_host_allocator()  # this process: the epoch count (base config: '' = default)
     results = {
         "devices": describe_mesh(make_mesh()),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
         "load_average": [round(x, 2) for x in os.getloadavg()],
-        "host_allocator": host_allocator(),
+        "host_allocator_env": os.environ.get("JAXNN_HOST_ALLOCATOR", ""),
         "repeats": repeats,
         "jax_version": jax.__version__,
-        "models": {},
+        "models": {name: bench_model_in_subprocess(name, args) for name in args.models},
     }
-    matmul = prepare_matmul()
-    for name, config in configs.items():
-        per_block = 4 if name == "bow" else 2
-        print(f"[{name}] jaxnn and PyTorch, interleaved ...", flush=True)
-        jax_prepared = prepare_jax(config, per_block)
-        jax_prepared.pop("compiled")
-        contenders = {"jax": jax_prepared.pop("block"), "matmul": matmul["block"]}
-        torch_prepared = None if args.no_torch else prepare_torch(name, config, per_block)
-        if torch_prepared:
-            contenders["torch"] = torch_prepared.pop("block")
-        times = time_interleaved(contenders, repeats, settle_s=0.5)
-        jax_result = step_rates(times["jax"], per_block, config, jax_prepared)
-        torch_result = None
-        if torch_prepared:
-            torch_result = step_rates(times["torch"], per_block, config, torch_prepared)
-        # the device's dense rate: the fastest matmul of the rounds (a loaded round only slows
-        # it down, and a slow denominator would flatter MFU)
-        matmul_s = min(times["matmul"])
-        results["models"][name] = {
-            "batch_size": config["train"]["batch_size"],
-            "length": config["data"]["max_len"],
-            "model": config["model"],
-            "jax": jax_result,
-            "torch": torch_result,
-            "matmul": {
-                "n": matmul["n"],
-                "seconds": matmul_s,
-                "flops_per_s": matmul["flops"] / matmul_s,
-            },
-            "mfu_vs_matmul": jax_result["flops_per_s"] * matmul_s / matmul["flops"],
-            "jax_over_torch_tokens": (
-                jax_result["tokens_per_s"] / torch_result["tokens_per_s"] if torch_result else None
-            ),
-        }
     if args.epoch_corpus:
         print(f"[epoch] {args.epoch_corpus} ...", flush=True)
         results["epoch"] = epoch_compilations(args.epoch_corpus)
+        results["epoch"]["host_allocator"] = host_allocator()
     write_outputs(results)
     print((RESULTS / "train.md").read_text())
 
 
 if __name__ == "__main__":
-    configure_host_allocator()  # before JAX's first computation (jaxnn.host_memory)
     main()
