@@ -49,7 +49,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))  # timing.py, also when imported fr
 from timing import time_interleaved  # noqa: E402  (benchmarks/timing.py)
 
 from jaxnn.host_memory import configure_host_allocator, host_allocator  # noqa: E402
-from jaxnn.train.config import base_config, validate_config  # noqa: E402
+from jaxnn.train.config import base_config, config_from_file, validate_config  # noqa: E402
 from jaxnn.train.distributed import describe_mesh, make_mesh, shard_batch  # noqa: E402
 from jaxnn.train.loop import build_steps, init_train_state  # noqa: E402
 
@@ -60,13 +60,7 @@ CLASSES = 2
 
 def shipped_host_allocator(config_file: str) -> str:
     """``train.host_allocator`` of ``configs/<config_file>``'s get_config() ('' = the default)."""
-    import importlib.util
-
-    path = ROOT / "configs" / config_file
-    spec = importlib.util.spec_from_file_location(f"_config_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return str(module.get_config().train.host_allocator)
+    return str(config_from_file(ROOT / "configs" / config_file).train.host_allocator)
 
 
 def model_configs(quick: bool) -> dict[str, dict]:
@@ -497,15 +491,14 @@ def main() -> None:
         help="which models to measure (each in its own process)",
     )
     # internal: measure one model in this process and write its figures to a JSON file
-    parser.add_argument("--one-model", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--one-model", choices=("bow", "transformer"), help=argparse.SUPPRESS)
     parser.add_argument("--one-model-out", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.repeats is not None and args.repeats < 1:
         parser.error(f"--repeats={args.repeats}; allowed: an integer >= 1")
     repeats = args.repeats or (3 if args.quick else 5)
-    configs = model_configs(args.quick)
     if args.one_model:
-        config = configs[args.one_model]
+        config = model_configs(args.quick)[args.one_model]
         configure_host_allocator(config=config)  # before JAX's first computation
         result = bench_model(args.one_model, config, repeats, not args.no_torch)
         Path(args.one_model_out).write_text(json.dumps(result) + "\n", encoding="utf-8")

@@ -20,7 +20,6 @@ bbc_news).
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import platform
@@ -36,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 from jaxnn.host_memory import configure_host_allocator, host_allocator  # noqa: E402
 from jaxnn.train import load_data  # noqa: E402
-from jaxnn.train.config import validate_config  # noqa: E402
+from jaxnn.train.config import config_from_file, validate_config  # noqa: E402
 from jaxnn.tune.vmapped import VmappedBowTrainer  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -46,10 +45,7 @@ DROPOUTS = [0.0, 0.3]
 
 
 def base_config(corpus: str, epochs: int):
-    spec = importlib.util.spec_from_file_location("tune_cfg", ROOT / "configs" / "tune_bbc.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config()
+    config = config_from_file(ROOT / "configs" / "tune_bbc.py")
     del config["tune"]
     config.data.corpus = corpus
     if corpus == "imdb":
