@@ -19,7 +19,9 @@ Each model runs in its own Python process under the host allocator its shipped c
 (`train.host_allocator`: configs/default.py for bow, configs/imdb_transformer.py for the
 transformer; jaxnn.host_memory), as `python train.py` would run it. The setting is process-wide,
 so the PyTorch twin and the matmul of that process run under it too. $JAXNN_HOST_ALLOCATOR, when
-set, overrides every model's, as it does for train.py.
+set, overrides every model's, as it does for train.py. Each process also sets its XLA:CPU
+vector width from `train.cpu_vector_width` (jaxnn.cpu_vector_width; `--cpu-vector-width`, default
+"auto", as train.py), and the table names the width it came to.
 
 Writes benchmarks/results/train.json, train.md and train.png. Timings on a shared 2-core CPU are
 noisy: only medians and ratios measured in the same run are reported; nothing here passes or fails.
@@ -48,6 +50,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))  # timing.py, also when imported fr
 
 from timing import time_interleaved  # noqa: E402  (benchmarks/timing.py)
 
+from jaxnn.cpu_vector_width import SETTINGS as CPU_VECTOR_WIDTHS  # noqa: E402
+from jaxnn.cpu_vector_width import configure_cpu_vector_width, cpu_vector_width  # noqa: E402
 from jaxnn.host_memory import configure_host_allocator, host_allocator  # noqa: E402
 from jaxnn.train.config import base_config, config_from_file, validate_config  # noqa: E402
 from jaxnn.train.distributed import describe_mesh, make_mesh, shard_batch  # noqa: E402
@@ -63,9 +67,10 @@ def shipped_host_allocator(config_file: str) -> str:
     return str(config_from_file(ROOT / "configs" / config_file).train.host_allocator)
 
 
-def model_configs(quick: bool) -> dict[str, dict]:
+def model_configs(quick: bool, cpu_vector_width: str = "auto") -> dict[str, dict]:
     """The benchmarked settings: default.py's bow model and the issue's reference transformer
-    (the model of imdb_transformer.py), each with its shipped config's host allocator."""
+    (the model of imdb_transformer.py), each with its shipped config's host allocator, and
+    ``train.cpu_vector_width`` (jaxnn.cpu_vector_width) for both."""
     bow = base_config()
     bow.train.host_allocator = shipped_host_allocator("default.py")
     bow.model.name = "bow"
@@ -90,6 +95,7 @@ def model_configs(quick: bool) -> dict[str, dict]:
     tr.train.host_allocator = shipped_host_allocator("imdb_transformer.py")
     if quick:
         tr.train.batch_size = 16
+    bow.train.cpu_vector_width = tr.train.cpu_vector_width = cpu_vector_width
     return {"bow": validate_config(bow), "transformer": validate_config(tr)}
 
 
@@ -345,15 +351,18 @@ def write_outputs(results: dict) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "train.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     rows = [
-        "| model | B x T | host allocator | jaxnn tokens/s | jaxnn examples/s | compile s | "
-        "GFLOP/step | matmul GFLOP/s | MFU vs matmul | PyTorch tokens/s | jaxnn / PyTorch |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| model | B x T | host allocator | CPU vector width | jaxnn tokens/s | jaxnn examples/s | "
+        "compile s | GFLOP/step | matmul GFLOP/s | MFU vs matmul | PyTorch tokens/s | "
+        "jaxnn / PyTorch |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in results["models"].items():
         j, t = r["jax"], r.get("torch")
         ratio = f"{j['tokens_per_s'] / t['tokens_per_s']:.2f}x" if t else "n/a"
         rows.append(
             f"| {name} | {r['batch_size']} x {r['length']} | {r['host_allocator']['mode']} | "
+            f"{r['cpu_vector_width']['setting']}: "
+            f"{r['cpu_vector_width']['width'] or 'XLA default'} | "
             f"{j['tokens_per_s']:,.0f} | "
             f"{j['examples_per_s']:,.1f} | {j['compile_s']:.1f} | "
             f"{j['flops_per_step'] / 1e9:.2f} | {r['matmul']['flops_per_s'] / 1e9:.1f} | "
@@ -448,6 +457,7 @@ def bench_model(name: str, config: dict, repeats: int, with_torch: bool) -> dict
         "length": config["data"]["max_len"],
         "model": config["model"],
         "host_allocator": host_allocator(),
+        "cpu_vector_width": cpu_vector_width(),
         "load_average": [round(x, 2) for x in os.getloadavg()],
         "jax": jax_result,
         "torch": torch_result,
@@ -473,6 +483,7 @@ def bench_model_in_subprocess(name: str, args: argparse.Namespace) -> dict:
         command += ["--repeats", str(args.repeats)] if args.repeats else []
         command += ["--quick"] if args.quick else []
         command += ["--no-torch"] if args.no_torch else []
+        command += ["--cpu-vector-width", args.cpu_vector_width]
         subprocess.run(command, check=True)
         return json.loads(out.read_text(encoding="utf-8"))
 
@@ -490,6 +501,13 @@ def main() -> None:
         default=("bow", "transformer"),
         help="which models to measure (each in its own process)",
     )
+    parser.add_argument(
+        "--cpu-vector-width",
+        choices=CPU_VECTOR_WIDTHS,
+        default="auto",
+        help="train.cpu_vector_width of both models (jaxnn.cpu_vector_width; default auto; "
+        "$JAXNN_CPU_VECTOR_WIDTH, when set, overrides it)",
+    )
     # internal: measure one model in this process and write its figures to a JSON file
     parser.add_argument("--one-model", choices=("bow", "transformer"), help=argparse.SUPPRESS)
     parser.add_argument("--one-model-out", default=None, help=argparse.SUPPRESS)
@@ -498,12 +516,14 @@ def main() -> None:
         parser.error(f"--repeats={args.repeats}; allowed: an integer >= 1")
     repeats = args.repeats or (3 if args.quick else 5)
     if args.one_model:
-        config = model_configs(args.quick)[args.one_model]
+        config = model_configs(args.quick, args.cpu_vector_width)[args.one_model]
         configure_host_allocator(config=config)  # before JAX's first computation
+        configure_cpu_vector_width(config=config)  # likewise (XLA_FLAGS)
         result = bench_model(args.one_model, config, repeats, not args.no_torch)
         Path(args.one_model_out).write_text(json.dumps(result) + "\n", encoding="utf-8")
         return
     configure_host_allocator()  # this process: the epoch count (base config: '' = default)
+    configure_cpu_vector_width(args.cpu_vector_width)
     results = {
         "devices": describe_mesh(make_mesh()),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",

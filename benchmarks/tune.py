@@ -33,6 +33,7 @@ import jax
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from jaxnn.cpu_vector_width import configure_cpu_vector_width, cpu_vector_width  # noqa: E402
 from jaxnn.host_memory import configure_host_allocator, host_allocator  # noqa: E402
 from jaxnn.train import load_data  # noqa: E402
 from jaxnn.train.config import config_from_file, validate_config  # noqa: E402
@@ -145,7 +146,8 @@ def main() -> None:
         "loadavg_1_5_15 (before, after)": [load_before, load_after],
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
         f"{jax.device_count()} {jax.default_backend()} device(s), jax {jax.__version__}, "
-        f"host allocator {host_allocator()['mode']}",
+        f"host allocator {host_allocator()['mode']}, "
+        f"CPU vector width {cpu_vector_width()['detail']}",
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     stem = "tune" if args.corpus == "bbc_news" else f"tune.{args.corpus}"
@@ -215,4 +217,5 @@ def main() -> None:
 
 if __name__ == "__main__":
     configure_host_allocator()  # before JAX's first computation (jaxnn.host_memory)
+    configure_cpu_vector_width()  # $JAXNN_CPU_VECTOR_WIDTH or auto (jaxnn.cpu_vector_width)
     main()

@@ -102,7 +102,7 @@ def configure_host_allocator(mode: str | None = None, *, config: Mapping | None 
     mallopt = ctypes.CDLL(None).mallopt
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
     mallopt.restype = ctypes.c_int
-    if _jax_started():
+    if jax_started():
         warnings.warn(
             "configure_host_allocator('keep') after JAX's first computation: its worker "
             "threads keep their own arenas, whose blocks over 64 MiB are still mmapped per "
@@ -120,7 +120,7 @@ def configure_host_allocator(mode: str | None = None, *, config: Mapping | None 
     return "keep"
 
 
-def _jax_started() -> bool:
+def jax_started() -> bool:
     """Whether JAX has created its backends (and so its CPU worker threads) in this process."""
     if "jax" not in sys.modules:
         return False

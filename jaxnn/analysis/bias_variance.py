@@ -329,12 +329,14 @@ def write_outputs(result: Mapping, workdir: str | os.PathLike) -> None:
 def _main(argv: Sequence[str]) -> None:
     from absl import app, flags
 
+    from jaxnn.cpu_vector_width import configure_cpu_vector_width
     from jaxnn.host_memory import configure_host_allocator
 
     del argv
     config = flags.FLAGS["config"].value
-    try:  # $JAXNN_HOST_ALLOCATOR or the config's, before JAX's first computation
+    try:  # the environment's settings or the config's, before JAX's first computation
         configure_host_allocator(config=config)
+        configure_cpu_vector_width(config=config)
     except ValueError as err:
         raise app.UsageError(str(err)) from None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")

@@ -24,6 +24,7 @@ from typing import Any
 
 import ml_collections
 
+from jaxnn.cpu_vector_width import SETTINGS as CPU_VECTOR_WIDTHS
 from jaxnn.host_memory import MODES as HOST_ALLOCATOR_MODES
 
 __all__ = [
@@ -134,6 +135,11 @@ def base_config() -> ml_collections.ConfigDict:
     # system). Process-wide, applied before JAX starts; $JAXNN_HOST_ALLOCATOR, when set, wins.
     # It changes speed only, so a resumed run may use another value.
     config.train.host_allocator = ""
+    # vector width of XLA:CPU's own kernels (jaxnn.cpu_vector_width): "auto" (512 on AMD CPUs
+    # with AVX-512, else XLA's default), "xla" (XLA's default), "128", "256", "512". Process-wide
+    # (XLA_FLAGS), applied before JAX starts; $JAXNN_CPU_VECTOR_WIDTH, when set, wins. The bow
+    # step is 5-10 % faster at 512 on a Zen 5 EPYC. A resumed run may use another value.
+    config.train.cpu_vector_width = "auto"
 
     config.mesh = ml_collections.ConfigDict()
     # > 1: a 2-D device mesh (data, fsdp); parameters and optimizer state split in fsdp parts
@@ -338,6 +344,7 @@ def validate_config(config: ml_collections.ConfigDict | Mapping) -> dict:
             f"allowed: {', '.join(map(repr, HOST_ALLOCATOR_MODES))}, or '' "
             "($JAXNN_HOST_ALLOCATOR, default system)",
         )
+    _check_choice(flat, "train.cpu_vector_width", CPU_VECTOR_WIDTHS)
     _check_number(flat, "optim.initial_loss_scale", 1, float("inf"), low_open=False, high_open=True)
     _check_int(flat, "optim.loss_scale_period", 1)
     _check_int(flat, "mesh.fsdp", 1)

@@ -764,9 +764,11 @@ def prepare_workdir(config: Mapping[str, Any], workdir: str | Path, *, overwrite
     return workdir
 
 
-# Keys that change speed, never results: a resumed run may differ in them (and a workdir
-# written before a key existed resumes).
-SPEED_ONLY_KEYS = (("train", "host_allocator"),)
+# Keys that change speed, not what is computed: a resumed run may differ in them (and a workdir
+# written before a key existed resumes). The CPU vector width can change the rounding of
+# vectorized reductions (jaxnn.cpu_vector_width), so only a run resumed under the same width
+# ends bitwise equal to an uninterrupted one.
+SPEED_ONLY_KEYS = (("train", "host_allocator"), ("train", "cpu_vector_width"))
 
 
 def _results_config(config: Mapping) -> dict:

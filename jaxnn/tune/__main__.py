@@ -17,6 +17,7 @@ from pathlib import Path
 from absl import app, flags
 from ml_collections import config_flags
 
+from jaxnn.cpu_vector_width import configure_cpu_vector_width
 from jaxnn.host_memory import configure_host_allocator
 from jaxnn.tune.bow import make_runner
 from jaxnn.tune.report import comparison_markdown
@@ -48,8 +49,9 @@ def _row(corpus: str, search: str, out: dict, metric: str) -> dict:
 def main(argv: list[str]) -> None:
     del argv
     config = _CONFIG.value
-    try:  # $JAXNN_HOST_ALLOCATOR or the config's, before JAX's first computation
+    try:  # the environment's settings or the config's, before JAX's first computation
         configure_host_allocator(config=config)
+        configure_cpu_vector_width(config=config)
     except ValueError as err:
         raise app.UsageError(str(err)) from None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")

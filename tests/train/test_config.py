@@ -64,6 +64,7 @@ def _with(path: str, value):
         ("model.pooling", "sum", "mean, sqrt"),  # base_config's model is bow
         ("model.trigram_buckets", -1, ">= 0"),
         ("train.host_allocator", "jemalloc", "'keep', 'system', or ''"),
+        ("train.cpu_vector_width", "1024", "auto, xla, 128, 256, 512"),
     ],
 )
 def test_bad_value_names_key_value_and_allowed(path, value, allowed):

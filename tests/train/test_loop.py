@@ -90,16 +90,18 @@ def test_different_config_is_refused_and_overwrite_starts_over(tiny_config, tmp_
 
 
 def test_a_speed_only_key_does_not_block_a_resume(tiny_config, tmp_path):
-    """train.host_allocator changes speed, never results: a run resumes under another value,
-    and a workdir written before the key existed resumes too."""
+    """train.host_allocator and train.cpu_vector_width change speed: a run resumes under
+    other values, and a workdir written before the keys existed resumes too."""
     workdir = tmp_path / "run"
     tiny_config.train.num_epochs = 1
     tiny_config.train.max_steps_per_epoch = 3
     first = train_and_evaluate(tiny_config, workdir)
     saved = json.loads((workdir / "config.json").read_text())
     del saved["train"]["host_allocator"]  # as an older jaxnn wrote it
+    del saved["train"]["cpu_vector_width"]
     (workdir / "config.json").write_text(json.dumps(saved))
     tiny_config.train.host_allocator = "keep"
+    tiny_config.train.cpu_vector_width = "256"
     again = train_and_evaluate(tiny_config, workdir)  # not refused: complete, same results
     assert again["test"] == first["test"]
     assert json.loads((workdir / "config.json").read_text())["train"]["host_allocator"] == "keep"
