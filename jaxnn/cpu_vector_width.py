@@ -44,7 +44,7 @@ import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
-from jaxnn.host_memory import jax_started
+from jaxnn.host_memory import jax_started, process_setting
 
 ENV_VAR = "JAXNN_CPU_VECTOR_WIDTH"
 SETTINGS = ("auto", "xla", "128", "256", "512")
@@ -101,16 +101,7 @@ def configure_cpu_vector_width(
     force (None: XLA's default)."""
     source = "argument"
     if setting is None:
-        from_config = ((config or {}).get("train") or {}).get("cpu_vector_width", "")
-        env = os.environ.get(ENV_VAR)
-        if env:
-            setting, source = env, f"${ENV_VAR}"
-            if from_config and from_config != env:
-                source += f", over the config's train.cpu_vector_width={from_config!r}"
-        elif from_config:
-            setting, source = from_config, "config train.cpu_vector_width"
-        else:
-            setting, source = "auto", f"${ENV_VAR} unset"
+        setting, source = process_setting(ENV_VAR, config, "cpu_vector_width", "auto")
     width = resolve(setting, source=source)
     flags = os.environ.get("XLA_FLAGS", "")
     given = re.search(rf"{FLAG}=(\d+)", flags)

@@ -71,17 +71,9 @@ def configure_host_allocator(mode: str | None = None, *, config: Mapping | None 
     """
     source, allowed = "argument", f"{MODES}"
     if mode is None:
-        from_config = ((config or {}).get("train") or {}).get("host_allocator", "")
-        env = os.environ.get(ENV_VAR)
-        if env:
-            mode, source = env, f"${ENV_VAR}"
-            if from_config and from_config != env:
-                source += f", over the config's train.host_allocator={from_config!r}"
-        elif from_config:
-            mode, source = from_config, "config train.host_allocator"
+        mode, source = process_setting(ENV_VAR, config, "host_allocator", "system")
+        if source.startswith("config"):
             allowed += " or '' (the environment's)"
-        else:
-            mode, source = "system", f"${ENV_VAR} unset"
     if mode not in MODES:
         raise ValueError(f"host allocator mode from {source} is {mode!r}; allowed: {allowed}")
     if _state["mode"] == "keep":  # already applied; mallopt offers no way back to the defaults
@@ -118,6 +110,22 @@ def configure_host_allocator(mode: str | None = None, *, config: Mapping | None 
         detail=f"glibc {version}: arena_max=1, mmap_max=0, trim_threshold=2^31-1 ({source})",
     )
     return "keep"
+
+
+def process_setting(env_var: str, config: Mapping | None, key: str, default: str):
+    """(value, source) of a process-wide setting: ``$env_var`` when it is set (not empty), so
+    the environment overrides every config of a process; else the run config's ``train.<key>``
+    when not empty; else ``default``. ``source`` says where the value came from, for errors."""
+    from_config = ((config or {}).get("train") or {}).get(key, "")
+    env = os.environ.get(env_var)
+    if env:
+        source = f"${env_var}"
+        if from_config and from_config != env:
+            source += f", over the config's train.{key}={from_config!r}"
+        return env, source
+    if from_config:
+        return from_config, f"config train.{key}"
+    return default, f"${env_var} unset"
 
 
 def jax_started() -> bool:
