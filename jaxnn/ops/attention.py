@@ -175,7 +175,10 @@ def _split(length: int, targets: tuple[int, ...]) -> tuple[int, tuple[int, ...]]
 
 _FWD_BLOCKS = (1024, 2048)
 _BWD_BLOCKS = (2048, 1024)
-_GROUP_BUDGET = 512 * 1024  # scores per step of the outer loop
+# Scores per step of the outer loop. 1M (16 (example, head) pairs of 256 x 256 blocks) over
+# 512K: the transformer train step (B=64, T=256, N=4) 2.4 % faster on a 2-core Zen 5 EPYC
+# (paired ratio 0.976, 12 of 15 interleaved rounds); 2M and 4M were 3 % and 7 % slower.
+_GROUP_BUDGET = 1024 * 1024
 
 
 def _as_rank4(x):
