@@ -385,9 +385,10 @@ def write_outputs(results: dict) -> None:
         "",
         *rows,
         "",
-        f"Timing: after warm-up, {results['repeats']} rounds in which a block of jaxnn steps, "
-        f"the same block in PyTorch and a {n}x{n} float32 matmul alternate, so load from other "
-        "processes hits all three alike; step figures are medians over the rounds. MFU = model "
+        f"Timing: after warm-up (one untimed round of the three, in the same order), "
+        f"{results['repeats']} rounds in which a block of jaxnn steps, the same block in PyTorch "
+        f"and a {n}x{n} float32 matmul alternate, so load from other processes hits all three "
+        "alike; step figures are medians over the rounds. MFU = model "
         "FLOPs per step (transformer: counted from the shapes; bow: XLA cost analysis) / step "
         "time / the matmul's FLOP/s, its fastest round (the device's dense rate; a median "
         "would let a loaded round flatter MFU).",
@@ -444,7 +445,10 @@ def bench_model(name: str, config: dict, repeats: int, with_torch: bool) -> dict
     torch_prepared = prepare_torch(name, config, per_block) if with_torch else None
     if torch_prepared:
         contenders["torch"] = torch_prepared.pop("block")
-    times = time_interleaved(contenders, repeats, settle_s=0.5)
+    # one untimed round first: without it the first timed transformer block, right after
+    # PyTorch's set-up, took 1.56 s against ~0.5 s for the others (with it: 0.67 s once in two
+    # runs); a median of 7 rounds shrugs off one such round, but not two
+    times = time_interleaved(contenders, repeats, warmup=1, settle_s=0.5)
     jax_result = step_rates(times["jax"], per_block, config, jax_prepared)
     torch_result = None
     if torch_prepared:
