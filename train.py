@@ -103,12 +103,16 @@ def main(argv: list[str]) -> int:
     )
     for noisy in ("absl", "jax._src.xla_bridge", "orbax"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    from jaxnn.cpu_devices import configure_cpu_devices, cpu_devices
     from jaxnn.cpu_vector_width import configure_cpu_vector_width, cpu_vector_width
     from jaxnn.host_memory import configure_host_allocator, host_allocator
 
-    try:  # $JAXNN_HOST_ALLOCATOR / $JAXNN_CPU_VECTOR_WIDTH or the config's, before JAX starts
+    # $JAXNN_HOST_ALLOCATOR / $JAXNN_CPU_VECTOR_WIDTH / $JAXNN_CPU_DEVICES or the config's,
+    # before JAX starts
+    try:
         configure_host_allocator(config=_CONFIG.value)
         configure_cpu_vector_width(config=_CONFIG.value)
+        configure_cpu_devices(config=_CONFIG.value)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -146,6 +150,7 @@ def main(argv: list[str]) -> int:
     log.info("workdir: %s", workdir)
     log.info("host allocator: %(mode)s (%(detail)s)", host_allocator())
     log.info("CPU vector width: %(setting)s (%(detail)s)", cpu_vector_width())
+    log.info("CPU devices: %(setting)s -> %(devices)d (%(detail)s)", cpu_devices())
     try:
         results = train_and_evaluate(config, workdir, overwrite=_OVERWRITE.value)
     except (ConfigError, ConfigMismatchError) as err:

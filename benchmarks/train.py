@@ -21,7 +21,11 @@ transformer; jaxnn.host_memory), as `python train.py` would run it. The setting 
 so the PyTorch twin and the matmul of that process run under it too. $JAXNN_HOST_ALLOCATOR, when
 set, overrides every model's, as it does for train.py. Each process also sets its XLA:CPU
 vector width from `train.cpu_vector_width` (jaxnn.cpu_vector_width; `--cpu-vector-width`, default
-"auto", as train.py), and the table names the width it came to.
+"auto", as train.py), and the table names the width it came to; and its number of XLA:CPU
+devices from the shipped config's `train.cpu_devices` (jaxnn.cpu_devices:
+configs/imdb_transformer.py asks for one per core, so its step runs data parallel over the cores,
+waiting for each step as train.py does; $JAXNN_CPU_DEVICES overrides it). The matmul runs on one
+of those devices, which still uses every core (XLA splits a dense matmul over its worker pool).
 
 Writes benchmarks/results/train.json, train.md and train.png. Timings on a shared 2-core CPU are
 noisy: only medians and ratios measured in the same run are reported; nothing here passes or fails.
@@ -50,6 +54,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))  # timing.py, also when imported fr
 
 from timing import time_interleaved  # noqa: E402  (benchmarks/timing.py)
 
+from jaxnn.cpu_devices import configure_cpu_devices, cpu_devices  # noqa: E402
 from jaxnn.cpu_vector_width import SETTINGS as CPU_VECTOR_WIDTHS  # noqa: E402
 from jaxnn.cpu_vector_width import configure_cpu_vector_width, cpu_vector_width  # noqa: E402
 from jaxnn.host_memory import configure_host_allocator, host_allocator  # noqa: E402
@@ -67,12 +72,18 @@ def shipped_host_allocator(config_file: str) -> str:
     return str(config_from_file(ROOT / "configs" / config_file).train.host_allocator)
 
 
+def shipped_cpu_devices(config_file: str) -> str:
+    """``train.cpu_devices`` of ``configs/<config_file>``'s get_config()."""
+    return str(config_from_file(ROOT / "configs" / config_file).train.cpu_devices)
+
+
 def model_configs(quick: bool, cpu_vector_width: str = "auto") -> dict[str, dict]:
     """The benchmarked settings: default.py's bow model and the issue's reference transformer
     (the model of imdb_transformer.py), each with its shipped config's host allocator, and
     ``train.cpu_vector_width`` (jaxnn.cpu_vector_width) for both."""
     bow = base_config()
     bow.train.host_allocator = shipped_host_allocator("default.py")
+    bow.train.cpu_devices = shipped_cpu_devices("default.py")
     bow.model.name = "bow"
     bow.model.embed_dim = 32
     bow.model.bigram_buckets = 2**20
@@ -93,6 +104,7 @@ def model_configs(quick: bool, cpu_vector_width: str = "auto") -> dict[str, dict
     tr.train.batch_size = 64
     tr.data.max_len = 256
     tr.train.host_allocator = shipped_host_allocator("imdb_transformer.py")
+    tr.train.cpu_devices = shipped_cpu_devices("imdb_transformer.py")
     if quick:
         tr.train.batch_size = 16
     bow.train.cpu_vector_width = tr.train.cpu_vector_width = cpu_vector_width
@@ -351,10 +363,10 @@ def write_outputs(results: dict) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "train.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     rows = [
-        "| model | B x T | host allocator | CPU vector width | jaxnn tokens/s | jaxnn examples/s | "
-        "compile s | GFLOP/step | matmul GFLOP/s | MFU vs matmul | PyTorch tokens/s | "
-        "jaxnn / PyTorch |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| model | B x T | host allocator | CPU vector width | CPU devices | jaxnn tokens/s | "
+        "jaxnn examples/s | compile s | GFLOP/step | matmul GFLOP/s | MFU vs matmul | "
+        "PyTorch tokens/s | jaxnn / PyTorch |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in results["models"].items():
         j, t = r["jax"], r.get("torch")
@@ -363,6 +375,7 @@ def write_outputs(results: dict) -> None:
             f"| {name} | {r['batch_size']} x {r['length']} | {r['host_allocator']['mode']} | "
             f"{r['cpu_vector_width']['setting']}: "
             f"{r['cpu_vector_width']['width'] or 'XLA default'} | "
+            f"{r['cpu_devices']['setting']}: {r['cpu_devices']['devices']} | "
             f"{j['tokens_per_s']:,.0f} | "
             f"{j['examples_per_s']:,.1f} | {j['compile_s']:.1f} | "
             f"{j['flops_per_step'] / 1e9:.2f} | {r['matmul']['flops_per_s'] / 1e9:.1f} | "
@@ -462,6 +475,8 @@ def bench_model(name: str, config: dict, repeats: int, with_torch: bool) -> dict
         "model": config["model"],
         "host_allocator": host_allocator(),
         "cpu_vector_width": cpu_vector_width(),
+        "cpu_devices": cpu_devices(),
+        "mesh": describe_mesh(make_mesh()),
         "load_average": [round(x, 2) for x in os.getloadavg()],
         "jax": jax_result,
         "torch": torch_result,
@@ -523,6 +538,7 @@ def main() -> None:
         config = model_configs(args.quick, args.cpu_vector_width)[args.one_model]
         configure_host_allocator(config=config)  # before JAX's first computation
         configure_cpu_vector_width(config=config)  # likewise (XLA_FLAGS)
+        configure_cpu_devices(config=config)  # likewise: the shipped config's CPU devices
         result = bench_model(args.one_model, config, repeats, not args.no_torch)
         Path(args.one_model_out).write_text(json.dumps(result) + "\n", encoding="utf-8")
         return

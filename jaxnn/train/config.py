@@ -24,6 +24,8 @@ from typing import Any
 
 import ml_collections
 
+from jaxnn.cpu_devices import ALLOWED as CPU_DEVICES_ALLOWED
+from jaxnn.cpu_devices import resolve as resolve_cpu_devices
 from jaxnn.cpu_vector_width import SETTINGS as CPU_VECTOR_WIDTHS
 from jaxnn.host_memory import MODES as HOST_ALLOCATOR_MODES
 
@@ -140,6 +142,13 @@ def base_config() -> ml_collections.ConfigDict:
     # (XLA_FLAGS), applied before JAX starts; $JAXNN_CPU_VECTOR_WIDTH, when set, wins. The bow
     # step is 5-10 % faster at 512 on a Zen 5 EPYC. A resumed run may use another value.
     config.train.cpu_vector_width = "auto"
+    # XLA:CPU devices of the process (jaxnn.cpu_devices): "1", a whole number, or "cores" (one
+    # per core, fewer where the batch sizes do not divide). Several make the step data parallel
+    # over the cores, which keeps both busy through attention (XLA:CPU runs a batched matmul
+    # on one thread). Process-wide (XLA_FLAGS), applied before JAX starts, by train.py and
+    # benchmarks/train.py; $JAXNN_CPU_DEVICES, when set, wins. No effect on GPU or TPU. A
+    # resumed run may use another value (the gradient sum is only reordered).
+    config.train.cpu_devices = "1"
 
     config.mesh = ml_collections.ConfigDict()
     # > 1: a 2-D device mesh (data, fsdp); parameters and optimizer state split in fsdp parts
@@ -345,6 +354,10 @@ def validate_config(config: ml_collections.ConfigDict | Mapping) -> dict:
             "($JAXNN_HOST_ALLOCATOR, default system)",
         )
     _check_choice(flat, "train.cpu_vector_width", CPU_VECTOR_WIDTHS)
+    try:
+        resolve_cpu_devices(flat["train.cpu_devices"], cores=1)
+    except ValueError:
+        _fail("train.cpu_devices", flat["train.cpu_devices"], CPU_DEVICES_ALLOWED)
     _check_number(flat, "optim.initial_loss_scale", 1, float("inf"), low_open=False, high_open=True)
     _check_int(flat, "optim.loss_scale_period", 1)
     _check_int(flat, "mesh.fsdp", 1)

@@ -46,6 +46,7 @@ __all__ = [
     "batch_sharding",
     "check_divisible",
     "describe_mesh",
+    "in_process_cpu_collectives",
     "initialize_distributed",
     "leaf_spec",
     "local_rows",
@@ -55,6 +56,7 @@ __all__ = [
     "shard_batch",
     "state_sharding",
     "under_mesh",
+    "waits_for_each_call",
 ]
 
 DATA_AXIS = "data"
@@ -488,3 +490,42 @@ def under_mesh(fn: Callable, mesh: Mesh) -> Callable:
             return fn(*args, **kwargs)
 
     return traced
+
+
+def in_process_cpu_collectives(mesh: Mesh) -> bool:
+    """Whether ``mesh``'s collectives are XLA:CPU's in-process ones: several CPU devices, all
+    of this one process (forced host devices, `jaxnn.cpu_devices`)."""
+    devices = list(mesh.devices.flat)
+    return (
+        len(devices) > 1
+        and all(d.platform == "cpu" for d in devices)
+        and len({d.process_index for d in devices}) == 1
+    )
+
+
+class _WaitingStep:
+    """A jitted step that returns only once its result is computed on every device; the jitted
+    function's own attributes (``lower``, ``trace``, ...) pass through."""
+
+    def __init__(self, fn: Callable):
+        self._fn = fn
+        functools.update_wrapper(self, fn)
+
+    def __call__(self, *args, **kwargs):
+        return jax.block_until_ready(self._fn(*args, **kwargs))
+
+    def __getattr__(self, name: str):
+        return getattr(self._fn, name)
+
+
+def waits_for_each_call(fn: Callable, mesh: Mesh) -> Callable:
+    """``fn`` itself, or, on a mesh of in-process CPU devices (`in_process_cpu_collectives`),
+    ``fn`` waiting for its result before it returns.
+
+    XLA:CPU runs every device's part of a program on one shared worker pool, and its
+    in-process all-reduce can deadlock when one device runs ahead into the next program of a
+    chain (a train step after a train step) while another still needs a worker: 3 of 6 chains
+    of 50 dependent steps hung on 2 cores with 2 devices, none when each result was waited for
+    (`benchmarks/cpu_collectives.py`). The wait costs a host round trip per step and the
+    overlap of the next batch's host work with this step's compute."""
+    return _WaitingStep(fn) if in_process_cpu_collectives(mesh) else fn

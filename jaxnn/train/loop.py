@@ -54,6 +54,7 @@ from jaxnn.train.distributed import (
     shard_batch,
     state_sharding,
     under_mesh,
+    waits_for_each_call,
 )
 from jaxnn.train.logs import MetricsLog, plot_learning_curves, read_jsonl, write_json
 from jaxnn.train.optim import make_optimizer, make_schedule
@@ -274,6 +275,9 @@ def build_steps(
         out_shardings=rep,
         donate_argnums=1,
     )
+    # several CPU devices of one process (jaxnn.cpu_devices): each step waits for its result,
+    # or XLA's in-process all-reduce can deadlock (waits_for_each_call)
+    train_step, eval_step = (waits_for_each_call(f, mesh) for f in (train_step, eval_step))
     return Steps(schedule, tx, sparse, train_step, eval_step, shardings, init)
 
 
@@ -286,7 +290,7 @@ def init_train_state(
     shardings = steps.state_sharding
     if shardings is None:
         shardings = state_sharding(jax.eval_shape(lambda: init(length)), mesh)
-    return jax.jit(lambda: init(length), out_shardings=shardings)()
+    return jax.block_until_ready(jax.jit(lambda: init(length), out_shardings=shardings)())
 
 
 class Trainer:
@@ -768,7 +772,11 @@ def prepare_workdir(config: Mapping[str, Any], workdir: str | Path, *, overwrite
 # written before a key existed resumes). The CPU vector width can change the rounding of
 # vectorized reductions (jaxnn.cpu_vector_width), so only a run resumed under the same width
 # ends bitwise equal to an uninterrupted one.
-SPEED_ONLY_KEYS = (("train", "host_allocator"), ("train", "cpu_vector_width"))
+SPEED_ONLY_KEYS = (
+    ("train", "host_allocator"),
+    ("train", "cpu_vector_width"),
+    ("train", "cpu_devices"),
+)
 
 
 def _results_config(config: Mapping) -> dict:

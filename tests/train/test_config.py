@@ -65,6 +65,8 @@ def _with(path: str, value):
         ("model.trigram_buckets", -1, ">= 0"),
         ("train.host_allocator", "jemalloc", "'keep', 'system', or ''"),
         ("train.cpu_vector_width", "1024", "auto, xla, 128, 256, 512"),
+        ("train.cpu_devices", "0", "'cores' (one per core) or a whole number >= 1"),
+        ("train.cpu_devices", "two", "'cores' (one per core) or a whole number >= 1"),
     ],
 )
 def test_bad_value_names_key_value_and_allowed(path, value, allowed):

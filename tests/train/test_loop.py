@@ -90,8 +90,8 @@ def test_different_config_is_refused_and_overwrite_starts_over(tiny_config, tmp_
 
 
 def test_a_speed_only_key_does_not_block_a_resume(tiny_config, tmp_path):
-    """train.host_allocator and train.cpu_vector_width change speed: a run resumes under
-    other values, and a workdir written before the keys existed resumes too."""
+    """train.host_allocator, train.cpu_vector_width and train.cpu_devices change speed: a run
+    resumes under other values, and a workdir written before the keys existed resumes too."""
     workdir = tmp_path / "run"
     tiny_config.train.num_epochs = 1
     tiny_config.train.max_steps_per_epoch = 3
@@ -99,9 +99,11 @@ def test_a_speed_only_key_does_not_block_a_resume(tiny_config, tmp_path):
     saved = json.loads((workdir / "config.json").read_text())
     del saved["train"]["host_allocator"]  # as an older jaxnn wrote it
     del saved["train"]["cpu_vector_width"]
+    del saved["train"]["cpu_devices"]
     (workdir / "config.json").write_text(json.dumps(saved))
     tiny_config.train.host_allocator = "keep"
     tiny_config.train.cpu_vector_width = "256"
+    tiny_config.train.cpu_devices = "cores"  # only read before JAX starts: one device here
     again = train_and_evaluate(tiny_config, workdir)  # not refused: complete, same results
     assert again["test"] == first["test"]
     assert json.loads((workdir / "config.json").read_text())["train"]["host_allocator"] == "keep"
