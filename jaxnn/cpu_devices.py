@@ -30,22 +30,21 @@ the 6 chains hung that way. Other entry points (``python -m jaxnn.tune``, the bi
 sweep) keep one CPU device.
 
 Measured on a 2-core AMD EPYC (Zen 5), B=64, T=256 (README rows): the transformer train step
-213 ms on 2 devices against 255 ms on one, 47 % of the dense matmul rate against ~39 %; the
-bag-of-words step was 2x slower on 2 devices (its scatter-heavy sparse update does not split),
-so only configs/imdb_transformer.py asks for "cores". The gradient sum is reordered, so the
-parameters agree with a one-device run to float32 rounding, not bitwise; a run is bitwise
-reproducible under one device count.
+213 ms on 2 devices against 255 ms on one (a `/tmp` script); in `benchmarks/train.py` 43.6-52.3 %
+of the dense matmul rate and 1.90-2.04x PyTorch over four runs, against 37-40 % and 1.6-1.7x on
+one device. The bag-of-words step ran at about half its speed on 2 devices (its sparse update
+does not split), so only configs/imdb_transformer.py asks for "cores". The gradient sum is
+reordered, so the parameters agree with a one-device run to float32 rounding, not bitwise; a
+run is bitwise reproducible under one device count.
 """
 
 from __future__ import annotations
 
 import math
 import os
-import re
-import warnings
 from collections.abc import Iterable, Mapping
 
-from jaxnn.host_memory import jax_started, process_setting
+from jaxnn.host_memory import process_setting, set_xla_flag
 
 ENV_VAR = "JAXNN_CPU_DEVICES"
 FLAG = "--xla_force_host_platform_device_count"
@@ -96,29 +95,17 @@ def configure_cpu_devices(setting: str | None = None, *, config: Mapping | None 
     if setting is None:
         setting, source = process_setting(ENV_VAR, config, "cpu_devices", "1")
     count = resolve(setting, batch_sizes=_batch_sizes(config), source=source)
-    flags = os.environ.get("XLA_FLAGS", "")
-    given = re.search(rf"{FLAG}=(\d+)", flags)
-    if given:  # the user's own XLA_FLAGS: theirs wins
-        count = int(given.group(1))
-        _state.update(setting=setting, devices=count, detail=f"{FLAG}={count} from XLA_FLAGS")
-        return count
-    if count == 1:
-        _state.update(setting=setting, devices=1, detail=f"one CPU device ({source})")
-        return 1
-    if jax_started():
-        warnings.warn(
-            f"configure_cpu_devices({setting!r}) after JAX's first computation: XLA has read "
-            "its flags, so this process keeps one CPU device; call it first",
-            stacklevel=2,
-        )
-        _state.update(setting=setting, devices=1, detail="one CPU device (configured too late)")
-        return 1
-    os.environ["XLA_FLAGS"] = f"{flags} {FLAG}={count}".strip()
-    detail = f"{FLAG}={count} ({source}"
     if str(setting).strip() == "cores":
-        detail += f"; {usable_cores()} usable cores"
-    _state.update(setting=setting, devices=count, detail=detail + ")")
-    return count
+        source += f"; {usable_cores()} usable cores"
+    count, detail = set_xla_flag(
+        FLAG,
+        None if count == 1 else count,
+        source=source,
+        caller=f"configure_cpu_devices({setting!r})",
+        default="one CPU device",
+    )
+    _state.update(setting=setting, devices=count or 1, detail=detail)
+    return count or 1
 
 
 def cpu_devices() -> dict:

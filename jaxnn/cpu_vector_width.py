@@ -38,13 +38,10 @@ on one machine.
 
 from __future__ import annotations
 
-import os
-import re
-import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
-from jaxnn.host_memory import jax_started, process_setting
+from jaxnn.host_memory import process_setting, set_xla_flag
 
 ENV_VAR = "JAXNN_CPU_VECTOR_WIDTH"
 SETTINGS = ("auto", "xla", "128", "256", "512")
@@ -103,25 +100,14 @@ def configure_cpu_vector_width(
     if setting is None:
         setting, source = process_setting(ENV_VAR, config, "cpu_vector_width", "auto")
     width = resolve(setting, source=source)
-    flags = os.environ.get("XLA_FLAGS", "")
-    given = re.search(rf"{FLAG}=(\d+)", flags)
-    if given:  # the user's own XLA_FLAGS: theirs wins
-        width = int(given.group(1))
-        _state.update(setting=setting, width=width, detail=f"{FLAG}={width} from XLA_FLAGS")
-        return width
-    if width is None:
-        _state.update(setting=setting, width=None, detail=f"XLA's default ({source})")
-        return None
-    if jax_started():
-        warnings.warn(
-            f"configure_cpu_vector_width({setting!r}) after JAX's first computation: XLA has "
-            "read its flags, so this process keeps XLA's default; call it first",
-            stacklevel=2,
-        )
-        _state.update(setting=setting, width=None, detail="XLA's default (configured too late)")
-        return None
-    os.environ["XLA_FLAGS"] = f"{flags} {FLAG}={width}".strip()
-    _state.update(setting=setting, width=width, detail=f"{FLAG}={width} ({source})")
+    width, detail = set_xla_flag(
+        FLAG,
+        width,
+        source=source,
+        caller=f"configure_cpu_vector_width({setting!r})",
+        default="XLA's default",
+    )
+    _state.update(setting=setting, width=width, detail=detail)
     return width
 
 

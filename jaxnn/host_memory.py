@@ -43,6 +43,7 @@ from __future__ import annotations
 import ctypes
 import os
 import platform
+import re
 import sys
 import warnings
 from collections.abc import Mapping
@@ -126,6 +127,30 @@ def process_setting(env_var: str, config: Mapping | None, key: str, default: str
     if from_config:
         return from_config, f"config train.{key}"
     return default, f"${env_var} unset"
+
+
+def set_xla_flag(flag: str, value: int | None, *, source: str, caller: str, default: str):
+    """Put ``flag=value`` into ``XLA_FLAGS`` for this process, before JAX starts. Returns
+    (the value in force, None for XLA's default; a detail for logs).
+
+    A ``flag`` already in ``XLA_FLAGS`` (the user's own) wins and is returned. ``value`` None
+    leaves XLA's default (``default`` names it). After JAX's first computation XLA has read its
+    flags: a warning naming ``caller``, and XLA's default stays."""
+    flags = os.environ.get("XLA_FLAGS", "")
+    given = re.search(rf"{re.escape(flag)}=(\d+)", flags)
+    if given:  # the user's own XLA_FLAGS: theirs wins
+        return int(given.group(1)), f"{flag}={given.group(1)} from XLA_FLAGS"
+    if value is None:
+        return None, f"{default} ({source})"
+    if jax_started():
+        warnings.warn(
+            f"{caller} after JAX's first computation: XLA has read its flags, so this process "
+            f"keeps {default}; call it first",
+            stacklevel=3,
+        )
+        return None, f"{default} (configured too late)"
+    os.environ["XLA_FLAGS"] = f"{flags} {flag}={value}".strip()
+    return value, f"{flag}={value} ({source})"
 
 
 def jax_started() -> bool:
