@@ -67,14 +67,13 @@ VOCAB = 30000
 CLASSES = 2
 
 
-def shipped_host_allocator(config_file: str) -> str:
-    """``train.host_allocator`` of ``configs/<config_file>``'s get_config() ('' = the default)."""
-    return str(config_from_file(ROOT / "configs" / config_file).train.host_allocator)
+SHIPPED_KEYS = ("host_allocator", "cpu_devices")  # the process settings each model's config ships
 
 
-def shipped_cpu_devices(config_file: str) -> str:
-    """``train.cpu_devices`` of ``configs/<config_file>``'s get_config()."""
-    return str(config_from_file(ROOT / "configs" / config_file).train.cpu_devices)
+def shipped_settings(config_file: str) -> dict[str, str]:
+    """The `SHIPPED_KEYS` of ``configs/<config_file>``'s get_config().train ('' = default)."""
+    train = config_from_file(ROOT / "configs" / config_file).train
+    return {key: str(train[key]) for key in SHIPPED_KEYS}
 
 
 def model_configs(quick: bool, cpu_vector_width: str = "auto") -> dict[str, dict]:
@@ -82,8 +81,7 @@ def model_configs(quick: bool, cpu_vector_width: str = "auto") -> dict[str, dict
     (the model of imdb_transformer.py), each with its shipped config's host allocator, and
     ``train.cpu_vector_width`` (jaxnn.cpu_vector_width) for both."""
     bow = base_config()
-    bow.train.host_allocator = shipped_host_allocator("default.py")
-    bow.train.cpu_devices = shipped_cpu_devices("default.py")
+    bow.train.update(shipped_settings("default.py"))
     bow.model.name = "bow"
     bow.model.embed_dim = 32
     bow.model.bigram_buckets = 2**20
@@ -103,8 +101,7 @@ def model_configs(quick: bool, cpu_vector_width: str = "auto") -> dict[str, dict
     tr.optim.weight_decay = 0.01
     tr.train.batch_size = 64
     tr.data.max_len = 256
-    tr.train.host_allocator = shipped_host_allocator("imdb_transformer.py")
-    tr.train.cpu_devices = shipped_cpu_devices("imdb_transformer.py")
+    tr.train.update(shipped_settings("imdb_transformer.py"))
     if quick:
         tr.train.batch_size = 16
     bow.train.cpu_vector_width = tr.train.cpu_vector_width = cpu_vector_width

@@ -104,8 +104,9 @@ def configure_cpu_devices(setting: str | None = None, *, config: Mapping | None 
         caller=f"configure_cpu_devices({setting!r})",
         default="one CPU device",
     )
-    _state.update(setting=setting, devices=count or 1, detail=detail)
-    return count or 1
+    devices = count or 1  # None: XLA's default, one device
+    _state.update(setting=setting, devices=devices, detail=detail)
+    return devices
 
 
 def cpu_devices() -> dict:
