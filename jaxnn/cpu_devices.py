@@ -31,9 +31,10 @@ sweep) keep one CPU device.
 
 Measured on a 2-core AMD EPYC (Zen 5), B=64, T=256 (README rows): the transformer train step
 213 ms on 2 devices against 255 ms on one (a `/tmp` script); in `benchmarks/train.py` 43.6-52.4 %
-of the dense matmul rate and 1.90-2.11x PyTorch over five runs, against 37-40 % and 1.6-1.7x on
-one device. The bag-of-words step ran at about half its speed on 2 devices (its sparse update
-does not split), so only configs/imdb_transformer.py asks for "cores". The gradient sum is
+of the dense matmul rate and 1.90-2.11x PyTorch over five runs, against 36-44 % and 1.5-1.7x on
+one device (ten runs the same day). The bag-of-words step ran at about half its speed on 2
+devices (its sparse update does not split), so only configs/imdb_transformer.py asks for
+"cores". The gradient sum is
 reordered, so the parameters agree with a one-device run to float32 rounding, not bitwise; a
 run is bitwise reproducible under one device count.
 """
