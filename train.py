@@ -7,6 +7,19 @@
 The same command on the same workdir resumes from the newest checkpoint; a finished run just
 prints its results. A workdir holding a different config is refused (--overwrite starts over).
 
+Settings of the process, not of the experiment (jaxnn.launch; applied on CPU runs only, before
+JAX starts; ignored with a warning on a GPU or TPU; $JAXNN_HOST_ALLOCATOR, $JAXNN_CPU_VECTOR_WIDTH
+and $JAXNN_CPU_DEVICES set them when the flag is not given):
+
+    --cpu_devices=1|N|cores     XLA:CPU devices of the process; "cores" = one per core, the batch
+                                split over them. The transformer on a CPU runs data parallel that
+                                way: python train.py --config=configs/imdb_transformer.py \
+                                    --cpu_devices=cores --host_allocator=keep
+    --host_allocator=system|keep    "keep" reuses freed host blocks (steps with large
+                                intermediates, e.g. the transformer's attention)
+    --cpu_vector_width=auto|xla|128|256|512    XLA:CPU's vector width ("auto": 512 on AMD AVX-512)
+    --verbose                   absl/orbax/JAX INFO lines and full tracebacks
+
 Every local device is used (the global batch is split over them). Several hosts: run the same
 command on each host with a shared --workdir, joined by jax.distributed:
 
@@ -28,9 +41,11 @@ Flow (all in jaxnn.train.loop.train_and_evaluate):
 
 from __future__ import annotations
 
+import difflib
 import logging
 import sys
 import time
+import traceback
 from pathlib import Path
 
 from absl import app, flags
@@ -40,33 +55,78 @@ ROOT = Path(__file__).resolve().parent
 
 
 def _config_file(argv: list[str]) -> Path:
-    """The --config file named on the command line (configs/default.py when none is)."""
+    """The --config file named on the command line (configs/default.py when none is), without
+    ml_collections' ``path:argument`` suffix."""
     for i, arg in enumerate(argv):
         if arg.startswith("--config="):
-            return Path(arg.split("=", 1)[1])
+            name = arg.split("=", 1)[1]
+            break
         if arg == "--config" and i + 1 < len(argv):
-            return Path(argv[i + 1])
-    return ROOT / "configs" / "default.py"
+            name = argv[i + 1]
+            break
+    else:
+        return ROOT / "configs" / "default.py"
+    path = Path(name)
+    if not path.is_file() and ":" in name and Path(name.rsplit(":", 1)[0]).is_file():
+        path = Path(name.rsplit(":", 1)[0])  # configs/x.py:argument
+    return path
 
 
-def refuse_unknown_overrides(argv: list[str]) -> int:
-    """0, or 2 after naming a --config.<key> override that the config file does not have."""
+def _missing_config_message(path: Path) -> str:
+    """One line for a --config file that does not exist: a close shipped config, or the list."""
+    shipped = {p.name: p for p in sorted((ROOT / "configs").glob("*.py"))}
+    cwd = Path.cwd()
+    shown = {
+        name: p.relative_to(cwd) if p.is_relative_to(cwd) else p for name, p in shipped.items()
+    }
+    close = difflib.get_close_matches(path.name, list(shipped), n=1)
+    where = "" if path.is_absolute() else f" (relative to {cwd})"
+    if close:
+        hint = f"did you mean {shown[close[0]]}?"
+    else:
+        hint = f"shipped configs: {', '.join(str(p) for p in shown.values())}"
+    return f"config file {path} not found{where}; {hint}"
+
+
+def _load_error_message(path: Path, err: BaseException) -> str:
+    """One line for a config file that raised: the exception and the file's line."""
+    lines = [
+        frame.lineno
+        for frame in traceback.extract_tb(err.__traceback__)
+        if Path(frame.filename).resolve() == path.resolve()
+    ]
+    where = f"{path}, line {lines[-1]}" if lines else str(path)
+    return f"config file {where} failed to load: {type(err).__name__}: {err}"
+
+
+def check_command_line(argv: list[str]) -> int:
+    """0, or 2 after one ``error:`` line: the --config file is missing, raises when loaded, or
+    lacks the key of a --config.<key> override. With --verbose, the traceback comes first."""
     from jaxnn.train.config import ConfigError, check_override_keys, config_from_file
 
     path = _config_file(argv)
-    if not path.is_file():  # config_flags reports a missing file itself
-        return 0
+    if not path.is_file():
+        print(f"error: {_missing_config_message(path)}", file=sys.stderr)
+        return 2
     try:
-        check_override_keys(config_from_file(path), argv[1:])
+        config = config_from_file(path)
+    except Exception as err:  # the file's own error, whatever it is
+        if "--verbose" in argv:
+            traceback.print_exc()
+        print(f"error: {_load_error_message(path, err)}", file=sys.stderr)
+        return 2
+    try:
+        check_override_keys(config, argv[1:])
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0
 
 
-# config_flags parses the default config file and its overrides while defining the flag, and
-# cannot add a key: refuse an unknown --config.<key> with a clear message before that happens.
-if __name__ == "__main__" and (_code := refuse_unknown_overrides(sys.argv)):
+# config_flags parses the default config file and its overrides while defining the flag, fails
+# with a long traceback on a missing or broken file, and cannot add a key: check all of that
+# first and say what is wrong in one line.
+if __name__ == "__main__" and (_code := check_command_line(sys.argv)):
     sys.exit(_code)
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -93,6 +153,35 @@ _INIT_TIMEOUT = flags.DEFINE_integer(
     300,
     "Seconds to wait for the coordinator / the other processes before failing.",
 )
+_CPU_DEVICES = flags.DEFINE_string(
+    "cpu_devices",
+    None,
+    "CPU runs: XLA:CPU devices of this process, '1', a whole number or 'cores' (one per core; "
+    "the transformer runs data parallel over them). Default $JAXNN_CPU_DEVICES, else 1.",
+)
+_HOST_ALLOCATOR = flags.DEFINE_string(
+    "host_allocator",
+    None,
+    "CPU runs: 'system' (glibc's defaults) or 'keep' (freed host blocks reused). "
+    "Default $JAXNN_HOST_ALLOCATOR, else system.",
+)
+_CPU_VECTOR_WIDTH = flags.DEFINE_string(
+    "cpu_vector_width",
+    None,
+    "CPU runs: XLA:CPU's vector width, auto, xla, 128, 256 or 512. "
+    "Default $JAXNN_CPU_VECTOR_WIDTH, else auto.",
+)
+_VERBOSE = flags.DEFINE_bool(
+    "verbose", False, "Keep absl/orbax/JAX INFO logs and print tracebacks with errors."
+)
+
+
+def _error(err: BaseException, code: int) -> int:
+    """One ``error:`` line (after the traceback with --verbose); returns ``code``."""
+    if _VERBOSE.value:
+        traceback.print_exception(err)
+    print(f"error: {err}", file=sys.stderr)
+    return code
 
 
 def main(argv: list[str]) -> int:
@@ -101,21 +190,20 @@ def main(argv: list[str]) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    for noisy in ("absl", "jax._src.xla_bridge", "orbax"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    from jaxnn.cpu_devices import configure_cpu_devices, cpu_devices
-    from jaxnn.cpu_vector_width import configure_cpu_vector_width, cpu_vector_width
-    from jaxnn.host_memory import configure_host_allocator, host_allocator
+    from jaxnn.launch import configure_process, quiet_third_party_logs
 
-    # $JAXNN_HOST_ALLOCATOR / $JAXNN_CPU_VECTOR_WIDTH / $JAXNN_CPU_DEVICES or the config's,
-    # before JAX starts
-    try:
-        configure_host_allocator(config=_CONFIG.value)
-        configure_cpu_vector_width(config=_CONFIG.value)
-        configure_cpu_devices(config=_CONFIG.value)
+    quiet_third_party_logs(_VERBOSE.value)
+    train = _CONFIG.value.get("train") or {}
+    batch_sizes = [train.get(k) for k in ("batch_size", "eval_batch_size")]
+    try:  # before JAX starts; CPU runs only
+        configure_process(
+            host_allocator=_HOST_ALLOCATOR.value,
+            cpu_vector_width=_CPU_VECTOR_WIDTH.value,
+            cpu_devices=_CPU_DEVICES.value,
+            batch_sizes=[b for b in batch_sizes if isinstance(b, int)],
+        )
     except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return _error(err, 2)
 
     import jax
 
@@ -136,8 +224,7 @@ def main(argv: list[str]) -> int:
             timeout_s=_INIT_TIMEOUT.value,
         )
     except (ConfigError, DistributedInitError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return _error(err, 2)
     if jax.process_index() != 0:  # process 0 speaks for the run
         logging.getLogger().setLevel(logging.WARNING)
 
@@ -148,17 +235,12 @@ def main(argv: list[str]) -> int:
         workdir = str(ROOT / "runs" / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}")
     log = logging.getLogger("jaxnn.train")
     log.info("workdir: %s", workdir)
-    log.info("host allocator: %(mode)s (%(detail)s)", host_allocator())
-    log.info("CPU vector width: %(setting)s (%(detail)s)", cpu_vector_width())
-    log.info("CPU devices: %(setting)s -> %(devices)d (%(detail)s)", cpu_devices())
     try:
         results = train_and_evaluate(config, workdir, overwrite=_OVERWRITE.value)
     except (ConfigError, ConfigMismatchError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return _error(err, 2)
     except NonFiniteLossError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 3
+        return _error(err, 3)
     if jax.process_index() != 0:
         return 0
     test, val = results["test"], results["val"]
