@@ -51,6 +51,9 @@ from pathlib import Path
 from absl import app, flags
 from ml_collections import config_flags
 
+from jaxnn.launch import configure_process, quiet_third_party_logs
+from jaxnn.launch.flags import define_process_flags
+
 ROOT = Path(__file__).resolve().parent
 
 
@@ -153,24 +156,7 @@ _INIT_TIMEOUT = flags.DEFINE_integer(
     300,
     "Seconds to wait for the coordinator / the other processes before failing.",
 )
-_CPU_DEVICES = flags.DEFINE_string(
-    "cpu_devices",
-    None,
-    "CPU runs: XLA:CPU devices of this process, '1', a whole number or 'cores' (one per core; "
-    "the transformer runs data parallel over them). Default $JAXNN_CPU_DEVICES, else 1.",
-)
-_HOST_ALLOCATOR = flags.DEFINE_string(
-    "host_allocator",
-    None,
-    "CPU runs: 'system' (glibc's defaults) or 'keep' (freed host blocks reused). "
-    "Default $JAXNN_HOST_ALLOCATOR, else system.",
-)
-_CPU_VECTOR_WIDTH = flags.DEFINE_string(
-    "cpu_vector_width",
-    None,
-    "CPU runs: XLA:CPU's vector width, auto, xla, 128, 256 or 512. "
-    "Default $JAXNN_CPU_VECTOR_WIDTH, else auto.",
-)
+_PROCESS_FLAGS = define_process_flags()  # --host_allocator, --cpu_vector_width, --cpu_devices
 _VERBOSE = flags.DEFINE_bool(
     "verbose", False, "Keep absl/orbax/JAX INFO logs and print tracebacks with errors."
 )
@@ -190,17 +176,12 @@ def main(argv: list[str]) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    from jaxnn.launch import configure_process, quiet_third_party_logs
-
     quiet_third_party_logs(_VERBOSE.value)
     train = _CONFIG.value.get("train") or {}
     batch_sizes = [train.get(k) for k in ("batch_size", "eval_batch_size")]
     try:  # before JAX starts; CPU runs only
         configure_process(
-            host_allocator=_HOST_ALLOCATOR.value,
-            cpu_vector_width=_CPU_VECTOR_WIDTH.value,
-            cpu_devices=_CPU_DEVICES.value,
-            batch_sizes=[b for b in batch_sizes if isinstance(b, int)],
+            **_PROCESS_FLAGS(), batch_sizes=[b for b in batch_sizes if isinstance(b, int)]
         )
     except ValueError as err:
         return _error(err, 2)

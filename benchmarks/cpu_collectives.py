@@ -14,7 +14,7 @@ On a 2-core machine with 2 devices, "async" hung in most trials and "sync" in no
 Scaling section): XLA runs every device's part of a program on the one shared worker pool, and
 a device that runs ahead into the next program's all-reduce can leave no worker for the other.
 This is why jaxnn's train and evaluation steps wait for their result on such a mesh
-(`jaxnn.train.distributed.waits_for_each_call`, used with `train.cpu_devices`).
+(`jaxnn.train.distributed.waits_for_each_call`; `--cpu_devices`, jaxnn.launch.cpu_devices).
 
 Writes benchmarks/results/cpu_collectives.json and .md.
 """

@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 from jaxnn import data  # noqa: E402
 from jaxnn.data.corpora import data_dir  # noqa: E402
 from jaxnn.data.vocab import encode_token_batch  # noqa: E402
-from jaxnn.host_memory import configure_host_allocator  # noqa: E402
+from jaxnn.launch import configure_process  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 
@@ -344,5 +344,5 @@ def write_plot(r: dict) -> None:
 
 
 if __name__ == "__main__":
-    configure_host_allocator()  # before JAX's first computation (jaxnn.host_memory)
+    configure_process()  # before JAX's first computation; CPU runs only (jaxnn.launch)
     main()

@@ -34,7 +34,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from timing import time_interleaved  # noqa: E402  (benchmarks/timing.py)
 
-from jaxnn.host_memory import configure_host_allocator, host_allocator  # noqa: E402
+from jaxnn.launch import configure_process  # noqa: E402
+from jaxnn.launch.host_memory import host_allocator  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 
@@ -140,5 +141,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    configure_host_allocator()  # before JAX's first computation (jaxnn.host_memory)
+    configure_process()  # before JAX's first computation; CPU runs only (jaxnn.launch)
     main()

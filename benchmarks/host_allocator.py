@@ -1,5 +1,5 @@
-"""What jaxnn.host_memory's "keep" allocator setting buys: the same work under glibc's defaults
-("system") and under "keep", in alternating fresh processes.
+"""What jaxnn.launch.host_memory's "keep" allocator setting buys: the same work under glibc's
+defaults ("system") and under "keep", in alternating fresh processes.
 
     .venv/bin/python benchmarks/host_allocator.py [--rounds 3] [--reps 5] [--quick] [--no-torch]
 
@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from jaxnn.host_memory import configure_host_allocator, host_allocator  # noqa: E402
+from jaxnn.launch.host_memory import configure_host_allocator, host_allocator  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 MODES = ("system", "keep")

@@ -36,7 +36,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from jaxnn.host_memory import configure_host_allocator  # noqa: E402
+from jaxnn.launch import configure_process  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 COLLECTIVES = (
@@ -300,5 +300,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    configure_host_allocator()  # before JAX's first computation (jaxnn.host_memory)
+    configure_process()  # before JAX's first computation; CPU runs only (jaxnn.launch)
     main()

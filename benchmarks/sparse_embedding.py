@@ -39,7 +39,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import optax  # noqa: E402
 
-from jaxnn.host_memory import configure_host_allocator  # noqa: E402
+from jaxnn.launch import configure_process  # noqa: E402
 from jaxnn.train import sparse  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -209,5 +209,5 @@ def plot(results: dict, path: Path) -> None:
 
 
 if __name__ == "__main__":
-    configure_host_allocator()  # before JAX's first computation (jaxnn.host_memory)
+    configure_process()  # before JAX's first computation; CPU runs only (jaxnn.launch)
     main()

@@ -15,17 +15,16 @@ the ratios compare runs that saw the same load.
 Then one full epoch of real training (`Trainer.run_epoch`) counts the step's compilations, which
 must not exceed the number of length buckets.
 
-Each model runs in its own Python process under the host allocator its shipped config asks for
-(`train.host_allocator`: configs/default.py for bow, configs/imdb_transformer.py for the
-transformer; jaxnn.host_memory), as `python train.py` would run it. The setting is process-wide,
-so the PyTorch twin and the matmul of that process run under it too. $JAXNN_HOST_ALLOCATOR, when
-set, overrides every model's, as it does for train.py. Each process also sets its XLA:CPU
-vector width from `train.cpu_vector_width` (jaxnn.cpu_vector_width; `--cpu-vector-width`, default
-"auto", as train.py), and the table names the width it came to; and its number of XLA:CPU
-devices from the shipped config's `train.cpu_devices` (jaxnn.cpu_devices:
-configs/imdb_transformer.py asks for one per core, so its step runs data parallel over the cores,
-waiting for each step as train.py does; $JAXNN_CPU_DEVICES overrides it). The matmul runs on one
-of those devices, which still uses every core (XLA splits a dense matmul over its worker pool).
+Each model runs in its own Python process, set up as `python train.py` runs it on a CPU
+(`jaxnn.launch.configure_process`, before JAX starts): the bag-of-words model with the defaults,
+the transformer as the CPU recipe of train.py's docstring, `PROCESS_DEFAULTS`: freed host blocks
+kept (``--host_allocator=keep``) and one XLA:CPU device per core (``--cpu_devices=cores``), its
+step data parallel over the cores and waiting for each step as train.py does. The settings are
+process-wide, so the PyTorch twin and the matmul of that process run under them too;
+$JAXNN_HOST_ALLOCATOR and $JAXNN_CPU_DEVICES, when set, override them. ``--cpu-vector-width``
+(else $JAXNN_CPU_VECTOR_WIDTH, else "auto") sets XLA:CPU's vector width of both, and the table
+names what each process came to. The matmul runs on one of the devices, which still uses every
+core (XLA splits a dense matmul over its worker pool). On a GPU or TPU none of this applies.
 
 Writes benchmarks/results/train.json, train.md and train.png. Timings on a shared 2-core CPU are
 noisy: only medians and ratios measured in the same run are reported; nothing here passes or fails.
@@ -54,11 +53,12 @@ sys.path.insert(0, str(ROOT / "benchmarks"))  # timing.py, also when imported fr
 
 from timing import time_interleaved  # noqa: E402  (benchmarks/timing.py)
 
-from jaxnn.cpu_devices import configure_cpu_devices, cpu_devices  # noqa: E402
-from jaxnn.cpu_vector_width import SETTINGS as CPU_VECTOR_WIDTHS  # noqa: E402
-from jaxnn.cpu_vector_width import configure_cpu_vector_width, cpu_vector_width  # noqa: E402
-from jaxnn.host_memory import configure_host_allocator, host_allocator  # noqa: E402
-from jaxnn.train.config import base_config, config_from_file, validate_config  # noqa: E402
+from jaxnn.launch import configure_process  # noqa: E402
+from jaxnn.launch.cpu_devices import cpu_devices  # noqa: E402
+from jaxnn.launch.cpu_vector_width import SETTINGS as CPU_VECTOR_WIDTHS  # noqa: E402
+from jaxnn.launch.cpu_vector_width import cpu_vector_width  # noqa: E402
+from jaxnn.launch.host_memory import host_allocator  # noqa: E402
+from jaxnn.train.config import base_config, validate_config  # noqa: E402
 from jaxnn.train.distributed import describe_mesh, make_mesh, shard_batch  # noqa: E402
 from jaxnn.train.loop import build_steps, init_train_state  # noqa: E402
 
@@ -67,21 +67,15 @@ VOCAB = 30000
 CLASSES = 2
 
 
-SHIPPED_KEYS = ("host_allocator", "cpu_devices")  # the process settings each model's config ships
+# each model's CPU process settings (jaxnn.launch), below the environment's: the transformer as
+# train.py's docstring runs it on a CPU (data parallel over the cores, freed blocks kept)
+PROCESS_DEFAULTS = {"bow": {}, "transformer": {"cpu_devices": "cores", "host_allocator": "keep"}}
 
 
-def shipped_settings(config_file: str) -> dict[str, str]:
-    """The `SHIPPED_KEYS` of ``configs/<config_file>``'s get_config().train ('' = default)."""
-    train = config_from_file(ROOT / "configs" / config_file).train
-    return {key: str(train[key]) for key in SHIPPED_KEYS}
-
-
-def model_configs(quick: bool, cpu_vector_width: str = "auto") -> dict[str, dict]:
+def model_configs(quick: bool) -> dict[str, dict]:
     """The benchmarked settings: default.py's bow model and the issue's reference transformer
-    (the model of imdb_transformer.py), each with its shipped config's host allocator, and
-    ``train.cpu_vector_width`` (jaxnn.cpu_vector_width) for both."""
+    (the model of imdb_transformer.py)."""
     bow = base_config()
-    bow.train.update(shipped_settings("default.py"))
     bow.model.name = "bow"
     bow.model.embed_dim = 32
     bow.model.bigram_buckets = 2**20
@@ -101,10 +95,8 @@ def model_configs(quick: bool, cpu_vector_width: str = "auto") -> dict[str, dict
     tr.optim.weight_decay = 0.01
     tr.train.batch_size = 64
     tr.data.max_len = 256
-    tr.train.update(shipped_settings("imdb_transformer.py"))
     if quick:
         tr.train.batch_size = 16
-    bow.train.cpu_vector_width = tr.train.cpu_vector_width = cpu_vector_width
     return {"bow": validate_config(bow), "transformer": validate_config(tr)}
 
 
@@ -384,8 +376,8 @@ def write_outputs(results: dict) -> None:
         "# Train-step benchmark (benchmarks/train.py)",
         "",
         f"Devices: {results['devices']}. {results['machine']}. Load average at start: "
-        f"{results['load_average']}. Each model ran in its own process under its shipped "
-        "config's host allocator (jaxnn.host_memory; process-wide, so PyTorch's and the "
+        f"{results['load_average']}. Each model ran in its own process under its "
+        "host allocator (jaxnn.launch.host_memory; process-wide, so PyTorch's and the "
         "matmul's too)"
         + (
             f", here overridden by $JAXNN_HOST_ALLOCATOR={results['host_allocator_env']}."
@@ -490,16 +482,17 @@ def bench_model(name: str, config: dict, repeats: int, with_torch: bool) -> dict
 
 
 def bench_model_in_subprocess(name: str, args: argparse.Namespace) -> dict:
-    """`bench_model` in a fresh Python process, so that the host allocator of the model's
-    config (jaxnn.host_memory, process-wide and applied before JAX's first computation) is
-    the one in force there. Its progress lines stream to this process's output."""
+    """`bench_model` in a fresh Python process, so that the model's process settings
+    (`PROCESS_DEFAULTS`, process-wide and applied before JAX's first computation) are the ones
+    in force there. Its progress lines stream to this process's output."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / f"{name}.json"
         command = [sys.executable, __file__, "--one-model", name, "--one-model-out", str(out)]
         command += ["--repeats", str(args.repeats)] if args.repeats else []
         command += ["--quick"] if args.quick else []
         command += ["--no-torch"] if args.no_torch else []
-        command += ["--cpu-vector-width", args.cpu_vector_width]
+        if args.cpu_vector_width:
+            command += ["--cpu-vector-width", args.cpu_vector_width]
         subprocess.run(command, check=True)
         return json.loads(out.read_text(encoding="utf-8"))
 
@@ -520,9 +513,9 @@ def main() -> None:
     parser.add_argument(
         "--cpu-vector-width",
         choices=CPU_VECTOR_WIDTHS,
-        default="auto",
-        help="train.cpu_vector_width of both models (jaxnn.cpu_vector_width; default auto; "
-        "$JAXNN_CPU_VECTOR_WIDTH, when set, overrides it)",
+        default=None,
+        help="XLA:CPU vector width of both models' processes (jaxnn.launch.cpu_vector_width; "
+        "default: $JAXNN_CPU_VECTOR_WIDTH, else auto)",
     )
     # internal: measure one model in this process and write its figures to a JSON file
     parser.add_argument("--one-model", choices=("bow", "transformer"), help=argparse.SUPPRESS)
@@ -532,15 +525,16 @@ def main() -> None:
         parser.error(f"--repeats={args.repeats}; allowed: an integer >= 1")
     repeats = args.repeats or (3 if args.quick else 5)
     if args.one_model:
-        config = model_configs(args.quick, args.cpu_vector_width)[args.one_model]
-        configure_host_allocator(config=config)  # before JAX's first computation
-        configure_cpu_vector_width(config=config)  # likewise (XLA_FLAGS)
-        configure_cpu_devices(config=config)  # likewise: the shipped config's CPU devices
+        config = model_configs(args.quick)[args.one_model]
+        configure_process(  # before JAX's first computation; CPU runs only
+            cpu_vector_width=args.cpu_vector_width,
+            batch_sizes=(config["train"]["batch_size"], config["train"]["eval_batch_size"]),
+            defaults=PROCESS_DEFAULTS[args.one_model],
+        )
         result = bench_model(args.one_model, config, repeats, not args.no_torch)
         Path(args.one_model_out).write_text(json.dumps(result) + "\n", encoding="utf-8")
         return
-    configure_host_allocator()  # this process: the epoch count (base config: '' = default)
-    configure_cpu_vector_width(args.cpu_vector_width)
+    configure_process(cpu_vector_width=args.cpu_vector_width)  # this process: the epoch count
     results = {
         "devices": describe_mesh(make_mesh()),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",

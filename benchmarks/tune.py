@@ -33,8 +33,9 @@ import jax
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from jaxnn.cpu_vector_width import configure_cpu_vector_width, cpu_vector_width  # noqa: E402
-from jaxnn.host_memory import configure_host_allocator, host_allocator  # noqa: E402
+from jaxnn.launch import configure_process  # noqa: E402
+from jaxnn.launch.cpu_vector_width import cpu_vector_width  # noqa: E402
+from jaxnn.launch.host_memory import host_allocator  # noqa: E402
 from jaxnn.train import load_data  # noqa: E402
 from jaxnn.train.config import config_from_file, validate_config  # noqa: E402
 from jaxnn.tune.vmapped import VmappedBowTrainer  # noqa: E402
@@ -216,6 +217,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    configure_host_allocator()  # before JAX's first computation (jaxnn.host_memory)
-    configure_cpu_vector_width()  # $JAXNN_CPU_VECTOR_WIDTH or auto (jaxnn.cpu_vector_width)
+    configure_process()  # before JAX's first computation; CPU runs only (jaxnn.launch)
     main()

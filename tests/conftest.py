@@ -1,10 +1,28 @@
-"""Suite-wide setup: the host allocator from $JAXNN_HOST_ALLOCATOR, as train.py applies it.
+"""Suite-wide setup: the process settings train.py makes (jaxnn.launch), from the environment.
 
-It must precede JAX's first computation (jaxnn.host_memory), so it runs when pytest loads this
-file, before any test module is imported. JAXNN_HOST_ALLOCATOR=keep runs the suite with freed
-blocks kept for reuse; unset, glibc's defaults stay.
+They must precede JAX's first computation, so they are made when pytest loads this file, before
+any test module is imported. $JAXNN_HOST_ALLOCATOR, $JAXNN_CPU_VECTOR_WIDTH and
+$JAXNN_CPU_DEVICES choose them (e.g. JAXNN_HOST_ALLOCATOR=keep runs the suite with freed blocks
+kept for reuse); unset, the suite keeps glibc's and XLA's defaults (vector width "xla"), so its
+numbers do not depend on the CPU's vendor. On a GPU or TPU nothing is set.
 """
 
-from jaxnn.host_memory import configure_host_allocator
+import gc
 
-configure_host_allocator()
+from jaxnn.launch import configure_process
+
+configure_process(defaults={"cpu_vector_width": "xla"})
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Collect the session's garbage now and freeze what is left, so that pytest's final
+    collections (at unconfigure) have nothing to walk.
+
+    Under pytest-xdist a worker that is still busy 5 s after the controller asks it to stop is
+    sent SIGINT (execnet); after hundreds of JAX tests the last full collection took that long on
+    a loaded machine, the SIGINT landed in hypothesis's gc callback, and `make test` ended with a
+    KeyboardInterrupt traceback (PytestUnraisableExceptionWarning). Work done here, before the
+    worker reports "finished", does not count against those 5 s.
+    """
+    gc.collect()
+    gc.freeze()

@@ -20,7 +20,8 @@ unregularized ones overfit (low bias, high variance). Early stopping would choos
 capacity, the epoch with the lowest validation error; the plot marks it and the best capacity.
 
 Run: ``python -m jaxnn.analysis.bias_variance --config=configs/bias_variance_bbc.py
---workdir=runs/bias_variance_bbc``.
+--workdir=runs/bias_variance_bbc`` (with --host_allocator, --cpu_vector_width, --cpu_devices
+for a CPU process: jaxnn.launch).
 """
 
 from __future__ import annotations
@@ -326,20 +327,21 @@ def write_outputs(result: Mapping, workdir: str | os.PathLike) -> None:
     plot_sweep(result, workdir / "bias_variance.png")
 
 
-def _main(argv: Sequence[str]) -> None:
-    from absl import app, flags
+def _main(argv: Sequence[str], process_flags) -> int | None:
+    import sys
 
-    from jaxnn.cpu_vector_width import configure_cpu_vector_width
-    from jaxnn.host_memory import configure_host_allocator
+    from absl import flags
+
+    from jaxnn.launch import configure_process
 
     del argv
     config = flags.FLAGS["config"].value
-    try:  # the environment's settings or the config's, before JAX's first computation
-        configure_host_allocator(config=config)
-        configure_cpu_vector_width(config=config)
-    except ValueError as err:
-        raise app.UsageError(str(err)) from None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    try:  # before JAX's first computation; CPU runs only (jaxnn.launch)
+        configure_process(**process_flags())
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     workdir = flags.FLAGS["workdir"].value
     result = sweep(config)
     write_outputs(result, workdir)
@@ -351,7 +353,10 @@ if __name__ == "__main__":
     from absl import app, flags
     from ml_collections import config_flags
 
+    from jaxnn.launch.flags import define_process_flags
+
     config_flags.DEFINE_config_file("config", None, "bias-variance config (get_config()).")
     flags.DEFINE_string("workdir", None, "output directory")
+    process_flags = define_process_flags()  # --host_allocator, --cpu_vector_width, --cpu_devices
     flags.mark_flags_as_required(["config", "workdir"])
-    app.run(_main)
+    app.run(lambda argv: _main(argv, process_flags))

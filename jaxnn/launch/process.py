@@ -1,4 +1,4 @@
-"""`configure_process`: the settings of a CPU process, made once at an entry point before JAX starts.
+"""`configure_process`: the settings of a CPU process, made at an entry point before JAX starts.
 
 Three settings tune how XLA:CPU uses the host; none changes what is trained, so they are not
 part of an experiment's config but of the process that runs it:

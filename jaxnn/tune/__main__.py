@@ -6,19 +6,21 @@ search of ``tune.compare`` with the same number of trials, and writes compare.js
 --storage overrides tune.storage (default sqlite:///<workdir>/tune.db; a PostgreSQL URL lets
 many machines share a study). Config values override as usual: --config.tune.metric=accuracy.
 Run the same command in several terminals to share the work of one study.
+--host_allocator, --cpu_vector_width, --cpu_devices: settings of a CPU process (jaxnn.launch).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import sys
 from pathlib import Path
 
 from absl import app, flags
 from ml_collections import config_flags
 
-from jaxnn.cpu_vector_width import configure_cpu_vector_width
-from jaxnn.host_memory import configure_host_allocator
+from jaxnn.launch import configure_process
+from jaxnn.launch.flags import define_process_flags
 from jaxnn.tune.bow import make_runner
 from jaxnn.tune.report import comparison_markdown
 from jaxnn.tune.tuner import ProgressiveTuner, run_search, split_config
@@ -30,6 +32,7 @@ _SEARCH = flags.DEFINE_enum(
     "search", "progressive", ["progressive", "random", "tpe", "compare"], "what to run"
 )
 _N_TRIALS = flags.DEFINE_integer("n_trials", 0, "random/tpe budget (0 = progressive's count)")
+_PROCESS_FLAGS = define_process_flags()
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -46,15 +49,15 @@ def _row(corpus: str, search: str, out: dict, metric: str) -> dict:
     }
 
 
-def main(argv: list[str]) -> None:
+def main(argv: list[str]) -> int | None:
     del argv
     config = _CONFIG.value
-    try:  # the environment's settings or the config's, before JAX's first computation
-        configure_host_allocator(config=config)
-        configure_cpu_vector_width(config=config)
-    except ValueError as err:
-        raise app.UsageError(str(err)) from None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    try:  # before JAX's first computation; CPU runs only
+        configure_process(**_PROCESS_FLAGS())
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     workdir = Path(_WORKDIR.value)
     train_config, options = split_config(config)  # every check before any data is loaded
     runner = make_runner(options.engine, max_group=options.group_size)
