@@ -128,9 +128,7 @@ def configure_process(
 
     backend = backend or expected_backend()
     if not backend.is_cpu:
-        given = tuple(
-            f"{name}={value!r}" for name, value in explicit.items() if value is not None
-        )
+        given = tuple(f"{name}={value!r}" for name, value in explicit.items() if value is not None)
         log.debug("backend %s (%s): CPU process settings not applied", *_backend_words(backend))
         fresh = [g for g in given if g not in _warned]
         if fresh:

@@ -1,6 +1,6 @@
-"""jaxnn.cpu_devices: the setting must reach XLA:CPU (a process's device count), only through a
-call made before JAX starts; and a mesh of in-process CPU devices must not deadlock XLA's
-all-reduce. The device count is process-wide (XLA_FLAGS, read once), so those cases run in a
+"""jaxnn.launch.cpu_devices: the setting must reach XLA:CPU (a process's device count), only
+through a call made before JAX starts; and a mesh of in-process CPU devices must not deadlock
+XLA's all-reduce. The device count is process-wide (XLA_FLAGS, read once), so those cases run in a
 fresh child process."""
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ from pathlib import Path
 import jax
 import pytest
 
-from jaxnn import cpu_devices as cd
+from jaxnn.launch import cpu_devices as cd
 from jaxnn.train.distributed import in_process_cpu_collectives, make_mesh, waits_for_each_call
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.parametrize(
@@ -75,22 +75,24 @@ def test_one_device_mesh_steps_are_not_wrapped():
 
 CHILD = textwrap.dedent(
     """
-    import json, os, sys, warnings
-    from jaxnn.cpu_devices import configure_cpu_devices, cpu_devices
-    setting = sys.argv[1] or None
-    config = json.loads(sys.argv[2])
-    count = configure_cpu_devices(setting, config=config)
+    import json, sys
+    from jaxnn.launch import configure_process
+    from jaxnn.launch.cpu_devices import cpu_devices
+    batch_sizes = json.loads(sys.argv[2])
+    settings = configure_process(cpu_devices=sys.argv[1] or None, batch_sizes=batch_sizes)
     import jax
+    count = settings.get("cpu_devices").value
     print(json.dumps({"count": count, "devices": len(jax.devices()), **cpu_devices()}))
     """
 )
 
 
-def _child(setting: str | None, config: dict | None = None, **env) -> dict:
+def _child(setting: str | None, batch_sizes: tuple[int, ...] = (), **env) -> dict:
+    """The child's report on a CPU run; ``setting``: its --cpu_devices (None: not given)."""
     environ = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", cd.ENV_VAR)}
-    environ.update(env, PYTHONPATH=str(ROOT))
+    environ.update(env, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu")
     out = subprocess.run(
-        [sys.executable, "-c", CHILD, setting or "", json.dumps(config or {})],
+        [sys.executable, "-c", CHILD, setting or "", json.dumps(list(batch_sizes))],
         env=environ,
         capture_output=True,
         text=True,
@@ -100,17 +102,18 @@ def _child(setting: str | None, config: dict | None = None, **env) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def test_setting_reaches_xla_and_environment_and_xla_flags_take_precedence():
-    config = {"train": {"cpu_devices": "2", "batch_size": 64, "eval_batch_size": 256}}
-    got = _child(None, config)
-    assert got["count"] == got["devices"] == 2 and "config train.cpu_devices" in got["detail"]
-    got = _child(None, config, JAXNN_CPU_DEVICES="3")  # the environment wins over the config
+def test_setting_reaches_xla_and_flag_environment_and_xla_flags_precedence():
+    got = _child("2")
+    assert got["count"] == got["devices"] == 2 and "(--cpu_devices)" in got["detail"]
+    got = _child(None, JAXNN_CPU_DEVICES="3")  # the environment, when no flag is given
     assert got["count"] == got["devices"] == 3 and "$JAXNN_CPU_DEVICES" in got["detail"]
-    got = _child(None, config, XLA_FLAGS=f"{cd.FLAG}=4")  # the user's own flag wins over both
+    got = _child("2", JAXNN_CPU_DEVICES="3")  # the flag wins over the environment
+    assert got["count"] == got["devices"] == 2 and "(--cpu_devices)" in got["detail"]
+    got = _child("2", XLA_FLAGS=f"{cd.FLAG}=4")  # the user's own XLA flag wins over both
     assert got["count"] == got["devices"] == 4 and "from XLA_FLAGS" in got["detail"]
-    assert _child(None, {})["devices"] == 1  # default: one device
+    assert _child(None)["devices"] == 1  # default: one device
     cores = cd.usable_cores()
-    got = _child("cores", {"train": {"batch_size": 64, "eval_batch_size": 256}})
+    got = _child("cores", (64, 256))
     expected = max(d for d in range(1, cores + 1) if 64 % d == 0)
     assert got["count"] == got["devices"] == expected
 
@@ -140,7 +143,7 @@ def test_waiting_steps_do_not_deadlock_xla_in_process_all_reduce():
     hung in 3 of 6 chains of 50 on 2 cores (benchmarks/cpu_collectives.py); XLA aborts such a
     process after 40 s, so a hang fails this test."""
     environ = {k: v for k, v in os.environ.items() if k != cd.ENV_VAR}
-    environ.update(XLA_FLAGS=f"{cd.FLAG}=2", PYTHONPATH=str(ROOT))
+    environ.update(XLA_FLAGS=f"{cd.FLAG}=2", PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu")
     out = subprocess.run(
         [sys.executable, "-c", STRESS], env=environ, capture_output=True, text=True, timeout=240
     )
@@ -148,9 +151,10 @@ def test_waiting_steps_do_not_deadlock_xla_in_process_all_reduce():
 
 
 def test_train_py_runs_data_parallel_over_cpu_devices(tmp_path):
-    """`train.py` with ``train.cpu_devices`` = 2: the log names the count, the mesh spans both
-    devices, and training and the test evaluation finish (each step waits for its result)."""
+    """`train.py --cpu_devices=2`: the log names the count, the mesh spans both devices, and
+    training and the test evaluation finish (each step waits for its result)."""
     environ = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", cd.ENV_VAR)}
+    environ.update(JAX_PLATFORMS="cpu")
     workdir = tmp_path / "run"
     out = subprocess.run(
         [
@@ -160,7 +164,7 @@ def test_train_py_runs_data_parallel_over_cpu_devices(tmp_path):
             f"--workdir={workdir}",
             "--config.model.name=transformer",
             "--config.train.num_epochs=1",
-            "--config.train.cpu_devices=2",
+            "--cpu_devices=2",
         ],
         env=environ,
         capture_output=True,

@@ -1,5 +1,5 @@
-"""jaxnn.cpu_vector_width: the setting must reach XLA:CPU's code generator, and only through a
-call made before JAX starts.
+"""jaxnn.launch.cpu_vector_width: the setting must reach XLA:CPU's code generator, and only
+through a call made before JAX starts.
 
 The proof is XLA's own dump of the LLVM IR it compiled (``--xla_dump_to``): at width 512 an
 elementwise kernel works on <16 x float> vectors, at XLA's default on <8 x float>. The setting is
@@ -18,7 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from jaxnn import cpu_vector_width as cvw
+from jaxnn.launch import configure_process
+from jaxnn.launch import cpu_vector_width as cvw
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def cpuinfo(vendor: str, flags: str) -> str:
@@ -74,12 +77,11 @@ def test_bad_setting_names_value_source_and_allowed(monkeypatch):
     monkeypatch.delenv(cvw.ENV_VAR, raising=False)
     with pytest.raises(ValueError, match=r"from argument is '1024'; allowed: 'auto', 'xla'"):
         cvw.configure_cpu_vector_width("1024")
-    config = {"train": {"cpu_vector_width": "avx"}}
-    with pytest.raises(ValueError, match=r"from config train.cpu_vector_width is 'avx'"):
-        cvw.configure_cpu_vector_width(config=config)
+    with pytest.raises(ValueError, match=r"from --cpu_vector_width is 'avx'; allowed: 'auto'"):
+        configure_process(cpu_vector_width="avx")
     monkeypatch.setenv(cvw.ENV_VAR, "wide")
-    with pytest.raises(ValueError, match=r"JAXNN_CPU_VECTOR_WIDTH, over the config's .*'wide'"):
-        cvw.configure_cpu_vector_width(config=config)
+    with pytest.raises(ValueError, match=r"from \$JAXNN_CPU_VECTOR_WIDTH is 'wide'"):
+        configure_process()
 
 
 def test_after_jax_started_it_warns_and_changes_nothing(monkeypatch):
@@ -100,26 +102,27 @@ def test_after_jax_started_it_warns_and_changes_nothing(monkeypatch):
 _CHILD = textwrap.dedent(
     """
     import glob, json, os, re, sys
-    from jaxnn.cpu_vector_width import configure_cpu_vector_width, cpu_vector_width
-    config = {"train": {"cpu_vector_width": sys.argv[2]}} if sys.argv[2] else None
-    width = configure_cpu_vector_width(sys.argv[1] or None, config=config)
-    os.environ["XLA_FLAGS"] += f" --xla_dump_to={sys.argv[3]}"
+    from jaxnn.launch import configure_process
+    from jaxnn.launch.cpu_vector_width import cpu_vector_width
+    width = configure_process(cpu_vector_width=sys.argv[1] or None).get("cpu_vector_width").value
+    os.environ["XLA_FLAGS"] += f" --xla_dump_to={sys.argv[2]}"
     import jax, jax.numpy as jnp
     y = jax.jit(lambda x: jnp.tanh(x) * 2.0 + 1.0)(jnp.linspace(-1.0, 1.0, 4099))
-    ir = "".join(open(f).read() for f in glob.glob(sys.argv[3] + "/*lambda*opt*.ll"))
+    ir = "".join(open(f).read() for f in glob.glob(sys.argv[2] + "/*lambda*opt*.ll"))
     print(json.dumps({"width": width, "state": cpu_vector_width(), "sum": float(y.sum()),
         "vectors": sorted(set(re.findall(r"<(\\d+) x float>", ir)), key=int)}))
     """
 )
 
 
-def _child(tmp_path, setting="", config="", env=None, xla_flags=""):
+def _child(tmp_path, setting="", env=None, xla_flags=""):
+    """The child's report on a CPU run; ``setting``: its --cpu_vector_width ("": not given)."""
     environ = {k: v for k, v in os.environ.items() if k not in (cvw.ENV_VAR, "XLA_FLAGS")}
-    environ.update(env or {})
+    environ.update(env or {}, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu")
     environ["XLA_FLAGS"] = xla_flags
     dump = tmp_path / f"dump{len(list(tmp_path.iterdir()))}"
     out = subprocess.run(
-        [sys.executable, "-c", _CHILD, setting, config, str(dump)],
+        [sys.executable, "-c", _CHILD, setting, str(dump)],
         env=environ,
         capture_output=True,
         text=True,
@@ -132,7 +135,7 @@ def _child(tmp_path, setting="", config="", env=None, xla_flags=""):
 def test_512_reaches_the_code_generator_and_xla_keeps_its_default(tmp_path):
     wide = _child(tmp_path, "512")
     assert wide["width"] == 512 and "16" in wide["vectors"], wide
-    assert wide["state"]["detail"] == "--xla_cpu_prefer_vector_width=512 (argument)"
+    assert wide["state"]["detail"] == "--xla_cpu_prefer_vector_width=512 (--cpu_vector_width)"
     default = _child(tmp_path, "xla")
     assert default["width"] is None and "8" in default["vectors"], default
     assert "16" not in default["vectors"], default
@@ -140,12 +143,12 @@ def test_512_reaches_the_code_generator_and_xla_keeps_its_default(tmp_path):
 
 
 @avx512
-def test_config_environment_and_xla_flags_precedence(tmp_path):
-    from_config = _child(tmp_path, config="512")
-    assert from_config["width"] == 512 and "16" in from_config["vectors"], from_config
-    assert "(config train.cpu_vector_width)" in from_config["state"]["detail"]
-    env_wins = _child(tmp_path, config="512", env={cvw.ENV_VAR: "xla"})
-    assert env_wins["width"] is None and "16" not in env_wins["vectors"], env_wins
+def test_flag_environment_and_xla_flags_precedence(tmp_path):
+    from_env = _child(tmp_path, env={cvw.ENV_VAR: "512"})
+    assert from_env["width"] == 512 and "16" in from_env["vectors"], from_env
+    assert "($JAXNN_CPU_VECTOR_WIDTH)" in from_env["state"]["detail"]
+    flag_wins = _child(tmp_path, "xla", env={cvw.ENV_VAR: "512"})
+    assert flag_wins["width"] is None and "16" not in flag_wins["vectors"], flag_wins
     flags_win = _child(tmp_path, "xla", xla_flags="--xla_cpu_prefer_vector_width=512")
     assert flags_win["width"] == 512 and "16" in flags_win["vectors"], flags_win
     assert flags_win["state"]["detail"].endswith("from XLA_FLAGS")

@@ -1,4 +1,4 @@
-"""jaxnn.host_memory: the "keep" setting must put XLA's CPU buffers on glibc's reusable heap.
+"""jaxnn.launch.host_memory: the "keep" setting must put XLA's CPU buffers on glibc's reusable heap.
 
 The check is glibc's own accounting (mallinfo2: bytes in mmapped blocks vs in the arenas), read
 in fresh child processes, since the setting is process-wide and must precede JAX's first
@@ -14,10 +14,13 @@ import subprocess
 import sys
 import textwrap
 import warnings
+from pathlib import Path
 
 import pytest
 
-from jaxnn import host_memory
+from jaxnn.launch import configure_process, host_memory
+
+ROOT = Path(__file__).resolve().parents[2]
 
 glibc = pytest.mark.skipif(
     platform.system() != "Linux" or platform.libc_ver()[0] != "glibc",
@@ -28,15 +31,16 @@ glibc = pytest.mark.skipif(
 _CHILD = textwrap.dedent(
     """
     import ctypes, json, sys, warnings
-    from jaxnn.host_memory import configure_host_allocator, host_allocator
+    from jaxnn.launch import configure_process
+    from jaxnn.launch.host_memory import host_allocator
     late = sys.argv[1] == "late"
     import jax.numpy as jnp
     if late:
         jnp.ones(8).block_until_ready()  # JAX's threads start before the setting
-    config = {"train": {"host_allocator": sys.argv[2]}} if len(sys.argv) > 2 else None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        mode = configure_host_allocator(config=config)
+        settings = configure_process(host_allocator=sys.argv[2] or None)
+    mode = settings.get("host_allocator").value
     import jax
     x = jnp.ones((4096, 4096), jnp.float32)
     y = jax.jit(lambda a: a + 1.0)(x).block_until_ready()
@@ -55,14 +59,14 @@ _CHILD = textwrap.dedent(
 )
 
 
-def _child(allocator: str | None, when: str = "first", config: str | None = None) -> dict:
-    """The child's report; ``allocator`` = $JAXNN_HOST_ALLOCATOR (None: unset), ``config`` =
-    the train.host_allocator of the run config it passes (None: no config)."""
-    env = dict(os.environ)
+def _child(allocator: str | None, when: str = "first", flag: str = "") -> dict:
+    """The child's report on a CPU run; ``allocator`` = $JAXNN_HOST_ALLOCATOR (None: unset),
+    ``flag`` = its --host_allocator ("": not given)."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu")
     env.pop(host_memory.ENV_VAR, None)
     if allocator is not None:
         env[host_memory.ENV_VAR] = allocator
-    args = [when] + ([] if config is None else [config])
+    args = [when, flag]
     out = subprocess.run(
         [sys.executable, "-c", _CHILD, *args], env=env, capture_output=True, text=True, check=True
     )
@@ -78,30 +82,27 @@ def test_keep_serves_xla_buffers_from_the_heap_and_system_mmaps_them():
     assert kept["in_use"] >= 2 * block, kept
     assert kept["warnings"] == []
     system = _child(None)  # the default leaves glibc alone
-    assert system["mode"] == "system" and "glibc defaults" in system["detail"]
+    assert system["mode"] == "system" and "glibc defaults (default)" in system["detail"]
     assert system["mmapped"] >= 2 * block, system  # glibc's default: one mmap per large block
     assert kept["sum"] == system["sum"] == 2.0  # same arithmetic either way
 
 
 @glibc
-def test_a_run_config_chooses_the_mode_unless_the_environment_is_set():
+def test_the_flag_chooses_the_mode_over_the_environment():
     block = 64 * 2**20
-    kept = _child(None, config="keep")
-    assert kept["mode"] == "keep" and "(config train.host_allocator)" in kept["detail"], kept
+    kept = _child(None, flag="keep")
+    assert kept["mode"] == "keep" and "(--host_allocator)" in kept["detail"], kept
     assert kept["mmapped"] < block, kept
-    empty = _child(None, config="")  # "" leaves the choice to the environment: unset, system
-    assert empty["mode"] == "system" and "unset" in empty["detail"], empty
-    assert empty["mmapped"] >= 2 * block, empty
-    overridden = _child("system", config="keep")
+    overridden = _child("keep", flag="system")
     assert overridden["mode"] == "system", overridden
-    assert "over the config's train.host_allocator='keep'" in overridden["detail"]
+    assert "glibc defaults (--host_allocator)" in overridden["detail"], overridden
     assert overridden["mmapped"] >= 2 * block, overridden
 
 
-def test_bad_config_mode_names_the_value_and_the_choices(monkeypatch):
+def test_bad_flag_names_the_value_and_the_choices(monkeypatch):
     monkeypatch.delenv(host_memory.ENV_VAR, raising=False)
-    with pytest.raises(ValueError, match=r"from config train.host_allocator is 'fast'; allowed: "):
-        host_memory.configure_host_allocator(config={"train": {"host_allocator": "fast"}})
+    with pytest.raises(ValueError, match=r"from --host_allocator is 'fast'; allowed: 'keep', "):
+        configure_process(host_allocator="fast")
 
 
 @glibc
@@ -112,11 +113,11 @@ def test_keep_after_jax_started_warns():
 
 
 def test_bad_mode_names_the_value_and_the_choices(monkeypatch):
-    with pytest.raises(ValueError, match=r"from argument is 'fast'; allowed: \('keep', 'system'\)"):
+    with pytest.raises(ValueError, match=r"from argument is 'fast'; allowed: 'keep', 'system'"):
         host_memory.configure_host_allocator("fast")
     monkeypatch.setenv(host_memory.ENV_VAR, "tcmalloc")
     with pytest.raises(ValueError, match=r"from \$JAXNN_HOST_ALLOCATOR is 'tcmalloc'"):
-        host_memory.configure_host_allocator()
+        configure_process()
 
 
 def test_without_glibc_keep_reports_system(monkeypatch):
