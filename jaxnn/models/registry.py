@@ -372,9 +372,19 @@ def resolve(name: str) -> ModelSpec:
     cls = getattr(module, attr, None)
     if cls is None:
         _unknown_model(name, f" (module {module_name!r} has no {attr!r})")
-    for spec in _REGISTRY.values():
+    for spec in list(_REGISTRY.values()):
         if spec.model_cls is cls:
             return spec
+        if _same_definition(spec.model_cls, cls):
+            # the same file executed twice (loaded as a config file, then imported): the class
+            # of the import path is the one to build, with its module's config class
+            config_cls = spec.config_cls
+            if config_cls is not None:
+                config_cls = getattr(module, config_cls.__name__, config_cls)
+            _REGISTRY[spec.name] = ModelSpec(
+                spec.name, _class_builder(cls, config_cls), config_cls, spec.section, cls
+            )
+            return _REGISTRY[spec.name]
     if not inspect.isclass(cls):
         _unknown_model(name, f" ({name} is not a class)")
     spec = ModelSpec(name, _class_builder(cls, None), None, "", cls)

@@ -36,6 +36,7 @@ import dataclasses
 import importlib.util
 import json
 import os
+import sys
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -362,6 +363,7 @@ def config_from_file(path: str | Path) -> ml_collections.ConfigDict:
         raise FileNotFoundError(f"config file {str(path)!r} does not exist")
     spec = importlib.util.spec_from_file_location(f"_jaxnn_config_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # as an import does (dataclasses in the file need it)
     spec.loader.exec_module(module)
     return module.get_config()
 
@@ -398,15 +400,15 @@ def _fail_unknown_key(key: str, value: object, keys: list[str], *, override: boo
     """Raise ConfigError for ``key``, listing the known keys of its section (or the sections)."""
     section = key.rsplit(".", 1)[0] if "." in key else ""
     allowed = sorted(k for k in keys if section and k.startswith(section + "."))
-    if not allowed:
-        allowed = sorted({k.split(".")[0] for k in keys})
     hint = ""
     parts = key.split(".")
-    if override and len(parts) == 3 and parts[0] == "model":
+    if override and len(parts) == 3 and parts[0] == "model" and not allowed:
         hint = (
             f" (a model's own section must be in the config file: config.model.{parts[1]} = "
             f"jaxnn.models.default_section(<model name>))"
         )
+    if not allowed:
+        allowed = sorted({k.split(".")[0] for k in keys})
     raise ConfigError(
         f"config.{key}={value!r} is not allowed; unknown key{hint}; allowed keys here: "
         f"{', '.join(allowed)}"
