@@ -5,16 +5,22 @@ from __future__ import annotations
 
 import csv
 import json
+import sys
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from examples import cnn_classifier
-from jaxnn.models import get_model, resolve, supports_sparse_embeddings
-from jaxnn.train import train_and_evaluate
-from jaxnn.train.config import ConfigError, config_from_file, validate_config
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:  # as for train.py, whose folder (the repository root) is on it
+    sys.path.insert(0, str(ROOT))
+
+from examples import cnn_classifier  # noqa: E402
+from jaxnn.models import get_model, resolve, supports_sparse_embeddings  # noqa: E402
+from jaxnn.train import train_and_evaluate  # noqa: E402
+from jaxnn.train.config import ConfigError, config_from_file, validate_config  # noqa: E402
 
 CLASS_WORDS = {"sport": ["goal", "match", "team"], "money": ["bank", "shares", "profit"]}
 
