@@ -1,208 +1,388 @@
-"""The run configuration: its complete schema, and validation before any data or compile.
+"""The run configuration: its complete schema, validated once into a frozen, typed `RunConfig`.
 
-A config is an ``ml_collections.ConfigDict`` returned by ``get_config()`` of a file in configs/.
-`base_config` below is the complete schema: every key a run may set, with the value used when a
-config file does not set it. A config file starts from it and overrides what it needs, so the
-keys (and the study guide's names for the hyperparameters, §12) are the same for every model:
+A config file in configs/ returns an ``ml_collections.ConfigDict`` from ``get_config()``,
+starting from `base_config`, the complete schema: every key a run may set, with the value used
+when a config file does not set it. The keys (and the study guide's names for the
+hyperparameters, §12) are the same for every model:
 
     optim.learning_rate   model.dropout     model.hidden_size   train.batch_size
     optim.weight_decay    model.embed_dim   optim.optimizer     model.activation
 
-`validate_config` rejects a bad config (an unknown key, a learning rate <= 0, a dropout outside
-[0, 1), an unknown optimizer ...) with an error naming the key, the value and what is allowed.
-`train_and_evaluate` calls it before loading any data or compiling anything.
+The entry point calls `validate_config` once; it returns a `RunConfig`, a tree of frozen
+dataclasses (`DataConfig`, `ModelConfig`, `OptimConfig`, `TrainConfig`, `MeshConfig`) that the
+rest of the code receives and reads as ``cfg.optim.learning_rate`` (or, as a read-only mapping,
+``cfg["optim"]["learning_rate"]``). Calling it again with a `RunConfig` returns it unchanged.
+A bad config (an unknown key, a learning rate <= 0, a dropout outside [0, 1), an unknown
+optimizer ...) fails there with a `ConfigError` naming the key, the value and what is allowed.
+
+Each section's fields, with their types, defaults and allowed values, are the dataclasses below
+(`jaxnn.models.param`); the lists of allowed values live with the code that implements them
+(activations: jaxnn.ops.activations; attention implementations: jaxnn.ops.attention; norms and
+poolings: jaxnn.nn; models: the registry of jaxnn.models; built-in corpora: jaxnn.data).
+
+Models: ``model.name`` is a registered model or an import path "package.module:Class"
+(jaxnn.models.registry). The built-ins' hyperparameters are keys of ``config.model`` itself; a
+registered model's are in their own section, ``config.model.<section>`` (e.g. model.cnn),
+checked by the model's dataclass, so ``--config.model.cnn.kernel_size=5`` works and a typo is
+refused by name.
+
+Process settings (the CPU allocator, vector width, device count) are not part of the run config:
+they are flags of the entry points.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import os
-from collections.abc import Mapping
+import sys
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import ml_collections
 
-from jaxnn.cpu_devices import ALLOWED as CPU_DEVICES_ALLOWED
-from jaxnn.cpu_devices import resolve as resolve_cpu_devices
-from jaxnn.cpu_vector_width import SETTINGS as CPU_VECTOR_WIDTHS
-from jaxnn.host_memory import MODES as HOST_ALLOCATOR_MODES
+from jaxnn.data import BUILTIN_CORPORA
+from jaxnn.models import registry as model_registry
+from jaxnn.models.hyperparameters import ConfigError, check_fields, fail, field_names, param
+from jaxnn.models.registry import DTYPES
+from jaxnn.nn.normalization import NORMS as _NORM_MODULES
+from jaxnn.nn.pooling import POOLS
+from jaxnn.ops.activations import ACTIVATIONS as _ACTIVATION_FUNCTIONS
+from jaxnn.ops.attention import IMPLEMENTATIONS as ATTENTION_IMPLS
 
 __all__ = [
     "ACTIVATIONS",
     "ATTENTION_IMPLS",
     "CORPORA",
-    "MODELS",
+    "DTYPES",
     "NORMS",
     "OPTIMIZERS",
     "POOLINGS",
     "ConfigError",
+    "DataConfig",
+    "MeshConfig",
+    "ModelConfig",
+    "OptimConfig",
+    "RunConfig",
+    "TrainConfig",
     "base_config",
+    "check_override_keys",
+    "config_from_file",
     "config_to_dict",
+    "corpus_options",
+    "model_names",
     "validate_config",
+    "weight_decay_mode",
 ]
 
-MODELS = ("bow", "transformer")
+# Re-exported from their homes (the code that implements them), for the tuner's search space.
+ACTIVATIONS = tuple(_ACTIVATION_FUNCTIONS)
+NORMS = tuple(_NORM_MODULES)
+POOLINGS = tuple(POOLS)
+CORPORA = tuple(BUILTIN_CORPORA)  # or a path to a file/folder (see jaxnn.data.corpora)
+
+# Lists whose one home is here: the run's own options, implemented by jaxnn.train.
 OPTIMIZERS = ("adam", "adamw", "sgd")
-ACTIVATIONS = ("relu", "gelu", "tanh", "sigmoid")
-NORMS = ("layer", "batch", "rms")
-POOLINGS = ("mean", "max", "first")
-BOW_POOLINGS = ("mean", "sqrt")
-ATTENTION_IMPLS = ("auto", "reference", "chunked", "xla", "cudnn", "pallas")
-CORPORA = ("imdb", "bbc_news")  # or a path to a file/folder (see jaxnn.data.corpora)
 SCHEDULES = ("cosine", "constant")
 WEIGHT_DECAY_MODES = ("auto", "l2", "decoupled")
 SELECT_METRICS = ("macro_f1", "accuracy")
-DTYPES = ("float32", "bfloat16", "float16")
+
+# The defaults of a user's delimited file (jaxnn.data.corpora's reader options).
+_DEFAULT_COLUMNS = {"text_column": "text", "label_column": "label"}
 
 
-class ConfigError(ValueError):
-    """A config key has a value that is not allowed (the message names key, value, allowed)."""
+def model_names() -> tuple[str, ...]:
+    """The registered model names (jaxnn.models.register adds to them)."""
+    return model_registry.model_names()
+
+
+class _Section(Mapping):
+    """A frozen dataclass that also reads as a mapping: ``s.key == s["key"]``."""
+
+    def _keys(self) -> tuple[str, ...]:
+        return field_names(type(self))
+
+    def __getitem__(self, key: str) -> Any:
+        if key in self._keys():
+            return getattr(self, key)
+        raise KeyError(key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._keys())
+
+    def __len__(self) -> int:
+        return len(self._keys())
+
+    def to_dict(self) -> dict:
+        """A plain, JSON-serialisable nested dict."""
+        return config_to_dict(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig(_Section):
+    """``config.data``: which texts, how they are split, encoded and batched."""
+
+    corpus: str = param("imdb", doc="imdb, bbc_news, or a path to a .csv/.tsv/.jsonl/folder")
+    split_seed: int = param(0, ge=0, doc="the seeded train/validation/test split")
+    max_len: int = param(512, ge=1, doc="L: tokens kept per text (the first L)")
+    min_freq: int = param(2, ge=1, doc="vocabulary: words seen at least this often in train")
+    max_vocab_size: int = param(0, ge=0, doc="0 = no cap; else V including <pad> and <unk>")
+    sort_pool: int = param(16, ge=0, doc="group batches by length within pools of k*B (0 = off)")
+    smallest_bucket: int = param(16, ge=1, doc="bucket lengths: powers of two up to max_len")
+    unk_warn_threshold: float = param(0.05, ge=0, le=1, doc="warn above this unknown ratio")
+    prefetch: int = param(2, ge=1, doc="batches prepared ahead on a background thread")
+    # A file of your own (a path in corpus): its columns and delimiter
+    text_column: str = param("text", doc="column (or JSON key) of the texts")
+    label_column: str = param("label", doc="column (or JSON key) of the labels")
+    split_column: str = param("", doc="column of train/validation/test ('' = a seeded split)")
+    delimiter: str = param("", doc="one character; '' = from the suffix (.csv ',', .tsv tab)")
+
+    def __post_init__(self) -> None:
+        corpus = self.corpus
+        if not corpus:
+            fail("corpus", corpus, f"allowed: {', '.join(CORPORA)} or a path to a corpus file")
+        if corpus not in CORPORA and not os.path.exists(os.path.expanduser(corpus)):
+            fail(
+                "corpus",
+                corpus,
+                f"allowed: {', '.join(CORPORA)} or an existing path to a corpus file or folder",
+            )
+        if 0 < self.max_vocab_size < 3:
+            fail("max_vocab_size", self.max_vocab_size, "allowed: 0 (no cap) or >= 3")
+        if len(self.delimiter) > 1:
+            fail("delimiter", self.delimiter, "allowed: one character, or '' (from the suffix)")
+        for key in ("text_column", "label_column"):
+            if not getattr(self, key):
+                fail(key, getattr(self, key), "allowed: a column name")
+        if corpus in CORPORA:
+            for key, value in corpus_options(self).items():
+                fail(
+                    key,
+                    value,
+                    f"allowed: the default for the built-in corpus {corpus!r}; the column and "
+                    "delimiter options apply to a file of your own",
+                )
+
+
+def corpus_options(data: Mapping[str, Any]) -> dict[str, str]:
+    """The reader options of ``config.data`` for jaxnn.data's ``load_corpus`` / ``prepare``:
+    only those that differ from the reader's defaults (text_column "text", label_column "label",
+    no split column, the delimiter from the suffix), so a built-in corpus gets none."""
+    out = {}
+    for key, default in _DEFAULT_COLUMNS.items():
+        if data.get(key, default) != default:
+            out[key] = data[key]
+    for key in ("split_column", "delimiter"):
+        if data.get(key, ""):
+            out[key] = data[key]
+    return out
+
+
+def _builtin_model_fields() -> list[tuple[str, Any, dataclasses.Field]]:
+    """The fields of the built-ins' hyperparameter classes (section ""), first one wins; where
+    two built-ins allow different values (pooling), only the type is checked here and the
+    selected model checks the value."""
+    out: dict[str, tuple[Any, dataclasses.Field]] = {}
+    import typing
+
+    for name in model_registry.model_names():
+        spec = model_registry.resolve(name)
+        if spec.section or spec.config_cls is None:
+            continue
+        hints = typing.get_type_hints(spec.config_cls)
+        for f in dataclasses.fields(spec.config_cls):
+            if f.name not in out:
+                out[f.name] = (hints[f.name], f)
+            elif dict(out[f.name][1].metadata) != dict(f.metadata):
+                out[f.name] = (hints[f.name], dataclasses.field(default=out[f.name][1].default))
+    fields = []
+    for key, (annotation, f) in out.items():
+        fields.append((key, annotation, dataclasses.field(default=f.default, metadata=f.metadata)))
+    return fields
+
+
+def _model_getattr(self: Any, name: str) -> Any:
+    sections = self.__dict__.get("sections")
+    if sections is not None and not name.startswith("__") and name in sections:
+        return sections[name]
+    raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
+
+
+def _model_keys(self: Any) -> tuple[str, ...]:
+    return tuple(n for n in field_names(type(self)) if n != "sections") + tuple(self.sections)
+
+
+def _model_getitem(self: Any, key: str) -> Any:
+    if key in self.sections:
+        return self.sections[key]
+    if key != "sections" and key in field_names(type(self)):
+        return getattr(self, key)
+    raise KeyError(key)
+
+
+def _hyperparameters(self: Any) -> Any:
+    """The selected model's hyperparameters: an instance of its registered config class."""
+    return model_registry.resolve(self.name).hyperparameters(self)
+
+
+# config.model: name, dtype, dropout, then the built-ins' hyperparameters (BowConfig and
+# TransformerConfig of jaxnn.models.registry), then `sections`: a registered model's own
+# section (config.model.<section>) as its checked dataclass, read as cfg.model.<section>.
+ModelConfig = dataclasses.make_dataclass(
+    "ModelConfig",
+    [
+        ("name", str, param("bow", doc="a registered model or 'package.module:Class'")),
+        (
+            "dtype",
+            str,
+            param("float32", choices=DTYPES, doc="compute dtype; auto = bf16 on GPU/TPU"),
+        ),
+        ("dropout", float, param(0.0, ge=0, lt=1, doc="rate p in [0, 1)")),
+        *_builtin_model_fields(),
+        ("sections", Mapping, dataclasses.field(default_factory=dict, compare=True)),
+    ],
+    bases=(_Section,),
+    frozen=True,
+    namespace={
+        "__getattr__": _model_getattr,
+        "_keys": _model_keys,
+        "__getitem__": _model_getitem,
+        "hyperparameters": _hyperparameters,
+        "__hash__": None,
+        "__doc__": "``config.model``: the model's name, compute dtype, dropout rate and "
+        "hyperparameters (see the module docstring).",
+    },
+)
+ModelConfig.__module__ = __name__
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig(_Section):
+    """``config.optim``: optimizer, schedule, weight decay, clipping, loss scaling."""
+
+    optimizer: str = param("adam", choices=OPTIMIZERS, doc="adam, adamw, sgd (with momentum)")
+    learning_rate: float = param(1e-3, gt=0, doc="peak learning rate")
+    momentum: float = param(0.9, ge=0, lt=1, doc="sgd only")
+    b1: float = param(0.9, ge=0, lt=1, doc="adam/adamw")
+    b2: float = param(0.999, ge=0, lt=1)
+    eps: float = param(1e-8, gt=0)
+    weight_decay: float = param(0.0, ge=0, doc="lambda")
+    # auto: adam and sgd put lambda * sum w^2 into the loss (l2), adamw decays decoupled
+    weight_decay_mode: str = param("auto", choices=WEIGHT_DECAY_MODES)
+    grad_clip_norm: float = param(0.0, ge=0, doc="clip the global gradient norm (0 = off)")
+    schedule: str = param("cosine", choices=SCHEDULES, doc="after warmup: cosine or constant")
+    warmup_steps: int = param(0, ge=0)
+    end_lr_fraction: float = param(0.0, ge=0, le=1, doc="cosine ends at learning_rate * this")
+    # lazy sparse Adam rows for embedding tables; a model without the sparse-embedding interface
+    # (jaxnn.models.registry) trains with dense updates
+    sparse_embeddings: bool = param(True)
+    # model.dtype = "float16" only: dynamic loss scale s_0, and finite steps before s doubles
+    initial_loss_scale: float = param(2.0**15, ge=1)
+    loss_scale_period: int = param(2000, ge=1)
+
+    def __post_init__(self) -> None:
+        if self.optimizer == "adamw" and self.weight_decay_mode == "l2":
+            fail(
+                "weight_decay_mode",
+                "l2",
+                "adamw decays decoupled by definition: use 'auto' or 'decoupled', or "
+                "optimizer=adam for the l2 penalty in the loss",
+            )
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig(_Section):
+    """``config.train``: batches, epochs, early stopping, logging and checkpoints."""
+
+    batch_size: int = param(64, ge=1, doc="global batch B (divided over the devices)")
+    eval_batch_size: int = param(256, ge=1)
+    num_epochs: int = param(5, ge=1)
+    patience: int = param(0, ge=0, doc="early stop after this many epochs without gain (0 = off)")
+    select_metric: str = param("macro_f1", choices=SELECT_METRICS, doc="best checkpoint, stop")
+    log_every_steps: int = param(50, ge=1, doc="host sync for the progress bar, finite check")
+    checkpoint_every_steps: int = param(0, ge=0, doc="extra mid-epoch checkpoints (0 = none)")
+    keep_checkpoints: int = param(2, ge=1, doc="latest N kept (the best one separately)")
+    max_steps_per_epoch: int = param(0, ge=0, doc="0 = a full epoch; else stop each epoch early")
+    progress_bar: bool = param(True)
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshConfig(_Section):
+    """``config.mesh``: > 1 fsdp = a 2-D device mesh (data, fsdp) with parameters and optimizer
+    state split in fsdp parts (ZeRO-3 / FSDP style) instead of replicated; divides the devices."""
+
+    fsdp: int = param(1, ge=1)
+
+
+_SECTIONS: dict[str, type] = {
+    "data": DataConfig,
+    "model": ModelConfig,
+    "optim": OptimConfig,
+    "train": TrainConfig,
+    "mesh": MeshConfig,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig(_Section):
+    """A validated run config: frozen, typed, complete (`validate_config` builds it).
+
+    ``seed`` draws the parameter init, dropout masks and batch order (the corpus split is
+    ``data.split_seed``).
+    """
+
+    seed: int
+    data: DataConfig
+    model: Any  # ModelConfig
+    optim: OptimConfig
+    train: TrainConfig
+    mesh: MeshConfig
 
 
 def base_config() -> ml_collections.ConfigDict:
-    """Every key of a run config with its default value (see the comments for meanings)."""
+    """Every key of a run config with its default value (the dataclasses above say what each
+    means and allows). A registered model's own section is added by the config file that uses
+    it: ``config.model.cnn = jaxnn.models.default_section("cnn")``."""
     config = ml_collections.ConfigDict()
-    config.seed = 0  # parameter init, dropout masks, batch order (corpus split: data.split_seed)
-
-    config.data = ml_collections.ConfigDict()
-    config.data.corpus = "imdb"  # "imdb", "bbc_news", or a path to a .csv/.tsv/.jsonl/folder
-    config.data.split_seed = 0  # the seeded train/validation/test split of jaxnn.data
-    config.data.max_len = 512  # L: tokens kept per text (the first L)
-    config.data.min_freq = 2  # vocabulary: words seen at least this often in train
-    config.data.max_vocab_size = 0  # 0 = no cap; else V including <pad> and <unk>
-    config.data.sort_pool = 16  # group batches by length within pools of k*B (0 = off)
-    config.data.smallest_bucket = 16  # bucket lengths: powers of two from this up to max_len
-    config.data.unk_warn_threshold = 0.05  # warn when a split's unknown-word ratio is above
-    config.data.prefetch = 2  # batches prepared ahead on a background thread
-
-    config.model = ml_collections.ConfigDict()
-    config.model.name = "bow"  # "bow" or "transformer"
-    config.model.embed_dim = 64  # D
-    config.model.hidden_size = 0  # F of the MLP head's hidden layers (0 = linear head)
-    config.model.num_hidden_layers = 1  # hidden layers of the head when hidden_size > 0
-    config.model.activation = "relu"  # relu, gelu, tanh, sigmoid
-    config.model.dropout = 0.0  # rate p in [0, 1)
-    # transformer: dropout on the attention weights, apart from model.dropout (as in Flax's
-    # examples); > 0 forces the "reference" attention, which materializes the T x S scores
-    config.model.attention_dropout = 0.0
-    # compute dtype: float32, bfloat16 or float16 (float16 with dynamic loss scaling); parameters,
-    # optimizer state, softmax, normalization statistics, logits and loss stay float32
-    config.model.dtype = "float32"
-    # bow only
-    config.model.bigram_buckets = 0  # rows of the hashed bigram table (0 = no bigrams)
-    config.model.trigram_buckets = 0  # rows of the hashed trigram table (0 = no trigrams)
-    config.model.binary_features = False  # each distinct n-gram once per text (NBSVM-style)
-    # transformer only
-    config.model.num_layers = 2
-    config.model.num_heads = 4
-    config.model.mlp_dim = 256
-    config.model.norm = "layer"  # layer, batch, rms
-    config.model.pooling = "mean"  # transformer: mean, max, first; bow: mean, sqrt (sum/sqrt(K))
-    config.model.attention_impl = "auto"
-
-    config.optim = ml_collections.ConfigDict()
-    config.optim.optimizer = "adam"  # adam, adamw, sgd (with momentum)
-    config.optim.learning_rate = 1e-3  # peak learning rate
-    config.optim.momentum = 0.9  # sgd only
-    config.optim.b1 = 0.9  # adam/adamw
-    config.optim.b2 = 0.999
-    config.optim.eps = 1e-8
-    config.optim.weight_decay = 0.0  # lambda
-    # auto: adam and sgd put lambda * sum w^2 into the loss (l2), adamw decays decoupled
-    config.optim.weight_decay_mode = "auto"
-    config.optim.grad_clip_norm = 0.0  # clip the global gradient norm to this (0 = off)
-    config.optim.schedule = "cosine"  # cosine decay after warmup, or constant after warmup
-    config.optim.warmup_steps = 0
-    config.optim.end_lr_fraction = 0.0  # cosine ends at learning_rate * this
-    config.optim.sparse_embeddings = True  # lazy sparse Adam rows for embedding tables
-    # model.dtype = "float16" only: dynamic loss scale s_0, and finite steps before s doubles
-    config.optim.initial_loss_scale = 2.0**15
-    config.optim.loss_scale_period = 2000
-
-    config.train = ml_collections.ConfigDict()
-    config.train.batch_size = 64  # global batch B (divided over the devices)
-    config.train.eval_batch_size = 256
-    config.train.num_epochs = 5
-    config.train.patience = 0  # early stopping after this many epochs without gain (0 = off)
-    config.train.select_metric = "macro_f1"  # validation metric for best checkpoint / stopping
-    config.train.log_every_steps = 50  # host sync for the progress bar and the finite check
-    config.train.checkpoint_every_steps = 0  # extra mid-epoch checkpoints (0 = epoch ends)
-    config.train.keep_checkpoints = 2  # latest N checkpoints kept (the best one separately)
-    config.train.max_steps_per_epoch = 0  # 0 = a full epoch; else stop each epoch early
-    config.train.progress_bar = True
-    # host memory of XLA:CPU (jaxnn.host_memory): "keep" reuses freed blocks (faster steps with
-    # large intermediates), "system" = glibc's defaults, "" = $JAXNN_HOST_ALLOCATOR (default
-    # system). Process-wide, applied before JAX starts; $JAXNN_HOST_ALLOCATOR, when set, wins.
-    # It changes speed only, so a resumed run may use another value.
-    config.train.host_allocator = ""
-    # vector width of XLA:CPU's own kernels (jaxnn.cpu_vector_width): "auto" (512 on AMD CPUs
-    # with AVX-512, else XLA's default), "xla" (XLA's default), "128", "256", "512". Process-wide
-    # (XLA_FLAGS), applied before JAX starts; $JAXNN_CPU_VECTOR_WIDTH, when set, wins. The bow
-    # step is 5-10 % faster at 512 on a Zen 5 EPYC. A resumed run may use another value.
-    config.train.cpu_vector_width = "auto"
-    # XLA:CPU devices of the process (jaxnn.cpu_devices): "1", a whole number, or "cores" (one
-    # per core, fewer where the batch sizes do not divide). Several make the step data parallel
-    # over the cores, which keeps both busy through attention (XLA:CPU runs a batched matmul
-    # on one thread). Process-wide (XLA_FLAGS), applied before JAX starts, by train.py and
-    # benchmarks/train.py; $JAXNN_CPU_DEVICES, when set, wins. No effect on GPU or TPU. A
-    # resumed run may use another value (the gradient sum is only reordered).
-    config.train.cpu_devices = "1"
-
-    config.mesh = ml_collections.ConfigDict()
-    # > 1: a 2-D device mesh (data, fsdp); parameters and optimizer state split in fsdp parts
-    # (ZeRO-3 / FSDP style) instead of replicated. Must divide the number of devices.
-    config.mesh.fsdp = 1
+    config.seed = 0
+    for name, cls in _SECTIONS.items():
+        config[name] = ml_collections.ConfigDict(config_to_dict(cls()))
     return config
 
 
 def config_from_file(path: str | Path) -> ml_collections.ConfigDict:
     """``get_config()`` of a config file, so one config can start from another.
 
-    configs/imdb_bow.py, for example, is configs/default.py with more epochs:
-    ``config = config_from_file(Path(__file__).with_name("default.py"))``.
+    configs/imdb_transformer_gpu.py, for example, could start from configs/imdb_transformer.py:
+    ``config = config_from_file(Path(__file__).with_name("imdb_transformer.py"))``.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config file {str(path)!r} does not exist")
     spec = importlib.util.spec_from_file_location(f"_jaxnn_config_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # as an import does (dataclasses in the file need it)
     spec.loader.exec_module(module)
     return module.get_config()
 
 
-def _fail_unknown_key(key: str, value: object, schema: Mapping[str, Any]) -> None:
-    """Raise ConfigError for ``key``, listing the known keys of its section (or the sections)."""
-    section = key.split(".")[0]
-    allowed = sorted(k for k in schema if k.startswith(section + "."))
-    if not allowed:
-        allowed = sorted({k.split(".")[0] for k in schema})
-    _fail(key, value, f"unknown key; allowed keys here: {', '.join(allowed)}")
+def _plain(value: Any) -> Any:
+    if isinstance(value, ml_collections.ConfigDict):
+        value = value.to_dict()
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {n: _plain(getattr(value, n)) for n in field_names(type(value))}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
 
 
-def check_override_keys(config: ml_collections.ConfigDict, args: list[str]) -> None:
-    """Refuse ``--config.<key>=value`` flags whose key ``config`` lacks, naming the known keys.
-
-    ml_collections' config_flags cannot add a key and fails with a bare AttributeError; this
-    runs first, on the same config file, so the user sees which key is wrong and what exists.
-    """
-    schema = _flatten(config_to_dict(config))
-    for i, arg in enumerate(args):
-        if not arg.startswith("--config."):
-            continue
-        key, has_value, value = arg[len("--config.") :].partition("=")
-        if not has_value and i + 1 < len(args):  # "--config.key value"
-            value = args[i + 1]
-        if key not in schema:
-            _fail_unknown_key(key, value, schema)
-
-
-def config_to_dict(config: ml_collections.ConfigDict | Mapping) -> dict:
-    """A plain, JSON-serialisable nested dict (tuples become lists)."""
-    if isinstance(config, ml_collections.ConfigDict):
-        config = config.to_dict()
-    return json.loads(json.dumps(dict(config), sort_keys=True, default=list))
+def config_to_dict(config: RunConfig | ml_collections.ConfigDict | Mapping) -> dict:
+    """A plain, JSON-serialisable nested dict (tuples become lists) of any form of config."""
+    return json.loads(json.dumps(_plain(config), sort_keys=True, default=list))
 
 
 def _flatten(tree: Mapping, prefix: str = "") -> dict[str, Any]:
@@ -216,152 +396,119 @@ def _flatten(tree: Mapping, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _fail(key: str, value: object, allowed: str) -> None:
-    raise ConfigError(f"config.{key}={value!r} is not allowed; {allowed}")
-
-
-def _check_choice(flat: dict, key: str, choices: tuple[str, ...]) -> None:
-    if flat[key] not in choices:
-        _fail(key, flat[key], f"allowed: {', '.join(choices)}")
-
-
-def _check_int(flat: dict, key: str, minimum: int) -> None:
-    value = flat[key]
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        _fail(key, value, f"allowed: an int >= {minimum}")
-
-
-def _check_number(
-    flat: dict, key: str, low: float, high: float, *, low_open: bool, high_open: bool
-):
-    value = flat[key]
-    ok = isinstance(value, int | float) and not isinstance(value, bool)
-    if ok:
-        ok = (value > low if low_open else value >= low) and (
-            value < high if high_open else value <= high
+def _fail_unknown_key(key: str, value: object, keys: list[str], *, override: bool = False) -> None:
+    """Raise ConfigError for ``key``, listing the known keys of its section (or the sections)."""
+    section = key.rsplit(".", 1)[0] if "." in key else ""
+    allowed = sorted(k for k in keys if section and k.startswith(section + "."))
+    hint = ""
+    parts = key.split(".")
+    if override and len(parts) == 3 and parts[0] == "model" and not allowed:
+        hint = (
+            f" (a model's own section must be in the config file: config.model.{parts[1]} = "
+            f"jaxnn.models.default_section(<model name>))"
         )
-    if not ok:
-        interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
-        _fail(key, value, f"allowed: a number in {interval}")
+    if not allowed:
+        allowed = sorted({k.split(".")[0] for k in keys})
+    raise ConfigError(
+        f"config.{key}={value!r} is not allowed; unknown key{hint}; allowed keys here: "
+        f"{', '.join(allowed)}"
+    )
 
 
-def validate_config(config: ml_collections.ConfigDict | Mapping) -> dict:
-    """Check every key and value of ``config``; returns it as a plain nested dict.
+def check_override_keys(config: ml_collections.ConfigDict, args: list[str]) -> None:
+    """Refuse ``--config.<key>=value`` flags whose key ``config`` lacks, naming the known keys.
+
+    ml_collections' config_flags cannot add a key and fails with a bare AttributeError; this
+    runs first, on the same config file, so the user sees which key is wrong and what exists.
+    The keys of a model's own section (``model.cnn.kernel_size``) are accepted when the file
+    holds that section.
+    """
+    schema = _flatten(config_to_dict(config))
+    for i, arg in enumerate(args):
+        if not arg.startswith("--config."):
+            continue
+        key, has_value, value = arg[len("--config.") :].partition("=")
+        if not has_value and i + 1 < len(args):  # "--config.key value"
+            value = args[i + 1]
+        if key not in schema:
+            _fail_unknown_key(key, value, list(schema), override=True)
+
+
+def _check_section(cls: type, name: str, given: Any) -> Any:
+    if not isinstance(given, Mapping):
+        raise ConfigError(f"config.{name}={given!r} is not allowed; allowed: a section (dict)")
+    missing = sorted(set(field_names(cls)) - set(given))
+    if missing:
+        raise ConfigError(
+            f"config is missing keys {[f'{name}.{k}' for k in missing]}; build configs from "
+            "jaxnn.train.config.base_config()"
+        )
+    return check_fields(cls, given, name)
+
+
+def _check_model(given: Any) -> Any:
+    """ModelConfig from ``config.model``: the common keys, the built-ins' keys, and each
+    registered model's own section, checked by the model's dataclass."""
+    if not isinstance(given, Mapping):
+        raise ConfigError(f"config.model={given!r} is not allowed; allowed: a section (dict)")
+    spec = model_registry.resolve(given.get("name"))  # may import "package.module:Class"
+    sections_by_name = {
+        s.section: s for s in map(model_registry.resolve, model_registry.model_names()) if s.section
+    }
+    flat = {k: v for k, v in given.items() if not isinstance(v, Mapping)}
+    nested = {k: v for k, v in given.items() if isinstance(v, Mapping)}
+    sections = {}
+    for key, values in nested.items():
+        if key not in sections_by_name:
+            _fail_unknown_key(
+                f"model.{key}.{next(iter(values), '?')}",
+                next(iter(values.values()), None),
+                [f"model.{k}" for k in field_names(ModelConfig) if k != "sections"]
+                + [f"model.{s}.*" for s in sections_by_name],
+            )
+        sections[key] = sections_by_name[key].hyperparameters(given)
+    if spec.section and spec.config_cls is not None and spec.section not in sections:
+        sections[spec.section] = spec.hyperparameters(given)  # the defaults
+    model = _check_section(ModelConfig, "model", {**flat, "sections": {}})
+    spec.hyperparameters(model)  # the selected built-in checks its own values (pooling ...)
+    return dataclasses.replace(model, sections=sections)
+
+
+def validate_config(config: RunConfig | ml_collections.ConfigDict | Mapping) -> RunConfig:
+    """Check every key and value of ``config``; returns the frozen, typed `RunConfig`.
 
     Raises `ConfigError` (a ValueError) naming the key, its value and what is allowed for: a key
     not in `base_config` (or a missing one), a learning rate <= 0, a dropout outside [0, 1), a
-    batch size < 1, an unknown optimizer / activation / model / norm / pooling / corpus, and
-    other out-of-range values. Pure: loads nothing, compiles nothing.
+    batch size < 1, an unknown optimizer / activation / model / norm / pooling / corpus, a
+    model hyperparameter its model refuses, and other out-of-range values. Loads no data and
+    compiles nothing (a model named by import path is imported). A `RunConfig` is returned as
+    it is: validating twice costs nothing.
     """
+    if isinstance(config, RunConfig):
+        return config
     given = config_to_dict(config)
-    schema = _flatten(config_to_dict(base_config()))
-    flat = _flatten(given)
-    for key in sorted(set(flat) - set(schema)):
-        _fail_unknown_key(key, flat[key], schema)
-    missing = sorted(set(schema) - set(flat))
+    unknown = sorted(set(given) - {"seed", *_SECTIONS})
+    if unknown:
+        value = given[unknown[0]]
+        key = unknown[0]
+        if isinstance(value, Mapping) and value:
+            key, value = f"{key}.{next(iter(value))}", next(iter(value.values()))
+        _fail_unknown_key(key, value, ["seed", *(f"{s}.*" for s in _SECTIONS)])
+    missing = sorted({"seed", *_SECTIONS} - set(given))
     if missing:
         raise ConfigError(
             f"config is missing keys {missing}; build configs from jaxnn.train.config.base_config()"
         )
-
-    corpus = flat["data.corpus"]
-    if not isinstance(corpus, str) or not corpus:
-        _fail("data.corpus", corpus, f"allowed: {', '.join(CORPORA)} or a path to a corpus file")
-    if corpus not in CORPORA and not os.path.exists(os.path.expanduser(corpus)):
-        _fail(
-            "data.corpus",
-            corpus,
-            f"allowed: {', '.join(CORPORA)} or an existing path to a corpus file or folder",
-        )
-    _check_int(flat, "seed", 0)
-    _check_int(flat, "data.split_seed", 0)
-    _check_int(flat, "data.max_len", 1)
-    _check_int(flat, "data.min_freq", 1)
-    _check_int(flat, "data.max_vocab_size", 0)
-    if 0 < flat["data.max_vocab_size"] < 3:
-        _fail("data.max_vocab_size", flat["data.max_vocab_size"], "allowed: 0 (no cap) or >= 3")
-    _check_int(flat, "data.sort_pool", 0)
-    _check_int(flat, "data.smallest_bucket", 1)
-    _check_int(flat, "data.prefetch", 1)
-    _check_number(flat, "data.unk_warn_threshold", 0, 1, low_open=False, high_open=False)
-
-    _check_choice(flat, "model.name", MODELS)
-    _check_int(flat, "model.embed_dim", 1)
-    _check_int(flat, "model.hidden_size", 0)
-    _check_int(flat, "model.num_hidden_layers", 0)
-    _check_choice(flat, "model.activation", ACTIVATIONS)
-    _check_number(flat, "model.dropout", 0, 1, low_open=False, high_open=True)
-    _check_number(flat, "model.attention_dropout", 0, 1, low_open=False, high_open=True)
-    _check_choice(flat, "model.dtype", DTYPES)
-    _check_int(flat, "model.bigram_buckets", 0)
-    _check_int(flat, "model.trigram_buckets", 0)
-    if not isinstance(flat["model.binary_features"], bool):
-        _fail("model.binary_features", flat["model.binary_features"], "allowed: True, False")
-    _check_int(flat, "model.num_layers", 0)
-    _check_int(flat, "model.num_heads", 1)
-    _check_int(flat, "model.mlp_dim", 1)
-    _check_choice(flat, "model.norm", NORMS)
-    if flat["model.name"] == "bow":
-        _check_choice(flat, "model.pooling", BOW_POOLINGS)
-    else:
-        _check_choice(flat, "model.pooling", POOLINGS)
-    _check_choice(flat, "model.attention_impl", ATTENTION_IMPLS)
-    if flat["model.name"] == "transformer" and flat["model.embed_dim"] % flat["model.num_heads"]:
-        _fail(
-            "model.num_heads",
-            flat["model.num_heads"],
-            f"allowed: a divisor of model.embed_dim={flat['model.embed_dim']}",
-        )
-
-    _check_choice(flat, "optim.optimizer", OPTIMIZERS)
-    _check_number(flat, "optim.learning_rate", 0, float("inf"), low_open=True, high_open=True)
-    _check_number(flat, "optim.momentum", 0, 1, low_open=False, high_open=True)
-    _check_number(flat, "optim.b1", 0, 1, low_open=False, high_open=True)
-    _check_number(flat, "optim.b2", 0, 1, low_open=False, high_open=True)
-    _check_number(flat, "optim.eps", 0, float("inf"), low_open=True, high_open=True)
-    _check_number(flat, "optim.weight_decay", 0, float("inf"), low_open=False, high_open=True)
-    _check_choice(flat, "optim.weight_decay_mode", WEIGHT_DECAY_MODES)
-    if flat["optim.optimizer"] == "adamw" and flat["optim.weight_decay_mode"] == "l2":
-        _fail(
-            "optim.weight_decay_mode",
-            "l2",
-            "adamw decays decoupled by definition: use 'auto' or 'decoupled', or optimizer=adam "
-            "for the l2 penalty in the loss",
-        )
-    _check_number(flat, "optim.grad_clip_norm", 0, float("inf"), low_open=False, high_open=True)
-    _check_choice(flat, "optim.schedule", SCHEDULES)
-    _check_int(flat, "optim.warmup_steps", 0)
-    _check_number(flat, "optim.end_lr_fraction", 0, 1, low_open=False, high_open=False)
-    if not isinstance(flat["optim.sparse_embeddings"], bool):
-        _fail("optim.sparse_embeddings", flat["optim.sparse_embeddings"], "allowed: True, False")
-
-    _check_int(flat, "train.batch_size", 1)
-    _check_int(flat, "train.eval_batch_size", 1)
-    _check_int(flat, "train.num_epochs", 1)
-    _check_int(flat, "train.patience", 0)
-    _check_choice(flat, "train.select_metric", SELECT_METRICS)
-    _check_int(flat, "train.log_every_steps", 1)
-    _check_int(flat, "train.checkpoint_every_steps", 0)
-    _check_int(flat, "train.keep_checkpoints", 1)
-    _check_int(flat, "train.max_steps_per_epoch", 0)
-    if not isinstance(flat["train.progress_bar"], bool):
-        _fail("train.progress_bar", flat["train.progress_bar"], "allowed: True, False")
-    if flat["train.host_allocator"] not in ("", *HOST_ALLOCATOR_MODES):
-        _fail(
-            "train.host_allocator",
-            flat["train.host_allocator"],
-            f"allowed: {', '.join(map(repr, HOST_ALLOCATOR_MODES))}, or '' "
-            "($JAXNN_HOST_ALLOCATOR, default system)",
-        )
-    _check_choice(flat, "train.cpu_vector_width", CPU_VECTOR_WIDTHS)
-    try:
-        resolve_cpu_devices(flat["train.cpu_devices"], cores=1)
-    except ValueError:
-        _fail("train.cpu_devices", flat["train.cpu_devices"], CPU_DEVICES_ALLOWED)
-    _check_number(flat, "optim.initial_loss_scale", 1, float("inf"), low_open=False, high_open=True)
-    _check_int(flat, "optim.loss_scale_period", 1)
-    _check_int(flat, "mesh.fsdp", 1)
-    return given
+    sections = {
+        name: _check_model(given[name])
+        if cls is ModelConfig
+        else _check_section(cls, name, given[name])
+        for name, cls in _SECTIONS.items()
+    }
+    seed = given["seed"]
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ConfigError(f"config.seed={seed!r} is not allowed; allowed: an int >= 0")
+    return RunConfig(seed=seed, **sections)
 
 
 def weight_decay_mode(optim: Mapping) -> str:

@@ -39,10 +39,10 @@ from jaxnn.data.batches import BatchIterator, default_buckets, eval_batches, pre
 from jaxnn.data.prepare import EncodedSplit, Prepared, prepare, prepare_test
 from jaxnn.data.sharded import ShardedSplit
 from jaxnn.metrics import accuracy, macro_f1, precision_recall_f1
-from jaxnn.models import get_model
+from jaxnn.models import get_model, supports_sparse_embeddings
 from jaxnn.train import sparse as sparse_lib
 from jaxnn.train.checkpoint import Checkpoints
-from jaxnn.train.config import config_to_dict, validate_config, weight_decay_mode
+from jaxnn.train.config import config_to_dict, corpus_options, validate_config, weight_decay_mode
 from jaxnn.train.distributed import (
     batch_sharding,
     check_divisible,
@@ -115,6 +115,7 @@ def load_data(config: Mapping[str, Any]) -> Prepared:
         seed=d["split_seed"],
         unk_warn_threshold=d["unk_warn_threshold"],
         processes=process_group(),
+        **corpus_options(d),
     )
 
 
@@ -129,6 +130,7 @@ def load_test(config: Mapping[str, Any], data: Prepared) -> EncodedSplit | Shard
         seed=d["split_seed"],
         unk_warn_threshold=d["unk_warn_threshold"],
         processes=process_group(),
+        **corpus_options(d),
     )
 
 
@@ -254,7 +256,10 @@ def build_steps(
     optim = config["optim"]
     schedule = make_schedule(optim, total_steps)
     sparse = None
-    if optim["sparse_embeddings"]:
+    if optim["sparse_embeddings"] and not supports_sparse_embeddings(model):
+        log.info("%s has no sparse-embedding interface (jaxnn.models.registry): dense updates",
+                 type(model).__name__)
+    elif optim["sparse_embeddings"]:
         sparse = sparse_lib.make_sparse_optimizer(optim, schedule, tables=model.table_names())
     tx = make_optimizer(optim, total_steps, clip=sparse is None)
     l2 = optim["weight_decay"] if weight_decay_mode(optim) == "l2" else 0.0
@@ -768,10 +773,8 @@ def prepare_workdir(config: Mapping[str, Any], workdir: str | Path, *, overwrite
     return workdir
 
 
-# Keys that change speed, not what is computed: a resumed run may differ in them (and a workdir
-# written before a key existed resumes). The CPU vector width can change the rounding of
-# vectorized reductions (jaxnn.cpu_vector_width), so only a run resumed under the same width
-# ends bitwise equal to an uninterrupted one.
+# Process settings an older jaxnn kept in the run config (now flags of the entry points): a
+# workdir whose config.json holds them still resumes.
 SPEED_ONLY_KEYS = (
     ("train", "host_allocator"),
     ("train", "cpu_vector_width"),
@@ -819,6 +822,7 @@ def train_and_evaluate(
     start = time.perf_counter()
     cfg = validate_config(config)  # before any data or compile
     mesh = mesh_from_config(cfg)  # fsdp and batch sizes must fit the devices, before any data
+    data = load_data(cfg)  # read and checked before the workdir: a failed start leaves no trace
     main = is_main_process()
     refused = None
     if main:  # one process creates (or clears) the shared workdir; the others wait for it
@@ -843,7 +847,6 @@ def train_and_evaluate(
     if results_path.is_file():
         log.info("%s is complete; results from %s", workdir, results_path)
         return json.loads(results_path.read_text(encoding="utf-8"))
-    data = load_data(cfg)
     if main:
         data.vocab.save(workdir / "vocab.json")
     result = fit(cfg, data, workdir, mesh=mesh)

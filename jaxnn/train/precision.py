@@ -7,6 +7,9 @@ The policy (``model.dtype``):
                gradients stay float32 (the model casts its float32 parameters at use), and the
                softmax, normalization statistics, pooling sums, logits and the loss are float32.
                bfloat16 has float32's exponent range, so no loss scaling is needed.
+    auto       bfloat16 on a GPU or TPU, float32 on the CPU (where bfloat16 matmuls are emulated
+               and slower); resolved once, where the model is built (`compute_dtype`, called
+               by jaxnn.models.get_model), so a config means the same experiment everywhere.
     float16    as bfloat16, plus dynamic loss scaling: float16's largest value is 65504 and its
                smallest normal 6e-5, so small gradients underflow to 0 unless the loss is scaled
                up before the backward pass (Micikevicius et al. 2018, "Mixed Precision
@@ -32,12 +35,10 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+# One home, the lowest layer that needs it (jaxnn.models builds the model in that dtype).
+from jaxnn.models.registry import compute_dtype
+
 __all__ = ["DynamicLossScale", "all_finite", "compute_dtype"]
-
-
-def compute_dtype(name: str) -> Any:
-    """``model.dtype`` -> the dtype models compute in (None for float32: no casts at all)."""
-    return None if name == "float32" else jnp.dtype(name)
 
 
 def all_finite(tree: Any) -> jax.Array:

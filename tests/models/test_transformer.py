@@ -112,6 +112,6 @@ def test_get_model_builds_both_models_and_refuses_others():
     model = get_model(config, vocab_size=10, num_classes=2)
     assert isinstance(model, TransformerClassifier)
     assert model.max_len == config["data"]["max_len"]
-    config["model"]["name"] = "cnn"
-    with pytest.raises(ValueError, match=r"model\.name='cnn'.*bow, transformer"):
+    config["model"]["name"] = "no_such_model"
+    with pytest.raises(ValueError, match=r"model\.name='no_such_model'.*bow, transformer"):
         get_model(config, vocab_size=10, num_classes=2)

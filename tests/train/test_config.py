@@ -2,6 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
 import pytest
 
 from jaxnn.train import config as config_lib
@@ -16,11 +24,14 @@ def test_the_shipped_configs_exist():
     assert {"default", "imdb_bow", "imdb_transformer", "bbc_news", "tiny"} <= set(CONFIG_NAMES)
 
 
-@pytest.mark.parametrize("name", ["default", "imdb_bow", "imdb_transformer", "bbc_news", "tiny"])
+@pytest.mark.parametrize("name", CONFIG_NAMES)
 def test_shipped_config_is_valid(name):
-    config = load_config_file(name)
+    config = load_config_file(name).to_dict()
+    for tool_section in ("tune", "analysis"):  # the tuner's and the analysis's own keys
+        config.pop(tool_section, None)
     out = validate_config(config)
-    assert out["model"]["name"] in config_lib.MODELS
+    assert isinstance(out, config_lib.RunConfig)
+    assert out.model.name in config_lib.model_names()
 
 
 def test_study_guide_hyperparameter_names_exist():
@@ -57,16 +68,14 @@ def _with(path: str, value):
         ("model.attention_dropout", 1.0, "[0, 1)"),
         ("train.batch_size", 0, ">= 1"),
         ("optim.optimizer", "rmsprop", "adam, adamw, sgd"),
-        ("model.activation", "swish", "relu, gelu, tanh, sigmoid"),
+        ("model.activation", "swish", "relu, gelu, gelu_tanh, tanh, sigmoid"),
         ("model.name", "cnn", "bow, transformer"),
+        ("model.dtype", "float64", "float32, bfloat16, float16, auto"),
+        ("data.delimiter", ";;", "one character"),
+        ("data.text_column", "sentence", "apply to a file of your own"),  # imdb is built in
         ("data.corpus", "no_such_corpus", "imdb, bbc_news"),
-        ("model.norm", "group", "layer, batch, rms"),
         ("model.pooling", "sum", "mean, sqrt"),  # base_config's model is bow
         ("model.trigram_buckets", -1, ">= 0"),
-        ("train.host_allocator", "jemalloc", "'keep', 'system', or ''"),
-        ("train.cpu_vector_width", "1024", "auto, xla, 128, 256, 512"),
-        ("train.cpu_devices", "0", "'cores' (one per core) or a whole number >= 1"),
-        ("train.cpu_devices", "two", "'cores' (one per core) or a whole number >= 1"),
     ],
 )
 def test_bad_value_names_key_value_and_allowed(path, value, allowed):
@@ -114,6 +123,17 @@ def test_unknown_section_is_refused():
         validate_config(config)
 
 
+@pytest.mark.parametrize("key", ["host_allocator", "cpu_vector_width", "cpu_devices"])
+def test_process_settings_are_not_config_keys(key):
+    """CPU allocator, vector width and device count are flags of the entry points."""
+    assert key not in base_config().train
+    config = base_config()
+    with config.unlocked():
+        config.train[key] = "1"
+    with pytest.raises(ConfigError, match=rf"train\.{key}.*unknown key"):
+        validate_config(config)
+
+
 def test_heads_must_divide_embed_dim_for_transformer():
     config = base_config()
     config.model.name = "transformer"
@@ -153,6 +173,13 @@ def test_bool_is_not_an_int():
         validate_config(_with("train.batch_size", True))
 
 
+def test_norm_is_checked_by_the_transformer():
+    config = _with("model.norm", "group")
+    config.model.name = "transformer"
+    with pytest.raises(ConfigError, match=r"config\.model\.norm='group'.*layer, batch, rms"):
+        validate_config(config)
+
+
 def test_override_keys_are_checked_against_the_config_file():
     config = base_config()
     config_lib.check_override_keys(config, ["--config.optim.learning_rate=0.1", "--workdir=x"])
@@ -162,3 +189,119 @@ def test_override_keys_are_checked_against_the_config_file():
         ConfigError, match=r"config\.optm\.lr='3'.*allowed keys here: data, mesh, model"
     ):
         config_lib.check_override_keys(config, ["--config.optm.lr", "3"])
+
+
+def test_validate_config_returns_a_frozen_typed_run_config():
+    cfg = validate_config(base_config())
+    assert isinstance(cfg, config_lib.RunConfig)
+    assert isinstance(cfg.data, config_lib.DataConfig)
+    assert isinstance(cfg.optim, config_lib.OptimConfig)
+    assert cfg.optim.learning_rate == cfg["optim"]["learning_rate"] == 1e-3
+    assert isinstance(cfg.optim.learning_rate, float)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.optim.learning_rate = 0.1
+    with pytest.raises(TypeError):
+        cfg["train"]["batch_size"] = 3
+    assert validate_config(cfg) is cfg  # validating again costs nothing
+    assert config_lib.config_to_dict(cfg) == config_lib.config_to_dict(base_config())
+    assert validate_config(config_lib.config_to_dict(cfg)) == cfg
+
+
+def test_an_int_learning_rate_is_stored_as_a_float():
+    cfg = validate_config(_with("optim.learning_rate", 1))
+    assert cfg.optim.learning_rate == 1.0 and isinstance(cfg.optim.learning_rate, float)
+
+
+def test_allowed_values_come_from_the_code_that_implements_them():
+    from jaxnn.models.bow import POOLINGS as BOW_POOLINGS
+    from jaxnn.nn.normalization import NORMS
+    from jaxnn.nn.pooling import POOLS
+    from jaxnn.ops.activations import ACTIVATIONS
+    from jaxnn.ops.attention import IMPLEMENTATIONS
+
+    assert config_lib.ATTENTION_IMPLS is IMPLEMENTATIONS
+    assert config_lib.ACTIVATIONS == tuple(ACTIVATIONS)
+    assert config_lib.NORMS == tuple(NORMS)
+    assert config_lib.POOLINGS == tuple(POOLS)
+    transformer = base_config()
+    transformer.model.name = "transformer"
+    for impl in IMPLEMENTATIONS:
+        transformer.model.attention_impl = impl
+        validate_config(transformer)
+    bow = base_config()
+    for pooling in BOW_POOLINGS:
+        bow.model.pooling = pooling
+        validate_config(bow)
+
+
+def test_corpus_options_pass_only_what_differs_from_the_reader_defaults(synthetic_corpus):
+    config = base_config()
+    config.data.corpus = str(synthetic_corpus)
+    assert config_lib.corpus_options(validate_config(config).data) == {}
+    config.data.text_column = "sentence"
+    config.data.label_column = "category"
+    config.data.split_column = "part"
+    config.data.delimiter = ";"
+    assert config_lib.corpus_options(validate_config(config).data) == {
+        "text_column": "sentence",
+        "label_column": "category",
+        "split_column": "part",
+        "delimiter": ";",
+    }
+
+
+def test_a_failed_start_writes_nothing_to_the_workdir(tiny_config, tmp_path):
+    """The data is read and checked before the workdir is written: fixing the config and
+    starting again is not refused as "a different config"."""
+    from jaxnn.train import loop
+
+    tiny_config.data.text_column = "sentence"  # the synthetic CSV's column is "text"
+    workdir = tmp_path / "run"
+    with pytest.raises(ValueError, match="sentence"):
+        loop.train_and_evaluate(tiny_config, workdir)
+    assert not (workdir / "config.json").exists()
+    tiny_config.data.text_column = "text"
+    loop.prepare_workdir(validate_config(tiny_config), workdir, overwrite=False)
+    assert (workdir / "config.json").is_file()
+
+
+def test_the_default_config_is_imdb():
+    cfg = validate_config(load_config_file("default"))
+    assert cfg.data.corpus == "imdb"
+    assert cfg.model.name == "bow"
+
+
+def test_train_py_defaults_to_configs_default_and_a_workdir_under_runs(tmp_path):
+    """train.py without flags: configs/default.py (IMDB) into runs/default-<time> (the training
+    itself replaced by a stub that reports what it was given)."""
+    out = tmp_path / "called.json"
+    code = textwrap.dedent(f"""
+        import json, runpy, sys
+        import jaxnn.train
+
+        def fake(config, workdir, overwrite=False):
+            with open({str(out)!r}, "w") as f:
+                json.dump({{"corpus": config.data.corpus, "model": config.model.name,
+                           "workdir": str(workdir), "overwrite": overwrite}}, f)
+            sys.exit(0)
+
+        jaxnn.train.train_and_evaluate = fake
+        sys.argv = ["train.py"]
+        runpy.run_path("train.py", run_name="__main__")
+    """)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    called = json.loads(out.read_text())
+    assert called["corpus"] == "imdb" and called["model"] == "bow"
+    assert called["overwrite"] is False
+    workdir = Path(called["workdir"])
+    assert workdir.parent == ROOT / "runs"
+    assert workdir.name.startswith("default-")

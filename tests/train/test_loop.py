@@ -89,25 +89,18 @@ def test_different_config_is_refused_and_overwrite_starts_over(tiny_config, tmp_
     assert results["epochs_run"] == 1
 
 
-def test_a_speed_only_key_does_not_block_a_resume(tiny_config, tmp_path):
-    """train.host_allocator, train.cpu_vector_width and train.cpu_devices change speed: a run
-    resumes under other values, and a workdir written before the keys existed resumes too."""
+def test_a_workdir_with_the_old_process_keys_resumes(tiny_config, tmp_path):
+    """train.host_allocator, train.cpu_vector_width and train.cpu_devices are process flags
+    now; a workdir whose config.json an older jaxnn wrote with them resumes."""
     workdir = tmp_path / "run"
     tiny_config.train.num_epochs = 1
     tiny_config.train.max_steps_per_epoch = 3
     first = train_and_evaluate(tiny_config, workdir)
     saved = json.loads((workdir / "config.json").read_text())
-    del saved["train"]["host_allocator"]  # as an older jaxnn wrote it
-    del saved["train"]["cpu_vector_width"]
-    del saved["train"]["cpu_devices"]
+    saved["train"].update(host_allocator="keep", cpu_vector_width="256", cpu_devices="cores")
     (workdir / "config.json").write_text(json.dumps(saved))
-    tiny_config.train.host_allocator = "keep"
-    tiny_config.train.cpu_vector_width = "256"
-    tiny_config.train.cpu_devices = "cores"  # only read before JAX starts: one device here
     again = train_and_evaluate(tiny_config, workdir)  # not refused: complete, same results
     assert again["test"] == first["test"]
-    assert json.loads((workdir / "config.json").read_text())["train"]["host_allocator"] == "keep"
-    tiny_config.train.host_allocator = "system"
     tiny_config.train.batch_size = 3  # a key that changes results still refuses
     with pytest.raises(ConfigMismatchError, match=r"train\.batch_size: saved \d+, requested 3"):
         train_and_evaluate(tiny_config, workdir)
