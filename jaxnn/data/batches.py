@@ -32,7 +32,7 @@ from typing import Protocol, TypeVar
 
 import numpy as np
 
-from jaxnn.data.vocab import check_positive_int
+from jaxnn.data._checks import check_positive_int
 
 __all__ = ["BatchIterator", "default_buckets", "eval_batches", "make_batches", "prefetch"]
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from jaxnn.data._checks import check_positive_int
 from jaxnn.data.text import TOKENIZER_NAME, TokenBatch, tokenize_batch
 
 __all__ = [
@@ -32,7 +33,6 @@ __all__ = [
     "UnkStats",
     "UnknownWordWarning",
     "Vocabulary",
-    "check_positive_int",
     "encode_token_batch",
     "encode_with_oov_counts",
     "unk_stats",
@@ -49,15 +49,6 @@ _VERSION = 1
 
 class UnknownWordWarning(UserWarning):
     """A split's unknown-word ratio is above the configured threshold."""
-
-
-def check_positive_int(name: str, value: object) -> int:
-    """Return ``value`` if it is an int >= 1 (bool excluded), else raise naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, int | np.integer):
-        raise TypeError(f"{name} must be an int >= 1, got {value!r} ({type(value).__name__})")
-    if value < 1:
-        raise ValueError(f"{name} must be >= 1, got {value}")
-    return int(value)
 
 
 def _check_texts(texts: object) -> Sequence[str]:
