@@ -135,6 +135,30 @@ PROCESS = textwrap.dedent(
 )
 
 
+# "two processes equal one" at a size CI affords: 2 processes x 1 device, 2 steps, no workdir
+FAST_PROCESS = textwrap.dedent(
+    """
+    from jaxnn.train.distributed import initialize_distributed, make_mesh
+    from jaxnn.train.loop import fit, load_data
+
+    address, count, pid = sys.argv[5], int(sys.argv[6]), int(sys.argv[7])
+    for key, value in json.loads(sys.argv[8]).items():
+        section, name = key.split(".")
+        config[section][name] = value
+    initialize_distributed(address, count, pid, timeout_s=60)
+    assert jax.process_count() == 2 and len(jax.devices()) == 2, jax.devices()
+    data = load_data(config)
+    result = fit(config, data, mesh=make_mesh())
+    save("multi", result.state)
+    if jax.process_index() == 0:
+        (out / "multi.json").write_text(json.dumps(
+            {"best": result.best, "history": result.history,
+             "tokenized": [data.train.num_tokenized, len(data.train)]}))
+    """
+)
+FAST_OVERRIDES = {"train.num_epochs": 1, "train.max_steps_per_epoch": 2}
+
+
 def _run(script: str, args: list[str], devices: int, data_dir: Path | None = None):
     env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
     if data_dir is not None:
@@ -263,6 +287,61 @@ def test_two_processes_of_two_devices_equal_one_process_of_four(synthetic_corpus
     run = multi / "run"
     assert (run / "results.json").is_file() and (run / "learning_curves.png").is_file()
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def test_two_processes_equal_one_fast(synthetic_corpus, tmp_path, compilation_cache):
+    """The CI-sized version of the slow test above: jax.distributed on 127.0.0.1, 2 processes
+    of 1 CPU device each, tiny config, 2 steps, no workdir. The parameters and the validation
+    metrics equal those of this (one) process training on the same global batches, and each
+    process tokenized only part of the training texts."""
+    import jax
+
+    from jaxnn.train.distributed import make_mesh
+    from jaxnn.train.loop import fit, load_data
+
+    from .conftest import load_config_file
+
+    address = f"127.0.0.1:{_free_port()}"
+    overrides = json.dumps(FAST_OVERRIDES)
+    procs = [
+        _run(
+            FAST_PROCESS,
+            [*_args(tmp_path, synthetic_corpus, "p"), address, "2", str(i), overrides],
+            devices=1,
+            data_dir=tmp_path / f"data{i}",  # a cold cache each: the plan pass runs
+        )
+        for i in range(2)
+    ]
+    # the one-process reference, here, while the two run (the same edits as PRELUDE's)
+    config = load_config_file("tiny")
+    config.data.corpus = str(synthetic_corpus)
+    config.data.max_len = config.data.smallest_bucket = 48
+    config.data.min_freq = 1
+    config.optim.learning_rate = 0.05
+    config.optim.schedule = "constant"
+    config.optim.warmup_steps = 0
+    config.train.batch_size, config.train.eval_batch_size = 16, 64
+    config.train.max_steps_per_epoch = 3
+    for key, value in FAST_OVERRIDES.items():
+        section, name = key.split(".")
+        config[section][name] = value
+    one = fit(config, load_data(config), mesh=make_mesh(jax.devices()[:1]))
+    np.savez(
+        tmp_path / "one.npz",
+        *[np.asarray(x) for x in jax.tree.leaves(one.state.params)],
+        step=int(one.state.step),
+    )
+    outs = [_finish(p, timeout=300) for p in procs]
+    assert all("Traceback" not in out for out in outs)
+    multi = json.loads((tmp_path / "multi.json").read_text())
+    with np.load(tmp_path / "multi.npz") as f:
+        assert int(f["step"]) == int(one.state.step) == 2
+    _assert_same(tmp_path / "multi.npz", tmp_path / "one.npz")
+    assert multi["best"]["confusion_matrix"] == one.best["confusion_matrix"]
+    for key in ("loss", "accuracy", "macro_f1"):
+        np.testing.assert_allclose(multi["best"][key], one.best[key], rtol=1e-5, atol=1e-7)
+    tokenized, total = multi["tokenized"]
+    assert tokenized < total  # process 0 never tokenized the whole training split
 
 
 def test_unreachable_coordinator_fails_fast_naming_the_address():
