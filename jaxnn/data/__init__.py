@@ -30,7 +30,7 @@ Stable API (names and signatures the rest of jaxnn relies on):
   delimiter, classes); cleaning, deduplication and the stratified split in `splits.py`.
 - Errors (`errors.py`): every failure a user's data or options can cause is a ``DataError``
   (``.path``, ``.line``, ``.exit_code``: 2 bad input, 1 environment) whose message names the
-  file and what to do: BadDataError, DataOptionError, CorpusNotFoundError, ChecksumError,
+  file and what to do: BadDataError, DataOptionError, DataNotFoundError, ChecksumError,
   DownloadError.
 - Tokens (`text.py`): ``tokenize(text) -> list[str]`` (lowercase words and punctuation).
 - Vocabulary (`vocab.py`): ``Vocabulary.build(texts, *, min_freq=1, max_size=None)``, ``len``,
@@ -81,8 +81,8 @@ from jaxnn.data.corpora import (
 from jaxnn.data.errors import (
     BadDataError,
     ChecksumError,
-    CorpusNotFoundError,
     DataError,
+    DataNotFoundError,
     DataOptionError,
     DownloadError,
 )
@@ -111,8 +111,8 @@ __all__ = [
     "BatchIterator",
     "ChecksumError",
     "Corpus",
-    "CorpusNotFoundError",
     "DataError",
+    "DataNotFoundError",
     "DataOptionError",
     "DownloadError",
     "Encoded",

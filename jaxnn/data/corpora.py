@@ -57,8 +57,8 @@ import numpy as np
 from jaxnn.data.errors import (
     BadDataError,
     ChecksumError,
-    CorpusNotFoundError,
     DataError,
+    DataNotFoundError,
     DataOptionError,
     DownloadError,
 )
@@ -88,8 +88,8 @@ __all__ = [
     "BadDataError",
     "ChecksumError",
     "Corpus",
-    "CorpusNotFoundError",
     "DataError",
+    "DataNotFoundError",
     "DataOptionError",
     "DownloadError",
     "Split",
@@ -174,7 +174,7 @@ def _resolve_options(name_or_path: str | os.PathLike, options: dict) -> tuple[di
 def _user_path(name_or_path: str | os.PathLike) -> Path:
     path = Path(name_or_path).expanduser()
     if not path.exists():
-        raise CorpusNotFoundError(
+        raise DataNotFoundError(
             f"corpus {str(name_or_path)!r} is neither a built-in corpus "
             f"({sorted(BUILTIN_CORPORA)}) nor an existing file or folder; check the path",
             path=path,
@@ -183,15 +183,28 @@ def _user_path(name_or_path: str | os.PathLike) -> Path:
 
 
 def corpus_fingerprint(name_or_path: str | os.PathLike, options: dict) -> dict:
-    """What identifies a corpus's content, cheaply: the pinned checksum of a built-in corpus, or
-    the path, size and modification time of every file of a user's corpus; with every corpus
-    option (defaults filled in). Used in cache keys."""
+    """What identifies a corpus's content: the pinned checksum of a built-in corpus, the sha256
+    of a user's file, or the path, size and modification time of every file of a user's folder;
+    with every corpus option (defaults filled in). Used in cache keys."""
     resolved, builtin = _resolve_options(name_or_path, options)
     if builtin is not None:
         checksum = builtin_checksum(builtin)
         return {"corpus": builtin.name, "sha256": checksum, "options": _jsonable(resolved)}
     path = _user_path(name_or_path).resolve()
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*.txt") if p.is_file())
+    if path.is_file():  # one file: its content (reading it costs little next to parsing it)
+        try:
+            with path.open("rb") as f:
+                digest = hashlib.file_digest(f, "sha256").hexdigest()
+        except OSError as err:
+            raise DataNotFoundError(
+                f"cannot read the corpus file {path} ({err.strerror or err}); check its "
+                "permissions",
+                path=path,
+            ) from err
+        return {"corpus": str(path), "sha256": digest, "options": _jsonable(resolved)}
+    # a folder of many files: names, sizes and modification times (reading every file would
+    # cost as much as loading the corpus)
+    files = sorted(p for p in path.rglob("*.txt") if p.is_file())
     listing = [
         (str(p.relative_to(path.parent)), p.stat().st_size, p.stat().st_mtime_ns) for p in files
     ]
@@ -304,7 +317,7 @@ def load_corpus(
 
     Raises:
       `DataError` subclasses (`jaxnn.data.errors`), each naming the path (and line):
-      CorpusNotFoundError (a FileNotFoundError) for a missing file or folder; BadDataError (a
+      DataNotFoundError (a FileNotFoundError) for a missing file or folder; BadDataError (a
       ValueError) for a malformed record, an empty label, an unknown label in validation/test;
       DataOptionError (a ValueError and TypeError) for an unknown option or a bad option value
       (a missing column); ChecksumError / DownloadError for a corpus wheel.

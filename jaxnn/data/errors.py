@@ -17,8 +17,8 @@ import os
 __all__ = [
     "BadDataError",
     "ChecksumError",
-    "CorpusNotFoundError",
     "DataError",
+    "DataNotFoundError",
     "DataOptionError",
     "DownloadError",
 ]
@@ -47,7 +47,7 @@ class DataOptionError(DataError, ValueError, TypeError):
     too, as an unknown keyword argument is)."""
 
 
-class CorpusNotFoundError(DataError, FileNotFoundError):
+class DataNotFoundError(DataError, FileNotFoundError):
     """The corpus is neither a built-in name nor an existing file or folder, or a class folder
     named by ``classes`` does not exist."""
 

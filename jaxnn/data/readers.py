@@ -23,7 +23,7 @@ Bytes are decoded as UTF-8 (`decode_text`): a byte-order mark is removed and eve
 byte becomes U+FFFD, counted per text (`DecodeCounts`: a file with one bad byte in each of
 three records counts three texts).
 
-Errors are `BadDataError` / `DataOptionError` / `CorpusNotFoundError` (`jaxnn.data.errors`),
+Errors are `BadDataError` / `DataOptionError` / `DataNotFoundError` (`jaxnn.data.errors`),
 carrying the path and the line where known.
 """
 
@@ -38,7 +38,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from jaxnn.data.errors import BadDataError, CorpusNotFoundError, DataOptionError
+from jaxnn.data.errors import BadDataError, DataNotFoundError, DataOptionError
 from jaxnn.data.text import decode_text
 
 __all__ = [
@@ -379,7 +379,7 @@ def read_file(path: Path, options: Mapping[str, object], counts: DecodeCounts) -
     try:
         data = path.read_bytes()
     except OSError as err:
-        raise CorpusNotFoundError(
+        raise DataNotFoundError(
             f"cannot read the corpus file {path} ({err.strerror or err}); check the path and its "
             "permissions",
             path=path,
@@ -416,7 +416,7 @@ def read_folder(path: Path, options: Mapping[str, object], counts: DecodeCounts)
         for name in classes:
             class_dir = folder / name
             if not class_dir.is_dir():
-                raise CorpusNotFoundError(
+                raise DataNotFoundError(
                     f"class folder {class_dir} (from classes=) does not exist; the sub-folders of "
                     f"{folder} are {sorted(p.name for p in folder.iterdir() if p.is_dir())}",
                     path=class_dir,
@@ -428,7 +428,7 @@ def read_folder(path: Path, options: Mapping[str, object], counts: DecodeCounts)
                 try:
                     data = file.read_bytes()
                 except OSError as err:
-                    raise CorpusNotFoundError(
+                    raise DataNotFoundError(
                         f"cannot read {file} ({err.strerror or err}); check its permissions",
                         path=file,
                     ) from err

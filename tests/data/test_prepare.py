@@ -521,3 +521,16 @@ def test_cache_false_reads_nothing_and_writes_nothing(small_csv, tmp_path, monke
     again = prepare(small_csv, cache=False, **options)
     np.testing.assert_array_equal(again.train.tokens, prep.train.tokens)
     assert {p: p.stat().st_mtime_ns for p in root.rglob("*")} == before
+
+
+def test_a_same_size_edit_with_the_old_modification_time_misses_the_cache(small_csv, tmp_path):
+    options = {"max_len": 8, "data_dir": tmp_path / "c", "unk_warn_threshold": None}
+    first = prepare(small_csv, **options)
+    stat = small_csv.stat()
+    text = small_csv.read_text()
+    small_csv.write_text(text.replace("red0 ", "red9 ", 1))  # same size
+    os.utime(small_csv, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert small_csv.stat().st_size == stat.st_size
+    edited = prepare(small_csv, **options)
+    assert not edited.info["cache"]["hit"]
+    assert edited.vocab != first.vocab

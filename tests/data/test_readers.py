@@ -7,8 +7,8 @@ import pytest
 
 from jaxnn.data import (
     BadDataError,
-    CorpusNotFoundError,
     DataError,
+    DataNotFoundError,
     DataOptionError,
     load_corpus,
 )
@@ -90,9 +90,7 @@ def test_delimiter_does_not_apply_to_jsonl_and_classes_need_a_folder(tmp_path):
     (folder / "pos" / "1.txt").write_text("good")
     with pytest.raises(DataOptionError, match=r"classes='pos' is not allowed"):
         load_corpus(folder, classes="pos")
-    with pytest.raises(
-        CorpusNotFoundError, match=r"neg \(from classes=\) does not exist.*\['pos'\]"
-    ):
+    with pytest.raises(DataNotFoundError, match=r"neg \(from classes=\) does not exist.*\['pos'\]"):
         load_corpus(folder, classes=["pos", "neg"])
 
 
@@ -163,7 +161,7 @@ def test_data_errors_carry_path_and_line(tmp_path):
     with pytest.raises(BadDataError, match=r"j.jsonl, line 1: 'text' must be a string") as err:
         load_corpus(jsonl)
     assert (err.value.path, err.value.line) == (str(jsonl), 1)
-    with pytest.raises(CorpusNotFoundError) as err:
+    with pytest.raises(DataNotFoundError) as err:
         load_corpus(tmp_path / "missing.csv")
     assert err.value.path == str(tmp_path / "missing.csv")
     assert isinstance(err.value, FileNotFoundError)
