@@ -370,17 +370,17 @@ class _CheckIns:
         self.deadline = deadline
         self.arrived: queue.Queue[tuple[int, socket.socket, str]] = queue.Queue()
         self.lock = threading.Lock()
-        self.pending = 0
+        self.pending: set[socket.socket] = set()
         self.done = False
         self.ignored = 0
         self.other_runs = 0
 
     def serve(self, conn: socket.socket, peer: str) -> None:
         with self.lock:
-            if self.done or self.pending >= _MAX_PENDING:
+            if self.done or len(self.pending) >= _MAX_PENDING:
                 conn.close()
                 return
-            self.pending += 1
+            self.pending.add(conn)
         threading.Thread(
             target=self._read, args=(conn, peer), name=f"jaxnn-join {peer}", daemon=True
         ).start()
@@ -403,7 +403,9 @@ class _CheckIns:
             deadline = min(self.deadline, time.monotonic() + _READ_TIMEOUT_S)
             line = _read_line(conn, deadline)
             joined = _parse_join(line)
-            if joined is None:
+            if self.done:  # the check-in is over (or failed): nothing to log
+                conn.close()
+            elif joined is None:
                 what = "sent nothing" if not line else f"sent {line[:60]!r}"
                 self._ignore(conn, peer, f"{what}, not a jaxnn-join <run token> <id> line")
             elif joined[0] != self.token:
@@ -417,18 +419,26 @@ class _CheckIns:
                     _OTHER_RUN,
                 )
             else:
-                with self.lock:
+                with self.lock:  # never after close() has drained the queue
                     if self.done:
                         conn.close()
-                        return
-                self.arrived.put((joined[1], conn, peer))
+                    else:
+                        self.arrived.put((joined[1], conn, peer))
         finally:
             with self.lock:
-                self.pending -= 1
+                self.pending.discard(conn)
 
     def close(self) -> None:
+        """End the check-in: connections still being read are shut (their threads end at
+        once), and any that arrived unclaimed are closed (their processes retry and time out)."""
         with self.lock:
             self.done = True
+            pending = list(self.pending)
+        for conn in pending:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
         while True:  # a process that came after the end: it retries and times out itself
             try:
                 _, conn, _ = self.arrived.get_nowait()
