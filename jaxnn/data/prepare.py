@@ -3,9 +3,15 @@
 ``prepare(source, max_len=..., min_freq=..., max_size=...)`` loads the corpus (`load_corpus`),
 builds the vocabulary from the training split only, encodes train and validation to int32
 [N, max_len], and counts unknown words per split (warning above ``unk_warn_threshold``). The
-result is cached under ``<data_dir>/encoded/`` keyed by everything it depends on (the corpus's
-checksum or file listing, corpus options, seed, max_len, min_freq, max_size, tokenizer), so a
-second call reads a few NumPy files and never touches the texts.
+result is cached under ``<data_dir>/encoded/`` keyed by everything it depends on (a built-in
+corpus's pinned checksum, a user file's sha256 or a folder's file listing, every corpus option,
+seed, max_len, min_freq, max_size, the tokenizer and the cache format), so a second call reads a
+few NumPy files and never touches the texts.
+
+The cache never stops a run: a cache file that cannot be read back (truncated, a flipped byte,
+any exception) is named in one warning and rebuilt; a data directory that cannot be written
+(read-only, full) means no cache, with one warning. A cache is written into a temporary folder
+beside it, flushed, then renamed in one step, so a killed writer never leaves half a cache.
 
 ``prepare_test(source, vocab, max_len=...)`` encodes the test split with a given (saved)
 vocabulary, for the final evaluation only.
