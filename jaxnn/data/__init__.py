@@ -24,8 +24,14 @@ Stable API (names and signatures the rest of jaxnn relies on):
 
 - Corpora (`corpora.py`): ``load_corpus(name_or_path, *, seed=0, data_dir=None, **options) ->
   Corpus(name, train, validation, label_names, info)``; ``load_test_split(...) -> Split``;
-  ``Split(texts: list[str], labels: int32 [N])``. Built in: "imdb", "bbc_news"; also
-  .csv/.tsv/.jsonl files and <class>/*.txt folders (aclImdb layout included).
+  ``Split(texts: list[str], labels: int32 [N])``. Built in: "imdb", "bbc_news" (`sources.py`:
+  wheels, checksums, ``data_dir``); also .csv/.tsv/.jsonl files and <class>/*.txt folders,
+  aclImdb layout included (`readers.py`: text_column, label_column, split_column, format,
+  delimiter, classes); cleaning, deduplication and the stratified split in `splits.py`.
+- Errors (`errors.py`): every failure a user's data or options can cause is a ``DataError``
+  (``.path``, ``.line``, ``.exit_code``: 2 bad input, 1 environment) whose message names the
+  file and what to do: BadDataError, DataOptionError, DataNotFoundError, ChecksumError,
+  DownloadError.
 - Tokens (`text.py`): ``tokenize(text) -> list[str]`` (lowercase words and punctuation).
 - Vocabulary (`vocab.py`): ``Vocabulary.build(texts, *, min_freq=1, max_size=None)``, ``len``,
   ``encode(texts, max_len) -> Encoded(tokens int32 [N, L], lengths int32 [N], num_truncated)``,
@@ -64,13 +70,21 @@ from jaxnn.data.batches import (
 )
 from jaxnn.data.corpora import (
     BUILTIN_CORPORA,
-    ChecksumError,
     Corpus,
-    DownloadError,
     Split,
+    corpus_fingerprint,
+    data_dir,
     load_corpus,
     load_test_split,
     stratified_split,
+)
+from jaxnn.data.errors import (
+    BadDataError,
+    ChecksumError,
+    DataError,
+    DataNotFoundError,
+    DataOptionError,
+    DownloadError,
 )
 from jaxnn.data.prepare import EncodedSplit, Prepared, encode_split, prepare, prepare_test
 from jaxnn.data.sharded import ProcessGroup, ShardedSplit, plan_splits
@@ -93,9 +107,13 @@ __all__ = [
     "PAD_ID",
     "UNK",
     "UNK_ID",
+    "BadDataError",
     "BatchIterator",
     "ChecksumError",
     "Corpus",
+    "DataError",
+    "DataNotFoundError",
+    "DataOptionError",
     "DownloadError",
     "Encoded",
     "EncodedSplit",
@@ -106,6 +124,8 @@ __all__ = [
     "UnkStats",
     "UnknownWordWarning",
     "Vocabulary",
+    "corpus_fingerprint",
+    "data_dir",
     "decode_text",
     "default_buckets",
     "encode_split",

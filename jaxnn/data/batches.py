@@ -32,7 +32,8 @@ from typing import Protocol, TypeVar
 
 import numpy as np
 
-from jaxnn.data.vocab import check_positive_int
+from jaxnn.data._checks import check_positive_int
+from jaxnn.data.errors import BadDataError
 
 __all__ = ["BatchIterator", "default_buckets", "eval_batches", "make_batches", "prefetch"]
 
@@ -152,9 +153,11 @@ class BatchIterator:
         if buckets[-1] < longest:
             raise ValueError(f"the largest bucket {buckets[-1]} is shorter than a row ({longest})")
         if remainder == "drop" and num_examples < batch_size:
-            raise ValueError(
+            raise BadDataError(
                 f"batch_size={batch_size} is larger than the {num_examples} examples; with "
-                "remainder='drop' an epoch would have no batch (use remainder='pad')"
+                "remainder='drop' an epoch would have no batch: use more data or a smaller batch "
+                "size (train.batch_size in a run config), or remainder='pad' when calling "
+                "BatchIterator yourself"
             )
         self.tokens = tokens  # None for a ShardedSplit
         self.max_len = int(max_len)

@@ -3,9 +3,15 @@
 ``prepare(source, max_len=..., min_freq=..., max_size=...)`` loads the corpus (`load_corpus`),
 builds the vocabulary from the training split only, encodes train and validation to int32
 [N, max_len], and counts unknown words per split (warning above ``unk_warn_threshold``). The
-result is cached under ``<data_dir>/encoded/`` keyed by everything it depends on (the corpus's
-checksum or file listing, corpus options, seed, max_len, min_freq, max_size, tokenizer), so a
-second call reads a few NumPy files and never touches the texts.
+result is cached under ``<data_dir>/encoded/`` keyed by everything it depends on (a built-in
+corpus's pinned checksum, a user file's sha256 or a folder's file listing, every corpus option,
+seed, max_len, min_freq, max_size, the tokenizer and the cache format), so a second call reads a
+few NumPy files and never touches the texts.
+
+The cache never stops a run: a cache file that cannot be read back (truncated, a flipped byte,
+any exception) is named in one warning and rebuilt; a data directory that cannot be written
+(read-only, full) means no cache, with one warning. A cache is written into a temporary folder
+beside it, flushed, then renamed in one step, so a killed writer never leaves half a cache.
 
 ``prepare_test(source, vocab, max_len=...)`` encodes the test split with a given (saved)
 vocabulary, for the final evaluation only.
@@ -30,11 +36,13 @@ import os
 import re
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from jaxnn.data._checks import check_positive_int
 from jaxnn.data.corpora import (
     Corpus,
     Split,
@@ -49,7 +57,6 @@ from jaxnn.data.vocab import (
     Encoded,
     UnkStats,
     Vocabulary,
-    check_positive_int,
     encode_token_batch,
     warn_if_unknown,
 )
@@ -58,7 +65,8 @@ __all__ = ["EncodedSplit", "Prepared", "encode_split", "prepare", "prepare_test"
 
 log = logging.getLogger("jaxnn.data")
 
-_CACHE_VERSION = 1
+# 2: undecodable bytes counted per text (info), atomic writes
+_CACHE_VERSION = 2
 
 
 @dataclass(frozen=True, eq=False)
@@ -289,10 +297,8 @@ def _prepare_sharded(
         prepared.validation.num_tokenized,
     )
     if plan_path is not None and not (plan_path / "meta.json").is_file():
-        try:
-            _save(prepared, plan_path)
-        except OSError as err:  # only a cache: the other processes are already training
-            log.warning("could not write the plan cache %s (%s)", plan_path, err)
+        # only a cache: the other processes are already training
+        _save_or_warn(prepared, plan_path)
     prepared.info["cache"] = {"path": None if plan_path is None else str(plan_path), "hit": False}
     return prepared
 
@@ -305,6 +311,9 @@ def _cache_key(
     min_freq: int,
     max_size: int | None,
 ) -> dict:
+    """Everything the encoded arrays depend on: the cache format, the tokenizer, the corpus's
+    content and every corpus option (`corpus_fingerprint`, defaults filled in), the split seed,
+    and the vocabulary and encoding options. A change of any of them is another cache entry."""
     return {
         "cache_version": _CACHE_VERSION,
         "tokenizer": TOKENIZER_NAME,
@@ -322,8 +331,50 @@ def _cache_dir(root: Path, name: str, key: dict) -> Path:
     return root / "encoded" / f"{label}-{digest}"
 
 
+class CacheUnreadableError(Exception):
+    """A cache file that cannot be read back (``path``: the file; the cause is chained)."""
+
+    def __init__(self, path: Path, reason: object) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+
+
+# leftovers of a writer killed mid-write are removed once they are this old (a writer that is
+# still running is never that slow)
+_STALE_TMP_S = 3600.0
+
+
+def _write_file(path: Path, write) -> None:
+    """``write(file)`` into ``path`` and flush it to disk, so a rename after it never publishes
+    a half-written file (even after a power loss)."""
+    with path.open("wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+_TMP_NAME = re.compile(r".+-[0-9a-f]{20}(\.plan)?\.tmp[A-Za-z0-9_]{8}")
+
+
+def _remove_stale_tmp(path: Path) -> None:
+    """Remove the temporary folders of killed writers (of any entry) beside ``path``."""
+    now = time.time()
+    for tmp in path.parent.iterdir():
+        try:
+            if _TMP_NAME.fullmatch(tmp.name) and now - tmp.stat().st_mtime > _STALE_TMP_S:
+                shutil.rmtree(tmp, ignore_errors=True)
+        except OSError:
+            pass
+
+
 def _save(prepared: Prepared, path: Path) -> None:
+    """Write the cache folder ``path`` atomically: every file goes into a temporary folder
+    beside it (flushed to disk), which is then renamed to ``path`` in one step, so a reader sees
+    the whole cache or none, whatever moment a writer is killed at. A folder already at ``path``
+    with no ``meta.json`` (a pre-atomic leftover) is replaced. Raises OSError (e.g. a read-only
+    or full data directory): the caller decides that this only costs the cache."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_tmp(path)
     tmp = Path(tempfile.mkdtemp(prefix=path.name + ".tmp", dir=path.parent))
     try:
         for name in ("train", "validation"):
@@ -331,8 +382,10 @@ def _save(prepared: Prepared, path: Path) -> None:
             arrays = {"lengths": split.lengths, "labels": split.labels}
             if isinstance(split, EncodedSplit):  # a ShardedSplit's plan: no tokens
                 arrays = {"tokens": split.tokens, **arrays}
-            np.savez(tmp / f"{name}.npz", **arrays)
-        prepared.vocab.save(tmp / "vocab.json")
+            _write_file(tmp / f"{name}.npz", lambda f, arrays=arrays: np.savez(f, **arrays))
+        vocab_tmp = prepared.vocab.save(tmp / "vocab.json")
+        with open(vocab_tmp, "rb") as f:
+            os.fsync(f.fileno())
         meta = {
             "version": _CACHE_VERSION,
             "name": prepared.name,
@@ -340,7 +393,10 @@ def _save(prepared: Prepared, path: Path) -> None:
             "max_len": prepared.max_len,
             "info": prepared.info,
         }
-        (tmp / "meta.json").write_text(json.dumps(meta), encoding="utf-8")
+        body = json.dumps(meta).encode("utf-8")
+        _write_file(tmp / "meta.json", lambda f: f.write(body))  # last: marks a complete cache
+        if path.is_dir() and not (path / "meta.json").is_file():
+            shutil.rmtree(path, ignore_errors=True)
         try:
             os.rename(tmp, path)
         except OSError:  # another process wrote it first; theirs is identical
@@ -350,30 +406,115 @@ def _save(prepared: Prepared, path: Path) -> None:
         raise
 
 
+def _read(path: Path, what: str, read):
+    """``read(path)``, any failure (a truncated zip, a bad CRC, EOF, bad JSON, a pickle, a
+    missing key...) raised as `CacheUnreadableError` naming the file."""
+    try:
+        return read(path)
+    except Exception as err:
+        raise CacheUnreadableError(path, f"{what}: {type(err).__name__}: {err}") from err
+
+
+def _read_npz(path: Path, names: tuple[str, ...]) -> dict[str, np.ndarray]:
+    with np.load(path, allow_pickle=False) as arrays:
+        return {name: np.asarray(arrays[name]) for name in names}
+
+
 def _load(path: Path) -> Prepared:
-    meta = json.loads((path / "meta.json").read_text(encoding="utf-8"))
-    if meta.get("version") != _CACHE_VERSION:
-        raise ValueError(f"cache version {meta.get('version')} != {_CACHE_VERSION}")
-    info = meta["info"]
+    """The cached `Prepared` in ``path``; `CacheUnreadableError` naming the first file that
+    cannot be read or does not fit the others (shapes, dtypes, max_len, label ids)."""
+    meta_path = path / "meta.json"
+    meta = _read(meta_path, "meta", lambda p: json.loads(p.read_text(encoding="utf-8")))
+    if not isinstance(meta, dict) or meta.get("version") != _CACHE_VERSION:
+        version = meta.get("version") if isinstance(meta, dict) else None
+        raise CacheUnreadableError(meta_path, f"cache version {version} != {_CACHE_VERSION}")
+    try:
+        info = meta["info"]
+        max_len = int(meta["max_len"])
+        label_names = tuple(str(x) for x in meta["label_names"])
+        name_ = str(meta["name"])
+    except Exception as err:
+        raise CacheUnreadableError(meta_path, f"{type(err).__name__}: {err}") from err
+    vocab = _read(path / "vocab.json", "vocabulary", Vocabulary.load)
     splits = {}
     for name in ("train", "validation"):
-        with np.load(path / f"{name}.npz") as arrays:
+        file = path / f"{name}.npz"
+        arrays = _read(file, "arrays", lambda p: _read_npz(p, ("tokens", "lengths", "labels")))
+        tokens, lengths, labels = arrays["tokens"], arrays["lengths"], arrays["labels"]
+        n = labels.shape[0] if labels.ndim == 1 else -1
+        problems = [
+            (tokens.dtype != np.int32 or tokens.shape != (n, max_len), f"tokens {tokens.shape}"),
+            (lengths.dtype != np.int32 or lengths.shape != (n,), f"lengths {lengths.shape}"),
+            (labels.dtype != np.int32 or n < 0, f"labels {labels.shape}"),
+        ]
+        bad = [what for failed, what in problems if failed]
+        if not bad and n and (labels.min() < 0 or labels.max() >= len(label_names)):
+            bad.append(f"label ids outside 0..{len(label_names) - 1}")
+        if not bad and n and (tokens.min() < 0 or tokens.max() >= len(vocab)):
+            bad.append(f"token ids outside 0..{len(vocab) - 1}")
+        if bad:
+            raise CacheUnreadableError(
+                file, f"arrays do not fit (max_len {max_len}, int32): {', '.join(bad)}"
+            )
+        try:
             splits[name] = EncodedSplit(
-                tokens=arrays["tokens"],
-                lengths=arrays["lengths"],
-                labels=arrays["labels"],
+                tokens=tokens,
+                lengths=lengths,
+                labels=labels,
                 num_truncated=int(info["num_truncated"][name]),
                 unk=UnkStats.from_dict(info["unk"][name]),
             )
+        except Exception as err:
+            raise CacheUnreadableError(meta_path, f"{type(err).__name__}: {err}") from err
     return Prepared(
-        name=meta["name"],
-        vocab=Vocabulary.load(path / "vocab.json"),
-        label_names=tuple(meta["label_names"]),
+        name=name_,
+        vocab=vocab,
+        label_names=label_names,
         train=splits["train"],
         validation=splits["validation"],
-        max_len=int(meta["max_len"]),
+        max_len=max_len,
         info=info,
     )
+
+
+def _load_cached(path: Path, source: object) -> tuple[Prepared | None, bool]:
+    """The cache at ``path`` if it is there and readable; else None, with one warning naming
+    the unreadable file (which is removed, to be written again). Also returns whether the
+    cache may be written (False when a damaged cache could not be removed)."""
+    if not (path / "meta.json").is_file():
+        return None, True
+    try:
+        prepared = _load(path)
+    except CacheUnreadableError as err:
+        shutil.rmtree(path, ignore_errors=True)
+        removed = not path.exists()
+        log.warning(
+            "ignoring the unreadable cache file %s; %s",
+            err,
+            "rebuilding it"
+            if removed
+            else "it could not be removed either, so this run goes on without a cache",
+        )
+        return None, removed
+    prepared.info["cache"] = {"path": str(path), "hit": True}
+    log.info("%s: encoded splits read from the cache %s", source, path)
+    return prepared, True
+
+
+def _save_or_warn(prepared: Prepared, path: Path) -> bool:
+    """`_save`, or one warning when the data directory cannot be written (read-only, full,
+    no permission): the run goes on without a cache. Whether the cache was written."""
+    try:
+        _save(prepared, path)
+    except OSError as err:
+        log.warning(
+            "cannot write the data cache %s (%s); going on without a cache. Set JAXNN_DATA_DIR "
+            "(or data_dir=) to a writable folder to cache the encoded data",
+            path,
+            f"{type(err).__name__}: {err.strerror or err}",
+        )
+        return False
+    return True
 
 
 def prepare(
@@ -400,7 +541,10 @@ def prepare(
       data_dir: cache root (default $JAXNN_DATA_DIR or ~/.cache/jaxnn).
       unk_warn_threshold: warn (`UnknownWordWarning`) when a split's unknown-word ratio is above
         it; None never warns.
-      cache: read and write ``<data_dir>/encoded/``.
+      cache: read and write ``<data_dir>/encoded/``; False reads and writes nothing there. A
+        cache file that cannot be read (truncated, a flipped byte, any error) is named in one
+        warning and rebuilt; a data directory that cannot be written (read-only, full) costs
+        only the cache, with one warning. Writes are atomic (a temporary folder renamed).
       processes: this process's `ProcessGroup` in a multi-process run; with count P > 1 every
         process of the group must call `prepare` with the same arguments, and each encodes only
         its share (module docstring). None or P = 1: one process, the whole corpus encoded.
@@ -445,22 +589,12 @@ def prepare(
         if cache:
             key = _cache_key(source, options, seed, max_len, min_freq, max_size)
             path = _cache_dir(_data_root(data_dir), str(source), key)
-        prepared = None
-        if path is not None and (path / "meta.json").is_file():
-            try:
-                prepared = _load(path)
-                prepared.info["cache"] = {"path": str(path), "hit": True}
-                log.info("%s: encoded splits read from the cache %s", source, path)
-            except (OSError, ValueError, KeyError) as err:
-                log.warning("ignoring the unreadable cache %s (%s); rebuilding", path, err)
-                shutil.rmtree(path, ignore_errors=True)
-                prepared = None
+        prepared, writable = (None, False) if path is None else _load_cached(path, source)
         if prepared is None:
             corpus = load_corpus(source, seed=seed, data_dir=data_dir, **options)
             prepared = _build(corpus, max_len, min_freq, max_size)
-            if path is not None:
-                _save(prepared, path)
-            prepared.info["cache"] = {"path": None if path is None else str(path), "hit": False}
+            written = path is not None and writable and _save_or_warn(prepared, path)
+            prepared.info["cache"] = {"path": str(path) if written else None, "hit": False}
     for name in ("train", "validation"):
         split = getattr(prepared, name)
         warn_if_unknown(split.unk, unk_warn_threshold, f"{prepared.name} {name}")

@@ -50,11 +50,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from jaxnn.data._checks import check_positive_int
 from jaxnn.data.text import tokenize_batch
 from jaxnn.data.vocab import (
     UnkStats,
     Vocabulary,
-    check_positive_int,
     encode_token_batch,
     encode_with_oov_counts,
 )

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from jaxnn.data._checks import check_positive_int
+from jaxnn.data.errors import BadDataError, DataNotFoundError
 from jaxnn.data.text import TOKENIZER_NAME, TokenBatch, tokenize_batch
 
 __all__ = [
@@ -32,7 +34,6 @@ __all__ = [
     "UnkStats",
     "UnknownWordWarning",
     "Vocabulary",
-    "check_positive_int",
     "encode_token_batch",
     "encode_with_oov_counts",
     "unk_stats",
@@ -49,15 +50,6 @@ _VERSION = 1
 
 class UnknownWordWarning(UserWarning):
     """A split's unknown-word ratio is above the configured threshold."""
-
-
-def check_positive_int(name: str, value: object) -> int:
-    """Return ``value`` if it is an int >= 1 (bool excluded), else raise naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, int | np.integer):
-        raise TypeError(f"{name} must be an int >= 1, got {value!r} ({type(value).__name__})")
-    if value < 1:
-        raise ValueError(f"{name} must be >= 1, got {value}")
-    return int(value)
 
 
 def _check_texts(texts: object) -> Sequence[str]:
@@ -314,19 +306,32 @@ class Vocabulary:
         """Read a vocabulary written by `save`; checks the format and the tokenizer name."""
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"vocabulary file not found: {path}")
+            raise DataNotFoundError(
+                f"vocabulary file not found: {path} (it is written beside the checkpoints by the "
+                "run that trained them)",
+                path=path,
+            )
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path} is not valid JSON: {err}") from err
+        except (UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise BadDataError(f"{path} is not valid JSON: {err}", path=path) from err
         if not isinstance(data, dict) or data.get("format") != _FORMAT:
-            raise ValueError(f"{path} is not a jaxnn vocabulary (expected format {_FORMAT!r})")
-        if data.get("tokenizer") != TOKENIZER_NAME:
-            raise ValueError(
-                f"{path} was built with tokenizer {data.get('tokenizer')!r}, but this jaxnn "
-                f"tokenizes with {TOKENIZER_NAME!r}; rebuild the vocabulary"
+            raise BadDataError(
+                f"{path} is not a jaxnn vocabulary (expected format {_FORMAT!r})", path=path
             )
-        return cls(data["tokens"], min_freq=data.get("min_freq"), max_size=data.get("max_size"))
+        if data.get("tokenizer") != TOKENIZER_NAME:
+            raise BadDataError(
+                f"{path} was built with tokenizer {data.get('tokenizer')!r}, but this jaxnn "
+                f"tokenizes with {TOKENIZER_NAME!r}; rebuild the vocabulary",
+                path=path,
+            )
+        tokens = data.get("tokens")
+        if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens):
+            raise BadDataError(f"{path}: 'tokens' is not a list of strings", path=path)
+        try:
+            return cls(tokens, min_freq=data.get("min_freq"), max_size=data.get("max_size"))
+        except (TypeError, ValueError) as err:
+            raise BadDataError(f"{path}: not a valid vocabulary ({err})", path=path) from err
 
 
 def encode_token_batch(

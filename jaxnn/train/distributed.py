@@ -23,10 +23,15 @@ learns its place from `process_group` (``jax.process_index()``, ``jax.process_co
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 import logging
 import math
 import os
+import queue
+import re
 import socket
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -41,10 +46,12 @@ from jaxnn.train.config import ConfigError
 __all__ = [
     "DATA_AXIS",
     "FSDP_AXIS",
+    "RUN_TOKEN_ENV",
     "DistributedInitError",
     "allgather_bytes",
     "batch_sharding",
     "check_divisible",
+    "derive_run_token",
     "describe_mesh",
     "in_process_cpu_collectives",
     "initialize_distributed",
@@ -263,6 +270,62 @@ def _host_port(address: str) -> tuple[str, int]:
 
 _JOIN = b"jaxnn-join "
 _GO = b"go\n"
+_OTHER_RUN = b"other-run\n"
+RUN_TOKEN_ENV = "JAXNN_RUN_TOKEN"
+_TOKEN_RE = re.compile(r"[A-Za-z0-9._-]{1,128}")
+# how long one connection may take to send its join line; it holds only its own thread
+_READ_TIMEOUT_S = 5.0
+# connections being read at once; more are closed at once (a port scan, a flood)
+_MAX_PENDING = 64
+# ignored join lines logged one by one; the rest only counted
+_MAX_LOGGED = 10
+
+
+def derive_run_token(
+    config: Mapping[str, Any] | None,
+    num_processes: int,
+    coordinator_address: str | None = None,
+) -> str:
+    """The run token the processes of one run share at check-in: 16 hex digits of the sha256
+    of the run config (as sorted JSON), the process count and the coordinator address.
+
+    Every process of a run computes the same token from the same config and command line;
+    another job (another config or process count) that reaches the same coordinator port has
+    another token, so neither joins the other. Give your own with ``run_token=`` or
+    $JAXNN_RUN_TOKEN (`initialize_distributed`) when the processes' configs may differ (they
+    then must not) or to tell two identical jobs apart.
+    """
+    if config is not None and hasattr(config, "to_dict"):
+        config = config.to_dict()
+    payload = json.dumps(
+        {"config": config, "num_processes": int(num_processes), "address": coordinator_address},
+        sort_keys=True,
+        default=repr,
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def _check_token(token: object, where: str) -> str:
+    if not isinstance(token, str) or not _TOKEN_RE.fullmatch(token):
+        raise ConfigError(
+            f"{where}={token!r} is not allowed; allowed: 1-128 characters of letters, digits, "
+            "'.', '_' and '-'"
+        )
+    return token
+
+
+def _join_line(token: str, process_id: int) -> bytes:
+    return _JOIN + f"{token} {process_id}\n".encode()
+
+
+def _parse_join(line: bytes) -> tuple[str, int] | None:
+    """(token, process id) of a well-formed ``jaxnn-join <token> <id>`` line, else None."""
+    if not line.startswith(_JOIN) or not line.endswith(b"\n"):
+        return None
+    parts = line[len(_JOIN) :].decode("ascii", "replace").split()
+    if len(parts) != 2 or not _TOKEN_RE.fullmatch(parts[0]) or not parts[1].isdigit():
+        return None
+    return parts[0], int(parts[1])
 
 
 def _read_line(conn: socket.socket, deadline: float) -> bytes:
@@ -277,75 +340,206 @@ def _read_line(conn: socket.socket, deadline: float) -> bytes:
             chunk = conn.recv(256 - len(data))
         except TimeoutError:
             continue
+        except OSError:
+            break
         if not chunk:
             break
         data += chunk
     return data
 
 
-def _gather_processes(address: str, num_processes: int, timeout_s: float) -> None:
-    """Process 0, before ``jax.distributed.initialize``: wait until processes 1..P-1 have checked
-    in on the coordinator's port (``_join_coordinator``), then tell them to go on.
+def _is_closed(conn: socket.socket) -> bool:
+    """Whether the peer of ``conn`` has gone (EOF or an error on a non-blocking peek)."""
+    try:
+        conn.setblocking(False)
+        try:
+            return conn.recv(1, socket.MSG_PEEK) == b""
+        finally:
+            conn.setblocking(True)
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+
+
+class _CheckIns:
+    """Join lines read concurrently, one thread per connection (`_gather_processes`)."""
+
+    def __init__(self, token: str, deadline: float) -> None:
+        self.token = token
+        self.deadline = deadline
+        self.arrived: queue.Queue[tuple[int, socket.socket, str]] = queue.Queue()
+        self.lock = threading.Lock()
+        self.pending: set[socket.socket] = set()
+        self.done = False
+        self.ignored = 0
+        self.other_runs = 0
+
+    def serve(self, conn: socket.socket, peer: str) -> None:
+        with self.lock:
+            if self.done or len(self.pending) >= _MAX_PENDING:
+                conn.close()
+                return
+            self.pending.add(conn)
+        threading.Thread(
+            target=self._read, args=(conn, peer), name=f"jaxnn-join {peer}", daemon=True
+        ).start()
+
+    def _ignore(self, conn: socket.socket, peer: str, why: str, answer: bytes = b"") -> None:
+        with self.lock:
+            self.ignored += 1
+            logged = self.ignored <= _MAX_LOGGED
+        if logged:
+            log.warning("process 0: ignored a connection from %s: %s", peer, why)
+        if answer:
+            try:
+                conn.sendall(answer)
+            except OSError:
+                pass
+        conn.close()
+
+    def _read(self, conn: socket.socket, peer: str) -> None:
+        try:
+            deadline = min(self.deadline, time.monotonic() + _READ_TIMEOUT_S)
+            line = _read_line(conn, deadline)
+            joined = _parse_join(line)
+            if self.done:  # the check-in is over (or failed): nothing to log
+                conn.close()
+            elif joined is None:
+                what = "sent nothing" if not line else f"sent {line[:60]!r}"
+                self._ignore(conn, peer, f"{what}, not a jaxnn-join <run token> <id> line")
+            elif joined[0] != self.token:
+                with self.lock:
+                    self.other_runs += 1
+                self._ignore(
+                    conn,
+                    peer,
+                    f"process id {joined[1]} of another run (run token {joined[0]}, this run's "
+                    f"is {self.token})",
+                    _OTHER_RUN,
+                )
+            else:
+                with self.lock:  # never after close() has drained the queue
+                    if self.done:
+                        conn.close()
+                    else:
+                        self.arrived.put((joined[1], conn, peer))
+        finally:
+            with self.lock:
+                self.pending.discard(conn)
+
+    def close(self) -> None:
+        """End the check-in: connections still being read are shut (their threads end at
+        once), and any that arrived unclaimed are closed (their processes retry and time out)."""
+        with self.lock:
+            self.done = True
+            pending = list(self.pending)
+        for conn in pending:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        while True:  # a process that came after the end: it retries and times out itself
+            try:
+                _, conn, _ = self.arrived.get_nowait()
+            except queue.Empty:
+                return
+            conn.close()
+
+
+def _listen(address: str, num_processes: int) -> socket.socket:
+    _, port = _host_port(address)
+    try:
+        if socket.has_dualstack_ipv6():  # peers may come over IPv4 or IPv6
+            return socket.create_server(
+                ("", port),
+                family=socket.AF_INET6,
+                dualstack_ipv6=True,
+                backlog=max(16, num_processes),
+            )
+        return socket.create_server(("", port), backlog=max(16, num_processes))
+    except OSError as err:
+        raise DistributedInitError(
+            f"process 0 cannot listen on the port of coordinator_address={address!r} ({err}); "
+            "is another run using it?"
+        ) from err
+
+
+def _gather_processes(address: str, num_processes: int, timeout_s: float, token: str) -> None:
+    """Process 0, before ``jax.distributed.initialize``: wait until processes 1..P-1 of this
+    run have checked in on the coordinator's port (``_join_coordinator``), then tell them to go.
+
+    A check-in is the line ``jaxnn-join <run token> <process id>``. Connections are read
+    concurrently, each within `_READ_TIMEOUT_S` (a client that sends nothing holds only its own
+    thread); a line that is not a check-in, or carries another run's token (`derive_run_token`), is
+    logged and ignored, so a stray client or another job on the same port can neither abort
+    this run nor join it. The same process id twice with this run's token (two processes
+    started with one id) is an error, unless the first connection has closed (a retry).
 
     ``jax.distributed.initialize`` on process 0 aborts the whole process (a C++ fatal error, not
     a Python exception) when a process never registers, so the coordinator counts them first and
     raises `DistributedInitError` naming the ones that did not come. The port is free again
     before JAX's coordination service binds it.
     """
-    _, port = _host_port(address)
     deadline = time.monotonic() + timeout_s
     waiting: dict[int, socket.socket] = {}
     expected = set(range(1, num_processes))
-    try:
-        if socket.has_dualstack_ipv6():  # peers may come over IPv4 or IPv6
-            server = socket.create_server(
-                ("", port),
-                family=socket.AF_INET6,
-                dualstack_ipv6=True,
-                backlog=max(8, num_processes),
-            )
-        else:
-            server = socket.create_server(("", port), backlog=max(8, num_processes))
-    except OSError as err:
-        raise DistributedInitError(
-            f"process 0 cannot listen on the port of coordinator_address={address!r} ({err}); "
-            "is another run using it?"
-        ) from err
+    server = _listen(address, num_processes)
+    check_ins = _CheckIns(token, deadline)
     try:
         while set(waiting) != expected:
+            while True:  # every check-in read so far
+                try:
+                    pid, conn, peer = check_ins.arrived.get_nowait()
+                except queue.Empty:
+                    break
+                if pid not in expected:
+                    conn.close()
+                    raise DistributedInitError(
+                        f"process 0 (coordinator_address={address!r}, num_processes="
+                        f"{num_processes}): a process of this run from {peer} has process_id="
+                        f"{pid}, outside 1..num_processes-1"
+                    )
+                if pid in waiting and not _is_closed(waiting[pid]):
+                    conn.close()
+                    raise DistributedInitError(
+                        f"process 0 (coordinator_address={address!r}, num_processes="
+                        f"{num_processes}): two processes of this run have process_id={pid} "
+                        f"(the second from {peer}); give each process its own --process_id"
+                    )
+                if pid in waiting:
+                    waiting[pid].close()  # it closed and came again
+                waiting[pid] = conn
+            if set(waiting) == expected:
+                break
             left = deadline - time.monotonic()
             if left <= 0:
                 missing = sorted(expected - set(waiting))
+                others = (
+                    f" ({check_ins.other_runs} check-in(s) with another run token were ignored: "
+                    f"start every process with the same config and --num_processes, or the same "
+                    f"${RUN_TOKEN_ENV})"
+                    if check_ins.other_runs
+                    else ""
+                )
                 raise DistributedInitError(
                     f"process 0 (coordinator_address={address!r}) waited "
                     f"initialization_timeout={timeout_s:g} s for num_processes={num_processes} "
-                    f"processes; process id(s) {missing} never joined. Start the same command "
-                    "with --process_id=1..N-1 on the other hosts, or check --num_processes"
+                    f"processes; process id(s) {missing} never joined{others}. Start the same "
+                    "command with --process_id=1..N-1 on the other hosts, or check --num_processes"
                 )
-            server.settimeout(min(left, 1.0))
+            server.settimeout(min(left, 0.1))
             try:
-                conn, _ = server.accept()
+                conn, peer_address = server.accept()
             except TimeoutError:
                 continue
-            line = _read_line(conn, min(deadline, time.monotonic() + 5.0))
-            text = line[len(_JOIN) :].strip()
-            if not line.startswith(_JOIN) or not text.isdigit():
-                conn.close()  # not one of ours (a port scan, a stray client)
-                continue
-            pid = int(text)
-            if pid not in expected or pid in waiting:
-                conn.close()
-                what = "is outside 1..num_processes-1" if pid not in expected else "joined twice"
-                raise DistributedInitError(
-                    f"process 0 (coordinator_address={address!r}, num_processes="
-                    f"{num_processes}): a process with process_id={pid} {what}"
-                )
-            waiting[pid] = conn
+            check_ins.serve(conn, f"{peer_address[0]}:{peer_address[1]}")
         for conn in waiting.values():
             conn.sendall(_GO)
         for conn in waiting.values():  # let each peer close first (its side keeps TIME_WAIT)
             _read_line(conn, time.monotonic() + 2.0)
     finally:
+        check_ins.close()
         for conn in waiting.values():
             conn.close()
         server.close()
@@ -374,31 +568,47 @@ def _wait_for_coordinator(address: str, timeout_s: float) -> None:
     _connect(address, time.monotonic() + timeout_s, timeout_s).close()
 
 
-def _join_coordinator(address: str, process_id: int, timeout_s: float) -> None:
+def _join_coordinator(address: str, process_id: int, timeout_s: float, token: str) -> None:
     """Processes 1..P-1: check in with process 0 (`_gather_processes`) and wait for its go.
 
-    Connects to ``address`` (polling until it opens), sends this process's id and waits until
-    process 0 has seen every process, all within ``timeout_s``: a coordinator that cannot be
-    reached, or whose other processes never come, is a `DistributedInitError` naming the address
-    (``jax.distributed.initialize`` would abort the process instead).
+    Connects to ``address`` (polling until it opens), sends ``jaxnn-join <token> <id>`` and
+    waits until process 0 has seen every process, all within ``timeout_s``: a coordinator that
+    cannot be reached, or whose other processes never come, or that belongs to another run
+    (another token), is a `DistributedInitError` naming the address (``jax.distributed.
+    initialize`` would abort the process instead).
     """
     deadline = time.monotonic() + timeout_s
+    other_run = False
     while True:
-        with _connect(address, deadline, timeout_s) as conn:
-            try:
-                conn.sendall(_JOIN + str(process_id).encode() + b"\n")
-                answer = _read_line(conn, deadline)
-            except OSError:  # process 0 dropped the connection: try again
-                answer = b""
+        try:
+            with _connect(address, deadline, timeout_s) as conn:
+                try:
+                    conn.sendall(_join_line(token, process_id))
+                    answer = _read_line(conn, deadline)
+                except OSError:  # process 0 dropped the connection: try again
+                    answer = b""
+        except DistributedInitError:
+            if not other_run:
+                raise
+            answer = b""
         if answer == _GO:
             return
+        other_run = other_run or answer == _OTHER_RUN
         if time.monotonic() >= deadline:
+            if other_run:
+                raise DistributedInitError(
+                    f"process {process_id}: the coordinator at coordinator_address={address!r} "
+                    f"belongs to another run (it refused this run's token {token}) and this "
+                    f"run's process 0 did not answer within initialization_timeout={timeout_s:g} "
+                    f"s; give each job its own coordinator port, and every process of a run the "
+                    f"same config and --num_processes (or the same ${RUN_TOKEN_ENV})"
+                )
             raise DistributedInitError(
                 f"process {process_id} reached the coordinator at coordinator_address="
                 f"{address!r}, but not every process joined within initialization_timeout="
                 f"{timeout_s:g} s; check that all --num_processes processes were started"
             )
-        time.sleep(0.25)
+        time.sleep(1.0 if other_run else 0.25)
 
 
 def initialize_distributed(
@@ -408,6 +618,8 @@ def initialize_distributed(
     *,
     mode: str = "auto",
     timeout_s: int = 300,
+    run_token: str | None = None,
+    config: Mapping[str, Any] | None = None,
 ) -> bool:
     """Join this process to a multi-process JAX run; True when ``jax.distributed`` is now on.
 
@@ -427,6 +639,13 @@ def initialize_distributed(
     `DistributedInitError` naming the address, the timeout and the missing process ids, never
     a hang nor JAX's abort of the whole process. Under auto-detection (ids left to JAX) a
     non-coordinator process only checks that the coordinator's port answers.
+
+    The check-in carries a run token, so that a stray client or another job that shares the
+    coordinator port can neither abort this run nor join it: ``run_token`` if given, else
+    $JAXNN_RUN_TOKEN, else `derive_run_token` of ``config`` (the run config: pass it), the process
+    count and the address. Keep the coordinator port inside the cluster's network: the token
+    identifies a run, it is not a secret, and JAX's own coordination service on that port has
+    no authentication either.
     """
     if mode not in ("auto", "on", "off"):
         raise ConfigError(f"distributed={mode!r} is not allowed; allowed: auto, on, off")
@@ -451,10 +670,17 @@ def initialize_distributed(
             f"num_processes={num_processes}"
         )
     if coordinator_address and process_id is not None and num_processes not in (None, 1):
-        if process_id == 0:
-            _gather_processes(coordinator_address, num_processes, timeout_s)
+        if run_token is not None:
+            token = _check_token(run_token, "run_token")
+        elif env.get(RUN_TOKEN_ENV):
+            token = _check_token(env[RUN_TOKEN_ENV], RUN_TOKEN_ENV)
         else:
-            _join_coordinator(coordinator_address, process_id, timeout_s)
+            token = derive_run_token(config, num_processes, coordinator_address)
+        log.info("process %d of %d: run token %s", process_id, num_processes, token)
+        if process_id == 0:
+            _gather_processes(coordinator_address, num_processes, timeout_s, token)
+        else:
+            _join_coordinator(coordinator_address, process_id, timeout_s, token)
     elif coordinator_address and process_id not in (None, 0):
         _wait_for_coordinator(coordinator_address, timeout_s)
     log.info(

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -132,6 +133,30 @@ PROCESS = textwrap.dedent(
             {k: results.get(k) for k in ("test", "val", "devices", "tokenized_per_process")}))
     """
 )
+
+
+# "two processes equal one" at a size CI affords: 2 processes x 1 device, 2 steps, no workdir
+FAST_PROCESS = textwrap.dedent(
+    """
+    from jaxnn.train.distributed import initialize_distributed, make_mesh
+    from jaxnn.train.loop import fit, load_data
+
+    address, count, pid = sys.argv[5], int(sys.argv[6]), int(sys.argv[7])
+    for key, value in json.loads(sys.argv[8]).items():
+        section, name = key.split(".")
+        config[section][name] = value
+    initialize_distributed(address, count, pid, timeout_s=60)
+    assert jax.process_count() == 2 and len(jax.devices()) == 2, jax.devices()
+    data = load_data(config)
+    result = fit(config, data, mesh=make_mesh())
+    save("multi", result.state)
+    if jax.process_index() == 0:
+        (out / "multi.json").write_text(json.dumps(
+            {"best": result.best, "history": result.history,
+             "tokenized": [data.train.num_tokenized, len(data.train)]}))
+    """
+)
+FAST_OVERRIDES = {"train.num_epochs": 1, "train.max_steps_per_epoch": 2}
 
 
 def _run(script: str, args: list[str], devices: int, data_dir: Path | None = None):
@@ -264,6 +289,61 @@ def test_two_processes_of_two_devices_equal_one_process_of_four(synthetic_corpus
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 2
 
 
+def test_two_processes_equal_one_fast(synthetic_corpus, tmp_path, compilation_cache):
+    """The CI-sized version of the slow test above: jax.distributed on 127.0.0.1, 2 processes
+    of 1 CPU device each, tiny config, 2 steps, no workdir. The parameters and the validation
+    metrics equal those of this (one) process training on the same global batches, and each
+    process tokenized only part of the training texts."""
+    import jax
+
+    from jaxnn.train.distributed import make_mesh
+    from jaxnn.train.loop import fit, load_data
+
+    from .conftest import load_config_file
+
+    address = f"127.0.0.1:{_free_port()}"
+    overrides = json.dumps(FAST_OVERRIDES)
+    procs = [
+        _run(
+            FAST_PROCESS,
+            [*_args(tmp_path, synthetic_corpus, "p"), address, "2", str(i), overrides],
+            devices=1,
+            data_dir=tmp_path / f"data{i}",  # a cold cache each: the plan pass runs
+        )
+        for i in range(2)
+    ]
+    # the one-process reference, here, while the two run (the same edits as PRELUDE's)
+    config = load_config_file("tiny")
+    config.data.corpus = str(synthetic_corpus)
+    config.data.max_len = config.data.smallest_bucket = 48
+    config.data.min_freq = 1
+    config.optim.learning_rate = 0.05
+    config.optim.schedule = "constant"
+    config.optim.warmup_steps = 0
+    config.train.batch_size, config.train.eval_batch_size = 16, 64
+    config.train.max_steps_per_epoch = 3
+    for key, value in FAST_OVERRIDES.items():
+        section, name = key.split(".")
+        config[section][name] = value
+    one = fit(config, load_data(config), mesh=make_mesh(jax.devices()[:1]))
+    np.savez(
+        tmp_path / "one.npz",
+        *[np.asarray(x) for x in jax.tree.leaves(one.state.params)],
+        step=int(one.state.step),
+    )
+    outs = [_finish(p, timeout=300) for p in procs]
+    assert all("Traceback" not in out for out in outs)
+    multi = json.loads((tmp_path / "multi.json").read_text())
+    with np.load(tmp_path / "multi.npz") as f:
+        assert int(f["step"]) == int(one.state.step) == 2
+    _assert_same(tmp_path / "multi.npz", tmp_path / "one.npz")
+    assert multi["best"]["confusion_matrix"] == one.best["confusion_matrix"]
+    for key in ("loss", "accuracy", "macro_f1"):
+        np.testing.assert_allclose(multi["best"][key], one.best[key], rtol=1e-5, atol=1e-7)
+    tokenized, total = multi["tokenized"]
+    assert tokenized < total  # process 0 never tokenized the whole training split
+
+
 def test_unreachable_coordinator_fails_fast_naming_the_address():
     from jaxnn.train.distributed import DistributedInitError, initialize_distributed
 
@@ -303,9 +383,9 @@ def test_processes_check_in_with_the_coordinator_before_jax_starts():
         def one(pid):
             try:
                 if pid == 0:
-                    _gather_processes(address, num_processes, timeout_s)
+                    _gather_processes(address, num_processes, timeout_s, "run-a")
                 else:
-                    _join_coordinator(address, pid, timeout_s)
+                    _join_coordinator(address, pid, timeout_s, "run-a")
                 errors[pid] = None
             except BaseException as err:  # reported by the assertions below
                 errors[pid] = err
@@ -328,6 +408,230 @@ def test_processes_check_in_with_the_coordinator_before_jax_starts():
     assert isinstance(errors[0], DistributedInitError) and "[2] never joined" in str(errors[0])
     assert isinstance(errors[1], DistributedInitError)
     assert "not every process joined" in str(errors[1]) or "could not be reached" in str(errors[1])
+
+
+def _check_in(jobs, timeout_s=30):
+    """Run the check-in of each (kind, address, argument, token, num_processes) on a thread:
+    kind "gather" (process 0) or "join" (argument: process id). Returns {index: error or None}
+    and the seconds each took."""
+    import threading
+
+    from jaxnn.train.distributed import _gather_processes, _join_coordinator
+
+    results: dict[int, BaseException | None] = {}
+    took: dict[int, float] = {}
+
+    def one(i, kind, address, argument, token, num_processes, limit):
+        start = time.monotonic()
+        try:
+            if kind == "gather":
+                _gather_processes(address, num_processes, limit, token)
+            else:
+                _join_coordinator(address, argument, limit, token)
+            results[i] = None
+        except BaseException as err:  # reported by the assertions of the caller
+            results[i] = err
+        took[i] = time.monotonic() - start
+
+    threads = [
+        threading.Thread(target=one, args=(i, *job), daemon=True) for i, job in enumerate(jobs)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout_s)
+    return results, took
+
+
+def _stray(port: int, payload: bytes | None) -> socket.socket:
+    """A client that connects (polling until process 0 listens) and sends ``payload``
+    (None: nothing at all), then keeps the connection open."""
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            conn = socket.create_connection(("127.0.0.1", port), timeout=2)
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+    if payload is not None:
+        conn.sendall(payload)
+    return conn
+
+
+def test_stray_clients_are_ignored_and_logged_not_fatal(caplog):
+    """A client sending the old ``jaxnn-join 1`` (no token), one with another run's token, and
+    junk, all before the real process 1: the run still joins, and each is logged."""
+    import logging
+    import threading
+
+    from jaxnn.train.distributed import _gather_processes, _join_coordinator
+
+    port = _free_port()
+    address = f"127.0.0.1:{port}"
+    errors = {}
+
+    def coordinator():
+        try:
+            _gather_processes(address, 2, 20, "run-a")
+            errors[0] = None
+        except BaseException as err:
+            errors[0] = err
+
+    with caplog.at_level(logging.WARNING, logger="jaxnn.train"):
+        thread = threading.Thread(target=coordinator, daemon=True)
+        thread.start()
+        strays = [
+            _stray(port, b"jaxnn-join 1\n"),
+            _stray(port, b"jaxnn-join run-b 1\n"),
+            _stray(port, b"GET / HTTP/1.0\r\n\r\n"),
+        ]
+        assert strays[1].recv(64) == b"other-run\n"  # the other run's process is told
+        for conn in strays:  # each was answered and closed by process 0, not kept
+            conn.settimeout(10)
+            assert conn.recv(64) == b""
+            conn.close()
+        _join_coordinator(address, 1, 20, "run-a")
+        thread.join(20)
+    assert errors == {0: None}
+    text = caplog.text
+    assert "sent b'jaxnn-join 1\\n', not a jaxnn-join <run token> <id> line" in text
+    assert "process id 1 of another run (run token run-b, this run's is run-a)" in text
+    assert "sent b'GET / HTTP/1.0" in text
+
+
+def test_a_silent_client_stalls_nothing(monkeypatch):
+    """Two clients that connect and send nothing, first: the real processes still join at once
+    (each connection is read on its own thread; the silent ones only until their timeout)."""
+    monkeypatch.setattr("jaxnn.train.distributed._READ_TIMEOUT_S", 60.0)
+    port = _free_port()
+    address = f"127.0.0.1:{port}"
+    import threading
+
+    silent: list[socket.socket] = []
+    connector = threading.Thread(
+        target=lambda: silent.extend(_stray(port, None) for _ in range(2)), daemon=True
+    )
+    connector.start()
+    jobs = [("gather", address, None, "run-a", 3, 40)]
+
+    def later():
+        connector.join(10)  # the silent clients are in first
+        return _check_in(
+            [("join", address, 1, "run-a", 3, 40), ("join", address, 2, "run-a", 3, 40)]
+        )
+
+    result: dict = {}
+    t = threading.Thread(target=lambda: result.update(joined=later()), daemon=True)
+    t.start()
+    (errors, took) = _check_in(jobs, timeout_s=45)
+    t.join(45)
+    assert len(silent) == 2
+    for conn in silent:  # process 0 closed them when the check-in ended
+        conn.settimeout(10)
+        assert conn.recv(16) == b""
+        conn.close()
+    assert errors == {0: None}
+    assert result["joined"][0] == {0: None, 1: None}
+    # one at a time, the first silent client would hold the accept loop for its whole 60 s
+    assert took[0] < 30, took
+
+
+def test_two_jobs_sharing_a_port_never_join_each_other():
+    """Job A's coordinator listens; job B's processes 1 and 2 (another run token) reach it
+    first. A joins only its own processes; B's processes are refused and fail naming the
+    other run, never receiving A's go."""
+    port = _free_port()
+    address = f"127.0.0.1:{port}"
+    jobs = [
+        ("join", address, 1, "run-b", 3, 4),
+        ("join", address, 2, "run-b", 3, 4),
+        ("gather", address, None, "run-a", 3, 20),
+        ("join", address, 1, "run-a", 3, 20),
+        ("join", address, 2, "run-a", 3, 20),
+    ]
+    errors, _ = _check_in(jobs, timeout_s=40)
+    from jaxnn.train.distributed import DistributedInitError
+
+    assert errors[2] is None and errors[3] is None and errors[4] is None, errors
+    for i in (0, 1):
+        assert isinstance(errors[i], DistributedInitError), errors[i]
+        message = str(errors[i])
+        assert "belongs to another run" in message or "could not be reached" in message
+
+
+def test_job_with_only_other_runs_processes_times_out_naming_the_token():
+    port = _free_port()
+    address = f"127.0.0.1:{port}"
+    errors, _ = _check_in(
+        [("gather", address, None, "run-a", 2, 3), ("join", address, 1, "run-b", 2, 3)],
+        timeout_s=20,
+    )
+    from jaxnn.train.distributed import DistributedInitError
+
+    assert isinstance(errors[0], DistributedInitError)
+    assert re.search(
+        r"\[1\] never joined \(\d+ check-in\(s\) with another run token", str(errors[0])
+    )
+    assert isinstance(errors[1], DistributedInitError)
+    assert "belongs to another run (it refused this run's token run-b)" in str(errors[1])
+
+
+def test_the_same_process_id_twice_in_one_run_is_an_error():
+    port = _free_port()
+    address = f"127.0.0.1:{port}"
+    errors, _ = _check_in(
+        [
+            ("gather", address, None, "run-a", 3, 3),
+            ("join", address, 1, "run-a", 3, 3),
+            ("join", address, 1, "run-a", 3, 3),
+        ],
+        timeout_s=20,
+    )
+    assert "two processes of this run have process_id=1" in str(errors[0])
+
+
+def test_run_token_is_shared_by_a_run_and_differs_between_runs(monkeypatch):
+    from jaxnn.train.config import ConfigError
+    from jaxnn.train.distributed import derive_run_token, initialize_distributed
+
+    from .conftest import load_config_file
+
+    config = load_config_file("tiny")
+    same = load_config_file("tiny")
+    token = derive_run_token(config, 2, "h:1")
+    assert token == derive_run_token(same, 2, "h:1") and len(token) == 16
+    other = load_config_file("tiny")
+    other.optim.learning_rate = config.optim.learning_rate * 2
+    assert derive_run_token(other, 2, "h:1") != token
+    assert derive_run_token(config, 3, "h:1") != token
+    assert derive_run_token(config, 2, "h:2") != token
+    # explicit > $JAXNN_RUN_TOKEN > derived: seen in the token process 1 sends
+    seen = []
+
+    def join(address, pid, timeout_s, token):  # stands in for the check-in: records the token
+        seen.append(token)
+        raise RuntimeError("stop")
+
+    monkeypatch.setattr("jaxnn.train.distributed._join_coordinator", join)
+    monkeypatch.setenv("JAXNN_RUN_TOKEN", "from-env")
+    for kwargs, expected in [
+        ({"run_token": "given"}, "given"),
+        ({}, "from-env"),
+    ]:
+        with pytest.raises(RuntimeError, match="stop"):
+            initialize_distributed("h:1", 2, 1, **kwargs)
+        assert seen[-1] == expected
+    monkeypatch.delenv("JAXNN_RUN_TOKEN")
+    with pytest.raises(RuntimeError, match="stop"):
+        initialize_distributed("h:1", 2, 1, config=config)
+    assert seen[-1] == token
+    with pytest.raises(ConfigError, match="run_token='a b' is not allowed"):
+        initialize_distributed("h:1", 2, 1, run_token="a b")
+    monkeypatch.setenv("JAXNN_RUN_TOKEN", "x" * 200)
+    with pytest.raises(ConfigError, match="JAXNN_RUN_TOKEN='x"):
+        initialize_distributed("h:1", 2, 1)
 
 
 def test_train_py_reports_an_unreachable_coordinator(tmp_path):
