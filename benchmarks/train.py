@@ -60,7 +60,7 @@ from jaxnn.cpu_vector_width import configure_cpu_vector_width, cpu_vector_width 
 from jaxnn.host_memory import configure_host_allocator, host_allocator  # noqa: E402
 from jaxnn.train.config import base_config, config_from_file, validate_config  # noqa: E402
 from jaxnn.train.distributed import describe_mesh, make_mesh, shard_batch  # noqa: E402
-from jaxnn.train.loop import build_steps, init_train_state  # noqa: E402
+from jaxnn.train.trainer import build_steps, init_train_state  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 VOCAB = 30000
