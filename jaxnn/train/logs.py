@@ -141,8 +141,12 @@ class MetricsLog:
         self.workdir = Path(workdir)
         self.path = self.workdir / "metrics.jsonl"
         self._writer = None
-        if tensorboard:
+        self._tensorboard = tensorboard  # the event file is opened at the first write
+
+    def _events(self):
+        if self._writer is None and self._tensorboard:
             self._writer = _summary_writer()(str(self.workdir / "tensorboard"))
+        return self._writer
 
     def truncate(self, step: int) -> None:
         """Keep only the records with ``record["step"] <= step``."""
@@ -154,7 +158,7 @@ class MetricsLog:
     def write(self, record: dict) -> None:
         with self.path.open("a", encoding="utf-8") as f:
             f.write(json.dumps(record, sort_keys=True) + "\n")
-        if self._writer is not None:
+        if self._events() is not None:
             step = int(record["step"])
             per_step = record.get("kind") == "step"
             for key, value in record.items():

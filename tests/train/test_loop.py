@@ -1,5 +1,6 @@
-"""jaxnn/train/loop.py: the workdir a run leaves, test split used once, early stopping, refusing
-a different config, non-finite loss, and a SIGKILLed run resuming to bitwise the same end."""
+"""jaxnn/train/loop.py: the workdir a run leaves, test split used once, per-step metrics, early
+stopping, refusing a different config, non-finite loss, progress logging without set-up, and a
+SIGKILLed run resuming to bitwise the same end."""
 
 from __future__ import annotations
 
@@ -15,11 +16,15 @@ import pytest
 
 from jaxnn.train import loop
 from jaxnn.train.checkpoint import Checkpoints
-from jaxnn.train.loop import ConfigMismatchError, NonFiniteLossError, fit, train_and_evaluate
+from jaxnn.train.errors import ConfigMismatchError, NonFiniteLossError
+from jaxnn.train.logs import epoch_records
+from jaxnn.train.loop import fit, train_and_evaluate
 
 from .conftest import ROOT
 
+TIMING_KEYS = {"wall_time", "examples_per_s", "tokens_per_s"}  # wall clock: differ run to run
 RECORD_KEYS = {
+    "kind",
     "epoch",
     "step",
     "wall_time",
@@ -56,9 +61,11 @@ def test_train_and_evaluate_writes_the_workdir_and_uses_test_once(
     ]:
         assert (workdir / name).exists(), name
     assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
-    records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    lines = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    records = epoch_records(lines)
     assert [r["epoch"] for r in records] == [1, 2]
     assert all(RECORD_KEYS <= set(r) for r in records)
+    assert results["history"] == records
     saved = json.loads((workdir / "results.json").read_text())
     assert saved["test"]["accuracy"] == results["test"]["accuracy"]
     for split in ("test", "val"):
@@ -106,7 +113,6 @@ def test_a_speed_only_key_does_not_block_a_resume(tiny_config, tmp_path):
     tiny_config.train.cpu_devices = "cores"  # only read before JAX starts: one device here
     again = train_and_evaluate(tiny_config, workdir)  # not refused: complete, same results
     assert again["test"] == first["test"]
-    assert json.loads((workdir / "config.json").read_text())["train"]["host_allocator"] == "keep"
     tiny_config.train.host_allocator = "system"
     tiny_config.train.batch_size = 3  # a key that changes results still refuses
     with pytest.raises(ConfigMismatchError, match=r"train\.batch_size: saved \d+, requested 3"):
@@ -130,11 +136,18 @@ def test_nonfinite_loss_stops_the_run_naming_the_step(tiny_config, tmp_path):
     tiny_config.optim.sparse_embeddings = False
     tiny_config.optim.warmup_steps = 1000  # lr_t = t * 1e27: step 0 harmless, then divergence
     tiny_config.train.checkpoint_every_steps = 1
-    with pytest.raises(NonFiniteLossError, match=r"not finite .*step \d+.*last good checkpoint"):
+    with pytest.raises(NonFiniteLossError) as raised:
         train_and_evaluate(tiny_config, tmp_path / "run")
+    message = str(raised.value)
+    bad = raised.value.step
     checkpoints = Checkpoints(tmp_path / "run")
+    good = checkpoints.latest_step()
     state, _ = checkpoints.restore()
     checkpoints.close()
+    # the failing update and the checkpoint's step are told apart: no "step 2 ... (step 2)"
+    assert f"not finite in update {bad + 1} (step index {bad}," in message
+    assert f"holds the state after {good} updates, before the failing one" in message
+    assert good <= bad
     assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(state["params"]))
     assert not (tmp_path / "run" / "results.json").exists()
 
@@ -143,8 +156,8 @@ KILLER = textwrap.dedent(
     """
     import os, runpy, signal, sys
     kill_at = int(os.environ["KILL_AT_STEP"])
-    import jaxnn.train.loop as loop
-    original_init = loop.Trainer.__init__
+    import jaxnn.train.trainer as trainer
+    original_init = trainer.Trainer.__init__
 
     def init(self, *args, **kwargs):
         original_init(self, *args, **kwargs)
@@ -158,7 +171,7 @@ KILLER = textwrap.dedent(
 
         self.train_step = train_step
 
-    loop.Trainer.__init__ = init
+    trainer.Trainer.__init__ = init
     sys.argv = ["train.py", *sys.argv[1:]]
     runpy.run_path(os.path.join(os.environ["JAXNN_ROOT"], "train.py"), run_name="__main__")
     """
@@ -206,7 +219,7 @@ def test_sigkilled_run_resumes_to_bitwise_the_same_parameters(synthetic_corpus, 
     jax.tree.map(np.testing.assert_array_equal, a, b)  # params, optimizer state, rng, sums
     records = {
         name: [
-            {k: v for k, v in json.loads(line).items() if k != "wall_time"}
+            {k: v for k, v in json.loads(line).items() if k not in TIMING_KEYS}
             for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()
         ]
         for name in states
