@@ -17,7 +17,7 @@ import pytest
 from jaxnn.train import loop
 from jaxnn.train.checkpoint import Checkpoints
 from jaxnn.train.errors import ConfigMismatchError, NonFiniteLossError
-from jaxnn.train.logs import epoch_records
+from jaxnn.train.logs import epoch_records, step_records
 from jaxnn.train.loop import fit, train_and_evaluate
 
 from .conftest import ROOT
@@ -227,3 +227,79 @@ def test_sigkilled_run_resumes_to_bitwise_the_same_parameters(synthetic_corpus, 
     assert records["straight"] == records["resumed"]
     results = {n: json.loads((tmp_path / n / "results.json").read_text()) for n in states}
     assert results["straight"]["test"] == results["resumed"]["test"]
+
+
+def test_metrics_per_step_progress_lines_and_one_validation_per_run(
+    tiny_config, tmp_path, monkeypatch, capsys
+):
+    """Per-step training lines every log_every_steps (their weighted mean is the epoch's mean
+    loss), progress lines on stderr without any logging set-up by the caller, orbax/absl INFO
+    hidden, and validate_config / mesh_from_config run once per run."""
+    import logging
+
+    from jaxnn.train import trainer as trainer_lib
+
+    tiny_config.train.max_steps_per_epoch = 9
+    tiny_config.train.log_every_steps = 3
+    counts = {"validate": 0, "mesh": 0}
+    for module in (loop, trainer_lib):
+        real_validate, real_mesh = module.validate_config, module.mesh_from_config
+
+        def validate(*a, _real=real_validate, **k):
+            counts["validate"] += 1
+            return _real(*a, **k)
+
+        def mesh(*a, _real=real_mesh, **k):
+            counts["mesh"] += 1
+            return _real(*a, **k)
+
+        monkeypatch.setattr(module, "validate_config", validate)
+        monkeypatch.setattr(module, "mesh_from_config", mesh)
+    monkeypatch.setattr(logging.getLogger(), "handlers", [])  # as a bare `python -c` has
+    workdir = tmp_path / "run"
+    results = train_and_evaluate(tiny_config, workdir)
+    assert counts == {"validate": 1, "mesh": 1}
+    err = capsys.readouterr().err
+    assert "epoch 1 step 9: train loss" in err and "epoch 2 step 18" in err and "test (best" in err
+    assert "orbax" not in err.lower()
+    assert logging.getLogger("orbax").level == logging.NOTSET  # put back afterwards
+
+    lines = [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines()]
+    steps = step_records(lines)
+    assert [r["step"] for r in steps] == [3, 6, 9, 12, 15, 18]
+    assert [r["epoch"] for r in steps] == [1, 1, 1, 2, 2, 2]
+    for r in steps:
+        assert r["examples_per_s"] > 0 and r["tokens_per_s"] > r["examples_per_s"]
+        assert r["learning_rate"] > 0 and np.isfinite(r["train_loss"])
+    # equal windows of equal batch sizes: the epoch's mean loss is the mean of its windows
+    for epoch in (1, 2):
+        windows = [r["train_loss"] for r in steps if r["epoch"] == epoch]
+        mean = next(r for r in results["history"] if r["epoch"] == epoch)["train_loss"]
+        np.testing.assert_allclose(np.mean(windows), mean, rtol=1e-5)
+    scalars = _tensorboard_scalars(workdir / "tensorboard")
+    assert {"train_step/loss", "train_step/examples_per_s", "val/loss"} <= set(scalars)
+    assert [step for step, _ in scalars["train_step/loss"]] == [3, 6, 9, 12, 15, 18]
+    np.testing.assert_allclose(
+        [value for _, value in scalars["train_step/loss"]],
+        [r["train_loss"] for r in steps],
+        rtol=1e-6,
+    )
+
+
+def _tensorboard_scalars(folder) -> dict[str, list[tuple[int, float]]]:
+    """{tag: [(step, value)]} of the event files in ``folder`` (TFRecord framing: u64 length,
+    u32 crc, the Event proto, u32 crc)."""
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
+    out: dict[str, list[tuple[int, float]]] = {}
+    for path in sorted(folder.glob("events.out.tfevents.*")):
+        data, at = path.read_bytes(), 0
+        while at + 12 <= len(data):
+            (length,) = struct.unpack("<Q", data[at : at + 8])
+            event = event_pb2.Event.FromString(data[at + 12 : at + 12 + length])
+            at += 12 + length + 4
+            for value in event.summary.value:
+                out.setdefault(value.tag, []).append((event.step, value.simple_value))
+    return out
