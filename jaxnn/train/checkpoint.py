@@ -185,9 +185,16 @@ class Checkpoints:
         """Make ``variables`` (params, batch_stats) and ``meta`` at ``step`` the best checkpoint:
         written first (replacing the same step), then every other best step deleted."""
         _save(self._best, step, "variables", variables, meta, self.best_dir)
-        for other in self._best.all_steps():
-            if other != step:
-                self._best.delete(other)
+        self.keep_only_best(step)
+
+    def keep_only_best(self, step: int) -> None:
+        """Delete every best step but ``step`` (one a kill between `save_best`'s write and its
+        deletions left), when ``step`` is there."""
+        steps = self._best.all_steps()
+        if step in steps:
+            for other in steps:
+                if other != step:
+                    self._best.delete(other)
 
     def restore_best(self, like: Any, step: int | None = None) -> tuple[Any, dict]:
         """(variables, meta) of the best checkpoint at ``step`` (default: the newest best step),

@@ -215,30 +215,26 @@ def _open_workdir(workdir: Path | None, trainer: Trainer) -> tuple[Checkpoints |
 def _resume(run: _Run, state: TrainState, workdir: Path | None) -> TrainState:
     """The newest readable checkpoint's state and position (or ``state``); truncates the
     metrics log to it; rewrites the best checkpoint if a kill came between the two saves."""
-    if run.checkpoints is not None:
-        restored = run.checkpoints.restore_newest_readable(state)
-        if restored is not None:
-            state, meta = restored
-            run.meta.update(meta)
-            step = int(state.step)
-            log.info(
-                "resumed from the checkpoint at step %d (epoch %d, batch %d)",
-                step,
-                run.meta["epoch"] + 1,
-                run.meta["batch_in_epoch"],
-            )
-            if run.metrics_log is not None:
-                run.metrics_log.truncate(step)
-            best = run.meta["best"]
-            if (
-                best is not None
-                and best["step"] == step
-                and (step not in run.checkpoints.best_steps())
-            ):
-                log.info(
-                    "writing the best checkpoint (step %d) that an interrupted run missed", step
-                )
-                run.checkpoints.save_best(step, state.variables(), best)
+    checkpoints = run.checkpoints
+    restored = None if checkpoints is None else checkpoints.restore_newest_readable(state)
+    if restored is not None:
+        state, meta = restored
+        run.meta.update(meta)
+        step = int(state.step)
+        log.info(
+            "resumed from the checkpoint at step %d (epoch %d, batch %d)",
+            step,
+            run.meta["epoch"] + 1,
+            run.meta["batch_in_epoch"],
+        )
+        if run.metrics_log is not None:
+            run.metrics_log.truncate(step)
+        best = run.meta["best"]
+        if best is not None and best["step"] == step and step not in checkpoints.best_steps():
+            log.info("writing the best checkpoint (step %d) an interrupted run missed", step)
+            checkpoints.save_best(step, state.variables(), best)
+    elif run.metrics_log is not None:  # killed before the first checkpoint: start afresh
+        run.metrics_log.truncate(0)
     run.window = LogWindow.from_dict(run.meta.get("log_window"))
     if run.metrics_log is not None:
         run.history = epoch_records(run.metrics_log.records())
@@ -384,6 +380,8 @@ def _train_epochs(run: _Run, state: TrainState) -> TrainState:
     except NonFiniteLossError as err:
         raise _nonfinite(err, run, epoch) from None
     run.meta["epochs_run"] = epoch
+    if run.checkpoints is not None and run.meta["best"] is not None:
+        run.checkpoints.keep_only_best(run.meta["best"]["step"])
     return state
 
 
