@@ -137,7 +137,9 @@ def run(args: list[str], env: dict, faults: dict | None = None, wait: bool = Tru
         env[f"CHAOS_{key.upper()}"] = str(value)
     command = [sys.executable, "-c", DRIVER, *args]
     if not wait:
-        return subprocess.Popen(command, env=env, cwd=ROOT, stderr=subprocess.PIPE, text=True)
+        return subprocess.Popen(
+            command, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        )
     return subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True)
 
 

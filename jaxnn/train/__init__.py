@@ -13,6 +13,7 @@ config and data checks, run files), checkpoint, logs, errors (the exit code of e
 from jaxnn.train.config import ConfigError, base_config, validate_config
 from jaxnn.train.errors import (
     ConfigMismatchError,
+    DataError,
     DataMismatchError,
     EmptySplitError,
     EnvironmentFailure,
@@ -34,6 +35,7 @@ from jaxnn.train.trainer import Steps, Trainer, build_steps, init_train_state, m
 __all__ = [
     "ConfigError",
     "ConfigMismatchError",
+    "DataError",
     "DataMismatchError",
     "EmptySplitError",
     "EnvironmentFailure",

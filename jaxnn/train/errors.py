@@ -4,6 +4,8 @@
                                   says what to do
       InputError         exit 2   bad input: the command, the config, the data, the workdir
         ConfigMismatchError       the workdir holds a run of another config
+        DataError                 the data cannot be read or is malformed (missing file, bad
+                                  column, unknown label, failed checksum)
         DataMismatchError         the workdir holds a run on other data
         EmptySplitError           a split got no examples
         WorkdirBusyError          another live process holds the workdir's lock
@@ -21,6 +23,7 @@ from pathlib import Path
 
 __all__ = [
     "ConfigMismatchError",
+    "DataError",
     "DataMismatchError",
     "EmptySplitError",
     "EnvironmentFailure",
@@ -50,6 +53,10 @@ class InputError(RunError, ValueError):
 
 class ConfigMismatchError(InputError):
     """The workdir holds a run of a different config (use another workdir, or overwrite)."""
+
+
+class DataError(InputError):
+    """The data cannot be read or is malformed: the message names the file and the problem."""
 
 
 class DataMismatchError(InputError):

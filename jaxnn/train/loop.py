@@ -42,7 +42,13 @@ from jaxnn.train import workdir as workdir_lib
 from jaxnn.train.checkpoint import Checkpoints
 from jaxnn.train.config import config_to_dict, validate_config
 from jaxnn.train.distributed import describe_mesh, process_group
-from jaxnn.train.errors import ConfigMismatchError, NonFiniteLossError, environment_failure
+from jaxnn.train.errors import (
+    ConfigMismatchError,
+    DataError,
+    NonFiniteLossError,
+    RunError,
+    environment_failure,
+)
 from jaxnn.train.logs import (
     MetricsLog,
     epoch_records,
@@ -478,9 +484,31 @@ def _check_workdir(cfg: Mapping[str, Any], workdir: Path, *, overwrite: bool) ->
     return None
 
 
+def _read_data(cfg: Mapping[str, Any]) -> Prepared:
+    """`load_data`, its failures as `DataError` (bad input, exit 2) or `EnvironmentFailure`
+    (no space or permission, exit 1), naming the corpus."""
+    corpus = cfg["data"]["corpus"]
+    try:
+        return load_data(cfg)
+    except RunError:
+        raise
+    except OSError as err:
+        failure = environment_failure(err, corpus, "reading the data of")
+        if failure is not None:
+            raise failure from err
+        if not isinstance(err, FileNotFoundError):
+            raise
+        raise DataError(f"data.corpus={corpus!r}: {err}", corpus) from err
+    except (ValueError, TypeError, KeyError) as err:
+        raise DataError(
+            f"data.corpus={corpus!r} cannot be used: {err}; fix the data file or the data options",
+            corpus,
+        ) from err
+
+
 def _start(cfg: Mapping[str, Any], workdir: Path, main: bool) -> Prepared:
     """Read and check the data, then (process 0) check and write the run files."""
-    data = load_data(cfg)
+    data = _read_data(cfg)
     workdir_lib.check_splits(data)
     refused = None
     if main:

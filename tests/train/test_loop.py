@@ -303,3 +303,15 @@ def _tensorboard_scalars(folder) -> dict[str, list[tuple[int, float]]]:
             for value in event.summary.value:
                 out.setdefault(value.tag, []).append((event.step, value.simple_value))
     return out
+
+
+def test_unreadable_data_is_a_data_error_and_leaves_no_workdir(tiny_config, tmp_path):
+    from jaxnn.train.errors import DataError
+
+    bad = tmp_path / "bad.csv"
+    bad.write_text("sentence,category\nsome text,sport\n")
+    tiny_config.data.corpus = str(bad)
+    with pytest.raises(DataError, match=r"bad\.csv.*text") as raised:
+        train_and_evaluate(tiny_config, tmp_path / "run")
+    assert raised.value.exit_code == 2
+    assert not (tmp_path / "run").exists()  # the next run is not blocked
