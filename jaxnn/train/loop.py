@@ -407,6 +407,7 @@ def fit(
     there and resumes from the newest readable checkpoint it finds; without one it writes
     nothing and keeps the best parameters in memory. ``validated=True``: ``config`` is already
     `validate_config`'s result and ``mesh`` `mesh_from_config`'s (neither is run again).
+    `fit` takes no workdir lock and writes no config.json: `train_and_evaluate` does both.
 
     Raises:
       NonFiniteLossError: the loss became NaN/inf (no checkpoint is written after that step).
