@@ -60,7 +60,7 @@ from jaxnn.launch.cpu_vector_width import cpu_vector_width  # noqa: E402
 from jaxnn.launch.host_memory import host_allocator  # noqa: E402
 from jaxnn.train.config import base_config, validate_config  # noqa: E402
 from jaxnn.train.distributed import describe_mesh, make_mesh, shard_batch  # noqa: E402
-from jaxnn.train.loop import build_steps, init_train_state  # noqa: E402
+from jaxnn.train.trainer import build_steps, init_train_state  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 VOCAB = 30000

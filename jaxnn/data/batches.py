@@ -350,5 +350,7 @@ def prefetch(
                 yield item
         finally:
             stop.set()
+            if thread is not threading.current_thread():
+                thread.join()  # no thread left inside JAX when the interpreter exits
 
     return consume()

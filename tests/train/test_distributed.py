@@ -286,7 +286,9 @@ def test_two_processes_of_two_devices_equal_one_process_of_four(synthetic_corpus
     # process 0 alone wrote the logs; both wrote their checkpoint shards into the same workdir
     run = multi / "run"
     assert (run / "results.json").is_file() and (run / "learning_curves.png").is_file()
-    assert len((run / "metrics.jsonl").read_text().splitlines()) == 2
+    from jaxnn.train.logs import epoch_records, read_jsonl
+
+    assert len(epoch_records(read_jsonl(run / "metrics.jsonl"))) == 2
 
 
 def test_two_processes_equal_one_fast(synthetic_corpus, tmp_path, compilation_cache):

@@ -1,5 +1,6 @@
-"""jaxnn/train/loop.py: the workdir a run leaves, test split used once, early stopping, refusing
-a different config, non-finite loss, and a SIGKILLed run resuming to bitwise the same end."""
+"""jaxnn/train/loop.py: the workdir a run leaves, test split used once, per-step metrics, early
+stopping, refusing a different config, non-finite loss, progress logging without set-up, and a
+SIGKILLed run resuming to bitwise the same end."""
 
 from __future__ import annotations
 
@@ -15,11 +16,15 @@ import pytest
 
 from jaxnn.train import loop
 from jaxnn.train.checkpoint import Checkpoints
-from jaxnn.train.loop import ConfigMismatchError, NonFiniteLossError, fit, train_and_evaluate
+from jaxnn.train.errors import ConfigMismatchError, NonFiniteLossError
+from jaxnn.train.logs import epoch_records, step_records
+from jaxnn.train.loop import fit, train_and_evaluate
 
 from .conftest import ROOT
 
+TIMING_KEYS = {"wall_time", "examples_per_s", "tokens_per_s"}  # wall clock: differ run to run
 RECORD_KEYS = {
+    "kind",
     "epoch",
     "step",
     "wall_time",
@@ -56,9 +61,11 @@ def test_train_and_evaluate_writes_the_workdir_and_uses_test_once(
     ]:
         assert (workdir / name).exists(), name
     assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
-    records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    lines = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    records = epoch_records(lines)
     assert [r["epoch"] for r in records] == [1, 2]
     assert all(RECORD_KEYS <= set(r) for r in records)
+    assert results["history"] == records
     saved = json.loads((workdir / "results.json").read_text())
     assert saved["test"]["accuracy"] == results["test"]["accuracy"]
     for split in ("test", "val"):
@@ -123,11 +130,18 @@ def test_nonfinite_loss_stops_the_run_naming_the_step(tiny_config, tmp_path):
     tiny_config.optim.sparse_embeddings = False
     tiny_config.optim.warmup_steps = 1000  # lr_t = t * 1e27: step 0 harmless, then divergence
     tiny_config.train.checkpoint_every_steps = 1
-    with pytest.raises(NonFiniteLossError, match=r"not finite .*step \d+.*last good checkpoint"):
+    with pytest.raises(NonFiniteLossError) as raised:
         train_and_evaluate(tiny_config, tmp_path / "run")
+    message = str(raised.value)
+    bad = raised.value.step
     checkpoints = Checkpoints(tmp_path / "run")
+    good = checkpoints.latest_step()
     state, _ = checkpoints.restore()
     checkpoints.close()
+    # the failing update and the checkpoint's step are told apart: no "step 2 ... (step 2)"
+    assert f"not finite in update {bad + 1} (step index {bad}," in message
+    assert f"holds the state after {good} updates, before the failing one" in message
+    assert good <= bad
     assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(state["params"]))
     assert not (tmp_path / "run" / "results.json").exists()
 
@@ -136,8 +150,8 @@ KILLER = textwrap.dedent(
     """
     import os, runpy, signal, sys
     kill_at = int(os.environ["KILL_AT_STEP"])
-    import jaxnn.train.loop as loop
-    original_init = loop.Trainer.__init__
+    import jaxnn.train.trainer as trainer
+    original_init = trainer.Trainer.__init__
 
     def init(self, *args, **kwargs):
         original_init(self, *args, **kwargs)
@@ -151,7 +165,7 @@ KILLER = textwrap.dedent(
 
         self.train_step = train_step
 
-    loop.Trainer.__init__ = init
+    trainer.Trainer.__init__ = init
     sys.argv = ["train.py", *sys.argv[1:]]
     runpy.run_path(os.path.join(os.environ["JAXNN_ROOT"], "train.py"), run_name="__main__")
     """
@@ -199,7 +213,7 @@ def test_sigkilled_run_resumes_to_bitwise_the_same_parameters(synthetic_corpus, 
     jax.tree.map(np.testing.assert_array_equal, a, b)  # params, optimizer state, rng, sums
     records = {
         name: [
-            {k: v for k, v in json.loads(line).items() if k != "wall_time"}
+            {k: v for k, v in json.loads(line).items() if k not in TIMING_KEYS}
             for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()
         ]
         for name in states
@@ -207,3 +221,91 @@ def test_sigkilled_run_resumes_to_bitwise_the_same_parameters(synthetic_corpus, 
     assert records["straight"] == records["resumed"]
     results = {n: json.loads((tmp_path / n / "results.json").read_text()) for n in states}
     assert results["straight"]["test"] == results["resumed"]["test"]
+
+
+def test_metrics_per_step_progress_lines_and_one_validation_per_run(
+    tiny_config, tmp_path, monkeypatch, capsys
+):
+    """Per-step training lines every log_every_steps (their weighted mean is the epoch's mean
+    loss), progress lines on stderr without any logging set-up by the caller, orbax/absl INFO
+    hidden, and validate_config / mesh_from_config run once per run."""
+    import logging
+
+    from jaxnn.train import trainer as trainer_lib
+
+    tiny_config.train.max_steps_per_epoch = 9
+    tiny_config.train.log_every_steps = 3
+    counts = {"validate": 0, "mesh": 0}
+    for module in (loop, trainer_lib):
+        real_validate, real_mesh = module.validate_config, module.mesh_from_config
+
+        def validate(*a, _real=real_validate, **k):
+            counts["validate"] += 1
+            return _real(*a, **k)
+
+        def mesh(*a, _real=real_mesh, **k):
+            counts["mesh"] += 1
+            return _real(*a, **k)
+
+        monkeypatch.setattr(module, "validate_config", validate)
+        monkeypatch.setattr(module, "mesh_from_config", mesh)
+    monkeypatch.setattr(logging.getLogger(), "handlers", [])  # as a bare `python -c` has
+    workdir = tmp_path / "run"
+    results = train_and_evaluate(tiny_config, workdir)
+    assert counts == {"validate": 1, "mesh": 1}
+    err = capsys.readouterr().err
+    assert "epoch 1 step 9: train loss" in err and "epoch 2 step 18" in err and "test (best" in err
+    assert "orbax" not in err.lower()
+    assert logging.getLogger("orbax").level == logging.NOTSET  # put back afterwards
+
+    lines = [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines()]
+    steps = step_records(lines)
+    assert [r["step"] for r in steps] == [3, 6, 9, 12, 15, 18]
+    assert [r["epoch"] for r in steps] == [1, 1, 1, 2, 2, 2]
+    for r in steps:
+        assert r["examples_per_s"] > 0 and r["tokens_per_s"] > r["examples_per_s"]
+        assert r["learning_rate"] > 0 and np.isfinite(r["train_loss"])
+    # equal windows of equal batch sizes: the epoch's mean loss is the mean of its windows
+    for epoch in (1, 2):
+        windows = [r["train_loss"] for r in steps if r["epoch"] == epoch]
+        mean = next(r for r in results["history"] if r["epoch"] == epoch)["train_loss"]
+        np.testing.assert_allclose(np.mean(windows), mean, rtol=1e-5)
+    scalars = _tensorboard_scalars(workdir / "tensorboard")
+    assert {"train_step/loss", "train_step/examples_per_s", "val/loss"} <= set(scalars)
+    assert [step for step, _ in scalars["train_step/loss"]] == [3, 6, 9, 12, 15, 18]
+    np.testing.assert_allclose(
+        [value for _, value in scalars["train_step/loss"]],
+        [r["train_loss"] for r in steps],
+        rtol=1e-6,
+    )
+
+
+def _tensorboard_scalars(folder) -> dict[str, list[tuple[int, float]]]:
+    """{tag: [(step, value)]} of the event files in ``folder`` (TFRecord framing: u64 length,
+    u32 crc, the Event proto, u32 crc)."""
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
+    out: dict[str, list[tuple[int, float]]] = {}
+    for path in sorted(folder.glob("events.out.tfevents.*")):
+        data, at = path.read_bytes(), 0
+        while at + 12 <= len(data):
+            (length,) = struct.unpack("<Q", data[at : at + 8])
+            event = event_pb2.Event.FromString(data[at + 12 : at + 12 + length])
+            at += 12 + length + 4
+            for value in event.summary.value:
+                out.setdefault(value.tag, []).append((event.step, value.simple_value))
+    return out
+
+
+def test_unreadable_data_is_a_data_error_and_leaves_no_workdir(tiny_config, tmp_path):
+    from jaxnn.train.errors import DataError
+
+    bad = tmp_path / "bad.csv"
+    bad.write_text("sentence,category\nsome text,sport\n")
+    tiny_config.data.corpus = str(bad)
+    with pytest.raises(DataError, match=r"bad\.csv.*text") as raised:
+        train_and_evaluate(tiny_config, tmp_path / "run")
+    assert raised.value.exit_code == 2
+    assert not (tmp_path / "run").exists()  # the next run is not blocked
