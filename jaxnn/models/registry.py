@@ -61,6 +61,7 @@ import dataclasses
 import importlib
 import inspect
 import logging
+import os
 from collections.abc import Callable, Mapping
 from typing import Any, NoReturn, Protocol, runtime_checkable
 
@@ -280,15 +281,26 @@ def _class_builder(cls: type, config_cls: type | None) -> Callable[..., nn.Modul
     return build
 
 
+def _source_file(cls: type) -> str | None:
+    """The real path of the file that defines ``cls`` (from its methods' code, which works for
+    a module loaded by path and not kept in sys.modules, as config files are)."""
+    for value in vars(cls).values():
+        code = getattr(value, "__code__", None)
+        if code is not None:
+            return os.path.realpath(code.co_filename)
+    try:
+        return os.path.realpath(inspect.getfile(cls))
+    except (TypeError, OSError):
+        return None
+
+
 def _same_definition(a: type | None, b: type | None) -> bool:
     """The same class from the same source, e.g. a module executed twice (a config file that
     registers its model is loaded by path and then imported)."""
-    if a is None or b is None:
+    if a is None or b is None or a.__qualname__ != b.__qualname__:
         return False
-    try:
-        return a.__qualname__ == b.__qualname__ and inspect.getfile(a) == inspect.getfile(b)
-    except TypeError:
-        return False
+    source = _source_file(a)
+    return source is not None and source == _source_file(b)
 
 
 def register(
