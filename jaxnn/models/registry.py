@@ -309,6 +309,7 @@ def register(
     *,
     config_cls: type | None = None,
     section: str | None = None,
+    model_cls: type | None = None,
 ) -> ModelSpec:
     """Make ``model.name = name`` build this model.
 
@@ -322,6 +323,8 @@ def register(
         via `param`), validated by name; None when the model has none.
       section: the config section of the hyperparameters, ``config.model.<section>``; default
         ``name``. "" reads them from ``config.model`` itself (the built-ins do).
+      model_cls: with a builder function, the class it returns, so that an import path naming
+        that class finds this registration.
 
     Returns:
       The `ModelSpec`. Registering a name again raises ValueError, unless it is the same class
@@ -345,7 +348,7 @@ def register(
             builder_or_class,
         )
     elif callable(builder_or_class):
-        spec = ModelSpec(name, builder_or_class, config_cls, section)
+        spec = ModelSpec(name, builder_or_class, config_cls, section, model_cls)
     else:
         raise TypeError(f"builder_or_class={builder_or_class!r} is neither a class nor callable")
     old = _REGISTRY.get(name)
@@ -451,4 +454,10 @@ def get_model(config: Mapping[str, Any], *, vocab_size: int, num_classes: int) -
 
 
 register("bow", BowClassifier, config_cls=BowConfig, section="")
-register("transformer", _build_transformer, config_cls=TransformerConfig, section="")
+register(
+    "transformer",
+    _build_transformer,
+    config_cls=TransformerConfig,
+    section="",
+    model_cls=TransformerClassifier,
+)

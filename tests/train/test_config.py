@@ -265,6 +265,10 @@ def test_a_failed_start_writes_nothing_to_the_workdir(tiny_config, tmp_path):
     assert (workdir / "config.json").is_file()
 
 
+def test_the_transformer_config_computes_in_bfloat16_on_accelerators_only():
+    assert validate_config(load_config_file("imdb_transformer")).model.dtype == "auto"
+
+
 def test_the_default_config_is_imdb():
     cfg = validate_config(load_config_file("default"))
     assert cfg.data.corpus == "imdb"
