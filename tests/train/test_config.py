@@ -69,7 +69,7 @@ def _with(path: str, value):
         ("train.batch_size", 0, ">= 1"),
         ("optim.optimizer", "rmsprop", "adam, adamw, sgd"),
         ("model.activation", "swish", "relu, gelu, gelu_tanh, tanh, sigmoid"),
-        ("model.name", "cnn", "bow, transformer"),
+        ("model.name", "no_such_model", "bow, transformer"),
         ("model.dtype", "float64", "float32, bfloat16, float16, auto"),
         ("data.delimiter", ";;", "one character"),
         ("data.text_column", "sentence", "apply to a file of your own"),  # imdb is built in
