@@ -151,6 +151,7 @@ def sweep(config: ml_collections.ConfigDict, data: Any = None) -> dict:
       "best": {capacity, epoch, error}}.
     """
     from jaxnn.train import load_data
+    from jaxnn.train.config import config_to_dict
     from jaxnn.tune.vmapped import VmappedBowTrainer
 
     cfg, analysis = split_config(config)
@@ -168,7 +169,7 @@ def sweep(config: ml_collections.ConfigDict, data: Any = None) -> dict:
     }
     seeds = [analysis["seed"] * 1000 + i for i in range(k)]
     for capacity in analysis["capacities"]:
-        run = json.loads(json.dumps(cfg))
+        run = config_to_dict(cfg)  # a mutable copy of the frozen RunConfig
         run[section][name] = capacity
         run["train"]["patience"] = 0
         trainer = VmappedBowTrainer(run, data, vmap=True)

@@ -127,13 +127,9 @@ def _check_value(name: str, annotation: Any, meta: Mapping, value: Any) -> Any:
             fail(name, value, f"allowed: {', '.join(map(str, choices))}")
         return value_out
     bounds = [meta.get(k) for k in ("ge", "gt", "le", "lt")]
+    bounded = any(b is not None for b in bounds)
     if not ok:
-        fail(
-            name,
-            value,
-            f"allowed: {what}"
-            + (f" in {_interval(meta)}" if any(b is not None for b in bounds) else ""),
-        )
+        fail(name, value, f"allowed: {what}" + (f" in {_interval(meta)}" if bounded else ""))
     if value_out is None or not isinstance(value_out, int | float) or isinstance(value_out, bool):
         return value_out
     ge, gt, le, lt = bounds

@@ -61,6 +61,7 @@ import dataclasses
 import importlib
 import inspect
 import logging
+import os
 from collections.abc import Callable, Mapping
 from typing import Any, NoReturn, Protocol, runtime_checkable
 
@@ -280,15 +281,26 @@ def _class_builder(cls: type, config_cls: type | None) -> Callable[..., nn.Modul
     return build
 
 
+def _source_file(cls: type) -> str | None:
+    """The real path of the file that defines ``cls`` (from its methods' code, which works for
+    a module loaded by path and not kept in sys.modules, as config files are)."""
+    for value in vars(cls).values():
+        code = getattr(value, "__code__", None)
+        if code is not None:
+            return os.path.realpath(code.co_filename)
+    try:
+        return os.path.realpath(inspect.getfile(cls))
+    except (TypeError, OSError):
+        return None
+
+
 def _same_definition(a: type | None, b: type | None) -> bool:
     """The same class from the same source, e.g. a module executed twice (a config file that
     registers its model is loaded by path and then imported)."""
-    if a is None or b is None:
+    if a is None or b is None or a.__qualname__ != b.__qualname__:
         return False
-    try:
-        return a.__qualname__ == b.__qualname__ and inspect.getfile(a) == inspect.getfile(b)
-    except TypeError:
-        return False
+    source = _source_file(a)
+    return source is not None and source == _source_file(b)
 
 
 def register(
@@ -297,6 +309,7 @@ def register(
     *,
     config_cls: type | None = None,
     section: str | None = None,
+    model_cls: type | None = None,
 ) -> ModelSpec:
     """Make ``model.name = name`` build this model.
 
@@ -310,6 +323,8 @@ def register(
         via `param`), validated by name; None when the model has none.
       section: the config section of the hyperparameters, ``config.model.<section>``; default
         ``name``. "" reads them from ``config.model`` itself (the built-ins do).
+      model_cls: with a builder function, the class it returns, so that an import path naming
+        that class finds this registration.
 
     Returns:
       The `ModelSpec`. Registering a name again raises ValueError, unless it is the same class
@@ -333,7 +348,7 @@ def register(
             builder_or_class,
         )
     elif callable(builder_or_class):
-        spec = ModelSpec(name, builder_or_class, config_cls, section)
+        spec = ModelSpec(name, builder_or_class, config_cls, section, model_cls)
     else:
         raise TypeError(f"builder_or_class={builder_or_class!r} is neither a class nor callable")
     old = _REGISTRY.get(name)
@@ -439,4 +454,10 @@ def get_model(config: Mapping[str, Any], *, vocab_size: int, num_classes: int) -
 
 
 register("bow", BowClassifier, config_cls=BowConfig, section="")
-register("transformer", _build_transformer, config_cls=TransformerConfig, section="")
+register(
+    "transformer",
+    _build_transformer,
+    config_cls=TransformerConfig,
+    section="",
+    model_cls=TransformerClassifier,
+)

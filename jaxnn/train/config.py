@@ -37,6 +37,7 @@ import importlib.util
 import json
 import os
 import sys
+import typing
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -185,7 +186,9 @@ def _builtin_model_fields() -> list[tuple[str, Any, dataclasses.Field]]:
     two built-ins allow different values (pooling), only the type is checked here and the
     selected model checks the value."""
     out: dict[str, tuple[Any, dataclasses.Field]] = {}
-    import typing
+
+    def constraints(f: dataclasses.Field) -> dict:
+        return {k: v for k, v in f.metadata.items() if k != "doc"}
 
     for name in model_registry.model_names():
         spec = model_registry.resolve(name)
@@ -195,7 +198,7 @@ def _builtin_model_fields() -> list[tuple[str, Any, dataclasses.Field]]:
         for f in dataclasses.fields(spec.config_cls):
             if f.name not in out:
                 out[f.name] = (hints[f.name], f)
-            elif dict(out[f.name][1].metadata) != dict(f.metadata):
+            elif constraints(out[f.name][1]) != constraints(f):
                 out[f.name] = (hints[f.name], dataclasses.field(default=out[f.name][1].default))
     fields = []
     for key, (annotation, f) in out.items():

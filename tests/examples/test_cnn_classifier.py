@@ -124,3 +124,14 @@ def test_trains_above_chance_through_train_and_evaluate(tmp_path, monkeypatch, c
     assert results["test"]["accuracy"] > 0.75
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     assert saved["model"]["cnn"]["num_filters"] == 16
+
+
+def test_the_file_loads_again_as_a_config_under_another_path_form(monkeypatch):
+    """train.py loads a config file twice (its override check, then config_flags) and then
+    imports the module by name: each run of its register() replaces the same class."""
+    monkeypatch.chdir(ROOT)
+    config_from_file("examples/cnn_classifier.py")
+    config_from_file(ROOT / "examples" / "cnn_classifier.py")
+    cfg = validate_config(config_from_file("examples/./cnn_classifier.py"))
+    model = get_model(cfg, vocab_size=10, num_classes=2)
+    assert type(model) is cnn_classifier.CnnClassifier  # the importable class is built

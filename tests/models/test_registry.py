@@ -95,12 +95,19 @@ def test_transformer_is_built_from_the_config_by_class():
     assert model.dropout_rate == 0.2
 
 
-def test_an_import_path_of_a_registered_class_uses_its_registration():
-    config = _config(name="jaxnn.models.bow:BowClassifier", embed_dim=10)
+@pytest.mark.parametrize(
+    ("path", "name", "cls"),
+    [
+        ("jaxnn.models.bow:BowClassifier", "bow", BowClassifier),
+        ("jaxnn.models.transformer:TransformerClassifier", "transformer", TransformerClassifier),
+    ],
+)
+def test_an_import_path_of_a_registered_class_uses_its_registration(path, name, cls):
+    config = _config(name=path, embed_dim=12, num_heads=3)
     cfg = validate_config(config)
-    assert resolve(cfg.model.name).name == "bow"
+    assert resolve(cfg.model.name).name == name
     model = get_model(cfg, vocab_size=20, num_classes=2)
-    assert type(model) is BowClassifier and model.embed_dim == 10
+    assert type(model) is cls and model.embed_dim == 12
 
 
 def test_an_import_path_of_an_unregistered_class_is_built_with_the_fields_it_has(

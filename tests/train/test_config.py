@@ -69,7 +69,7 @@ def _with(path: str, value):
         ("train.batch_size", 0, ">= 1"),
         ("optim.optimizer", "rmsprop", "adam, adamw, sgd"),
         ("model.activation", "swish", "relu, gelu, gelu_tanh, tanh, sigmoid"),
-        ("model.name", "cnn", "bow, transformer"),
+        ("model.name", "no_such_model", "bow, transformer"),
         ("model.dtype", "float64", "float32, bfloat16, float16, auto"),
         ("data.delimiter", ";;", "one character"),
         ("data.text_column", "sentence", "apply to a file of your own"),  # imdb is built in
@@ -263,6 +263,10 @@ def test_a_failed_start_writes_nothing_to_the_workdir(tiny_config, tmp_path):
     tiny_config.data.text_column = "text"
     loop.prepare_workdir(validate_config(tiny_config), workdir, overwrite=False)
     assert (workdir / "config.json").is_file()
+
+
+def test_the_transformer_config_computes_in_bfloat16_on_accelerators_only():
+    assert validate_config(load_config_file("imdb_transformer")).model.dtype == "auto"
 
 
 def test_the_default_config_is_imdb():
