@@ -188,12 +188,8 @@ def main(argv: list[str]) -> int:
 
     import jax
 
-    from jaxnn.train import (
-        ConfigError,
-        ConfigMismatchError,
-        NonFiniteLossError,
-        train_and_evaluate,
-    )
+    from jaxnn.data import DataError
+    from jaxnn.train import ConfigError, NonFiniteLossError, RunError, train_and_evaluate
     from jaxnn.train.distributed import DistributedInitError, initialize_distributed
 
     try:  # before anything asks JAX for its devices
@@ -203,6 +199,7 @@ def main(argv: list[str]) -> int:
             _PROCESS_ID.value,
             mode=_DISTRIBUTED.value,
             timeout_s=_INIT_TIMEOUT.value,
+            config=_CONFIG.value,
         )
     except (ConfigError, DistributedInitError) as err:
         return _error(err, 2)
@@ -217,11 +214,13 @@ def main(argv: list[str]) -> int:
     log = logging.getLogger("jaxnn.train")
     log.info("workdir: %s", workdir)
     try:
-        results = train_and_evaluate(config, workdir, overwrite=_OVERWRITE.value)
-    except (ConfigError, ConfigMismatchError) as err:
+        results = train_and_evaluate(
+            config, workdir, overwrite=_OVERWRITE.value, verbose=_VERBOSE.value
+        )
+    except ConfigError as err:
         return _error(err, 2)
-    except NonFiniteLossError as err:
-        return _error(err, 3)
+    except (RunError, DataError, NonFiniteLossError) as err:  # 2 input, 1 machine, 3 non-finite
+        return _error(err, err.exit_code)
     if jax.process_index() != 0:
         return 0
     test, val = results["test"], results["val"]

@@ -36,6 +36,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from jaxnn.data import errors as data_errors
 from jaxnn.data.prepare import EncodedSplit, Prepared, prepare, prepare_test
 from jaxnn.data.sharded import ShardedSplit
 from jaxnn.train import workdir as workdir_lib
@@ -493,6 +494,10 @@ def _read_data(cfg: Mapping[str, Any]) -> Prepared:
         return load_data(cfg)
     except RunError:
         raise
+    except data_errors.DataError as err:  # already names the file: keep its message and code
+        failure = DataError(str(err), err.path or corpus)
+        failure.exit_code = err.exit_code
+        raise failure from err
     except OSError as err:
         failure = environment_failure(err, corpus, "reading the data of")
         if failure is not None:
