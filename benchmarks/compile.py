@@ -43,6 +43,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 # --- every use of jaxnn in this script goes through these imports -----------------------------
+from jaxnn.cpu_devices import configure_cpu_devices  # noqa: E402
+from jaxnn.host_memory import configure_host_allocator, host_allocator  # noqa: E402
 from jaxnn.models import get_model  # noqa: E402
 from jaxnn.train.config import config_from_file, validate_config  # noqa: E402
 from jaxnn.train.distributed import batch_sharding, make_mesh, replicated  # noqa: E402
@@ -69,6 +71,7 @@ VARIANTS = {
     },
     "attention xla, no grad clip": {"model.attention_impl": "xla", "optim.grad_clip_norm": 0.0},
     "bfloat16": {"model.dtype": "bfloat16"},
+    "bfloat16, attention xla": {"model.dtype": "bfloat16", "model.attention_impl": "xla"},
 }
 # configs that are not one training run: their keys beyond the run schema say so
 NOT_A_RUN = ("tune", "analysis", "sweep")
@@ -206,6 +209,7 @@ def run(
     *,
     quick: bool = False,
     variants: bool = False,
+    only_variant: str | None = None,
     log=print,
 ) -> dict[str, Any]:
     """Compile every shipped config (``names``, or `QUICK_CONFIGS` with ``quick``), and with
@@ -218,11 +222,16 @@ def run(
         "devices": [str(d.device_kind) for d in jax.devices()],
         "machine": f"{platform.processor() or platform.machine()}",
         "jax_version": jax.__version__,
+        "host_allocator": host_allocator()["mode"],
         "budget_s": budget,
         "configs": {},
     }
     todo = []
     for name, config, skipped in shipped_configs(names or (list(QUICK_CONFIGS) if quick else None)):
+        if only_variant and config is not None:
+            overrides = VARIANTS[only_variant]
+            todo.append((f"{name} [{only_variant}]", with_overrides(config, overrides), ""))
+            continue
         todo.append((name, config, skipped))
         if variants and config is not None:
             for label, overrides in VARIANTS.items():
@@ -262,7 +271,8 @@ def markdown(results: dict[str, Any]) -> str:
         "# Compile time per shipped config (benchmarks/compile.py)",
         "",
         f"Backend {results['backend']} ({', '.join(sorted(set(results['devices'])))}), "
-        f"jax {results['jax_version']}. Budget: {budget:.0f} s per step (lower + compile).",
+        f"jax {results['jax_version']}, host allocator {results.get('host_allocator', '?')}. "
+        f"Budget: {budget:.0f} s per step (lower + compile).",
         "",
         "| config | model | train B x T | train lower s | train compile s | eval B x T | "
         "eval lower s | eval compile s | train HLO ops / whiles | within budget |",
@@ -277,8 +287,9 @@ def markdown(results: dict[str, Any]) -> str:
         hlo = t["hlo"]
         ops = f"{hlo['instructions']} / {hlo['while_loops']}" if "instructions" in hlo else "n/a"
         ok = "yes" if not r["over_budget"] else "**no: " + ", ".join(r["over_budget"]) + "**"
+        label = name + (f" (allocator {r['host_allocator']})" if r.get("host_allocator") else "")
         lines.append(
-            f"| {name} | {s['model']} ({s['dtype']}) | {s['train_batch'][0]} x "
+            f"| {label} | {s['model']} ({s['dtype']}) | {s['train_batch'][0]} x "
             f"{s['train_batch'][1]} | {t['lower_s']:.2f} | {t['compile_s']:.2f} | "
             f"{s['eval_batch'][0]} x {s['eval_batch'][1]} | {e['lower_s']:.2f} | "
             f"{e['compile_s']:.2f} | {ops} | {ok} |"
@@ -312,13 +323,30 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--variants", action="store_true", help="also each config with each of VARIANTS"
     )
+    parser.add_argument(
+        "--variant", choices=list(VARIANTS), default=None, help="only this variant of each config"
+    )
+    parser.add_argument(
+        "--process-settings",
+        choices=("none", "shipped"),
+        default="none",
+        help="shipped: apply the one config's process settings (host allocator, CPU devices) "
+        "first, as train.py does; none (default): the process as it is",
+    )
     args = parser.parse_args(argv)
     if args.configs:
         missing = [n for n in args.configs if not (CONFIGS / n).is_file()]
         if missing:
             parser.error(f"--configs {missing}: no such file in {CONFIGS}")
+    if args.process_settings == "shipped":
+        if not args.configs or len(args.configs) != 1:
+            parser.error("--process-settings shipped needs exactly one config in --configs")
+        shipped = config_from_file(CONFIGS / args.configs[0])
+        configure_host_allocator(config=shipped)  # process-wide, before JAX's first computation
+        configure_cpu_devices(config=shipped)
     out = Path(args.out) if args.out else (RESULTS if args.commit_results else DEFAULT_OUT)
-    results = run(args.configs, quick=args.quick, variants=args.variants)
+    results = run(args.configs, quick=args.quick, variants=args.variants, only_variant=args.variant)
+    results["process_settings"] = args.process_settings
     _, md_path = write_report(results, out, args.tag)
     print(md_path.read_text(encoding="utf-8"))
 

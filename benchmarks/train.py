@@ -548,7 +548,8 @@ def markdown(results: dict) -> str:
         if "device" in t:
             notes.append(
                 f"- {name}, PyTorch {t['version']} on {t['device']} ({t['threads']} threads), "
-                f"autocast {t['autocast']}, attention F.scaled_dot_product_attention"
+                f"autocast {t['autocast']}"
+                + (", attention F.scaled_dot_product_attention" if name != "bow" else "")
             )
     first = next(iter(results["models"].values()))["matmul"]
     lines = [
