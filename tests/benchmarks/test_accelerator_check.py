@@ -41,6 +41,13 @@ def test_parse_pytest_summary_all_passed_and_no_summary():
     assert (empty["passed"], empty["duration_s"], empty["summary_line"]) == (0, None, "")
 
 
+def test_parse_pytest_summary_quiet_line():
+    """pytest -q prints the final line without its "=" rule."""
+    summary = check.parse_pytest_summary("....\n1 failed, 36 passed, 2 skipped in 51.83s\n")
+    assert (summary["passed"], summary["failed"], summary["skipped"]) == (36, 1, 2)
+    assert summary["summary_line"] == "1 failed, 36 passed, 2 skipped in 51.83s"
+
+
 def test_device_slug():
     assert check.device_slug("NVIDIA H200") == "nvidia_h200"
     assert check.device_slug("TPU v5 lite") == "tpu_v5_lite"
