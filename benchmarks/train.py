@@ -385,8 +385,8 @@ def prepare_torch(
     "version", "device", "autocast", "compiled"}, or {"skipped": reason}.
 
     Compute dtype: the config's (bfloat16 / float16 under torch.autocast, float32 without);
-    parameters and optimizer state float32, as jaxnn's. With ``compile_model`` the model is
-    wrapped in torch.compile (its first calls compile it: the warm-up block)."""
+    parameters and optimizer state float32, as jaxnn's. With ``compile_model`` each encoder
+    block is compiled with torch.compile (its first calls compile it: the warm-up block)."""
     device, why = torch_device(jax.default_backend())
     if device is None:
         return {"skipped": why}
@@ -412,7 +412,17 @@ def prepare_torch(
     dtype = compute_dtype(config)
     autocast_dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(dtype)
     device_type = "cuda" if device.startswith("cuda") else "cpu"
-    forward = torch.compile(model) if compile_model else model
+    if compile_model:
+        if name == "bow":
+            return {
+                "skipped": "bow: its step is sparse EmbeddingBag lookups and SparseAdam, "
+                "which torch.compile leaves to eager"
+            }
+        # each block compiled (Module.compile, in place): the embedding's sparse gradient
+        # stays outside the graphs, as torch.compile cannot trace sparse tensors
+        for module in model.blocks:
+            module.compile()
+    forward = model
     model.train()
     scaler = torch.amp.GradScaler(device_type) if dtype == "float16" else None
 

@@ -47,6 +47,14 @@ def test_with_overrides_sets_dotted_keys_and_validates():
         bench.with_overrides(config, {"model.dropout": 1.5})
 
 
+def test_time_compile_splits_lower_and_compile():
+    timing = bench.time_compile(jax.jit(lambda x: jnp.sin(x) @ x.T), jnp.ones((4, 3)))
+    assert timing["lower_s"] > 0 and timing["compile_s"] > 0 and timing["cpu_s"] >= 0
+    assert timing["total_s"] == pytest.approx(timing["lower_s"] + timing["compile_s"])
+    assert timing["hlo"]["instructions"] >= 2 and timing["hlo"]["while_loops"] == 0
+
+
+@pytest.mark.slow
 def test_compile_config_times_both_steps():
     [(_, config, _)] = bench.shipped_configs(["tiny.py"])
     small = bench.with_overrides(
@@ -100,7 +108,7 @@ def test_markdown_flags_over_budget_and_lists_skips(tmp_path):
     json_path, md_path = bench.write_report(results, tmp_path, "t")
     md = md_path.read_text()
     assert json_path.name == "compile.t.json"
-    assert "| a.py | transformer (float32) | 64 x 256 | 1.00 | 30.00 |" in md
+    assert "| a.py | transformer (float32) | 64 x 256 | 1.00 | 30.00 | n/a |" in md
     assert "**no: train**" in md
     assert "| b.py | not a training run (has config.tune) |" in md
     assert "error: timed out after 90 s: still compiling" in md
