@@ -28,7 +28,9 @@ the ratios compare runs that saw the same load.
 Then one full epoch of real training (`Trainer.run_epoch`) counts the step's compilations, which
 must not exceed the number of length buckets.
 
-Each model runs in its own Python process under the host allocator its shipped config asks for
+On a GPU or TPU no CPU process setting (host allocator, XLA:CPU vector width and devices) is
+applied. On a CPU, each model runs in its own Python process under the host allocator its
+shipped config asks for
 (`train.host_allocator`: configs/default.py for bow, configs/imdb_transformer.py for the
 transformer; jaxnn.host_memory), as `python train.py` would run it. The setting is process-wide,
 so the PyTorch twin and the matmul of that process run under it too. $JAXNN_HOST_ALLOCATOR, when
@@ -723,6 +725,19 @@ def bench_model(
     }
 
 
+def probe_backend() -> str:
+    """JAX's default backend, found in a short-lived subprocess, so that this process can
+    decide its process settings (CPU-only ones on a CPU) before its own JAX starts, and holds
+    no accelerator memory while the models' processes run."""
+    probe = subprocess.run(
+        [sys.executable, "-c", "import jax; print(jax.default_backend())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return probe.stdout.strip().splitlines()[-1]
+
+
 def bench_model_in_subprocess(name: str, args: argparse.Namespace) -> dict:
     """`bench_model` in a fresh Python process, so that the host allocator of the model's
     config (jaxnn.host_memory, process-wide and applied before JAX's first computation) is
@@ -734,7 +749,7 @@ def bench_model_in_subprocess(name: str, args: argparse.Namespace) -> dict:
         command += ["--quick"] if args.quick else []
         command += ["--no-torch"] if args.no_torch else []
         command += ["--cpu-vector-width", args.cpu_vector_width]
-        command += ["--torch-compile", args.torch_compile]
+        command += ["--torch-compile", args.torch_compile, "--backend", args.backend]
         subprocess.run(command, check=True)
         return json.loads(out.read_text(encoding="utf-8"))
 
@@ -774,15 +789,17 @@ def main(argv: list[str] | None = None) -> None:
     # internal: measure one model in this process and write its figures to a JSON file
     parser.add_argument("--one-model", choices=MODELS, help=argparse.SUPPRESS)
     parser.add_argument("--one-model-out", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--backend", default="cpu", help=argparse.SUPPRESS)  # probe_backend()
     args = parser.parse_args(argv)
     if args.repeats is not None and args.repeats < 1:
         parser.error(f"--repeats={args.repeats}; allowed: an integer >= 1")
     repeats = args.repeats or (3 if args.quick else 5)
     if args.one_model:
         config = model_configs(args.quick, args.cpu_vector_width)[args.one_model]
-        configure_host_allocator(config=config)  # before JAX's first computation
-        configure_cpu_vector_width(config=config)  # likewise (XLA_FLAGS)
-        configure_cpu_devices(config=config)  # likewise: the shipped config's CPU devices
+        if args.backend == "cpu":  # settings of a CPU process: none on an accelerator
+            configure_host_allocator(config=config)  # before JAX's first computation
+            configure_cpu_vector_width(config=config)  # likewise (XLA_FLAGS)
+            configure_cpu_devices(config=config)  # likewise: the shipped config's CPU devices
         result = bench_model(
             args.one_model,
             config,
@@ -793,19 +810,24 @@ def main(argv: list[str] | None = None) -> None:
         )
         Path(args.one_model_out).write_text(json.dumps(result) + "\n", encoding="utf-8")
         return
-    configure_host_allocator()  # this process: the epoch count (base config: '' = default)
-    configure_cpu_vector_width(args.cpu_vector_width)
-    backend = jax.default_backend()
-    models = args.models or default_models(backend)
+    # This process starts no JAX backend before the models' processes have run: on a GPU it
+    # would hold most of the device's memory while they measure.
+    args.backend = probe_backend()
+    if args.backend == "cpu":
+        configure_host_allocator()  # this process: the epoch count ('' = default)
+        configure_cpu_vector_width(args.cpu_vector_width)
+    models = args.models or default_models(args.backend)
+    load_average = [round(x, 2) for x in os.getloadavg()]
+    measured = {name: bench_model_in_subprocess(name, args) for name in models}
     results = {
-        "backend": backend,
-        "devices": describe_mesh(make_mesh()),
+        "backend": args.backend,
+        "devices": next(iter(measured.values()))["mesh"],
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
-        "load_average": [round(x, 2) for x in os.getloadavg()],
+        "load_average": load_average,
         "host_allocator_env": os.environ.get("JAXNN_HOST_ALLOCATOR", ""),
         "repeats": repeats,
         "jax_version": jax.__version__,
-        "models": {name: bench_model_in_subprocess(name, args) for name in models},
+        "models": measured,
     }
     if args.epoch_corpus:
         print(f"[epoch] {args.epoch_corpus} ...", flush=True)
