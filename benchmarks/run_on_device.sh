@@ -5,6 +5,12 @@
 # Before (on the workstation, once): build the ignored `.offline/` payload of the pure-Python
 # wheels and the corpus wheels:
 #     bash /work/shared/tools/offline-payload.sh          (see its header)
+# The test step needs pytest (and pytest-xdist, hypothesis) on the device; where its Python lacks
+# them, add their wheels to the payload too (small; the carry limit is 64 MiB with IMDB's 54 MB):
+#     python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+#       --platform manylinux_2_17_x86_64 --platform any -d .offline/whl \
+#       pytest pluggy iniconfig pytest-xdist execnet hypothesis sortedcontainers
+# (the check's report names every pure-Python dependency still missing, in one line).
 # Then run this script there with `.offline` carried along, e.g. with the session's device tool:
 #     run(command="bash benchmarks/run_on_device.sh", carry=[".offline"], timeout_s=590)
 # and copy what comes back ($OUT/accelerator_check.<device>.md/.json, $OUT/logs/) into
