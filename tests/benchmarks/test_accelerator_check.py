@@ -187,3 +187,45 @@ def test_quick_check_end_to_end(tmp_path):
     assert report["steps"]["environment"]["status"] == "ok"
     assert report["steps"]["compile"]["status"] == "ok", report["steps"]["compile"]
     assert report["steps"]["tests"]["passed"] > 0 and report["steps"]["tests"]["failed"] == 0
+
+
+def test_step_compile_reruns_a_slow_config_without_its_process_settings(monkeypatch, tmp_path):
+    """A config over budget is compiled again without its shipped settings, then (on a GPU)
+    without XLA's autotuning; the others once, with theirs."""
+    calls = []
+
+    def fake_compile_one(name, extra, label, timeout_s, tmp, log_dir, env=None):
+        calls.append((label, extra, env))
+        slow = name == "imdb_transformer.py" and "[" not in label
+        timing = {
+            "lower_s": 1.0,
+            "compile_s": 99.0 if slow else 2.0,
+            "total_s": 3.0,
+            "hlo": {"instructions": 1, "while_loops": 0, "top_ops": {}},
+        }
+        shapes = {"train_batch": [1, 1], "eval_batch": [1, 1], "model": "m", "dtype": "f"}
+        entry = {
+            "shapes": shapes,
+            "train": timing,
+            "eval": timing,
+            "over_budget": ["train"] if slow or "settings]" in label else [],
+        }
+        return {"header": {"backend": "gpu", "budget_s": 15.0}, "configs": {label: entry}}
+
+    monkeypatch.setattr(check, "_compile_one", fake_compile_one)
+    args = type(
+        "Args", (), {"quick": False, "compile_timeout_s": 60.0, "environment": {"backend": "gpu"}}
+    )()
+    result = check.step_compile(args, 600.0, tmp_path)
+    labels = [label for label, _, _ in calls]
+    assert "tune_imdb.py" not in labels  # not a training run: never started
+    assert result["results"]["configs"]["tune_imdb.py"]["skipped"]
+    assert labels.count("imdb_transformer.py") == 1
+    reruns = [c for c in calls if c[0].startswith("imdb_transformer.py [")]
+    assert [r[1] for r in reruns] == [[], []]  # no --process-settings shipped
+    assert "--xla_gpu_autotune_level=0" in reruns[1][2]["XLA_FLAGS"]
+    assert all(
+        extra == ["--process-settings", "shipped"] for label, extra, _ in calls if "[" not in label
+    )
+    assert result["over_budget_or_failed"] == ["imdb_transformer.py"]
+    assert result["status"] == "failed"
