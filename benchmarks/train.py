@@ -332,7 +332,7 @@ def _torch_models(name: str, config: dict, length: int):
 
         def __init__(self):
             super().__init__()
-            self.norm_1, self.norm_2 = nn.LayerNorm(d), nn.LayerNorm(d)
+            self.norm_1, self.norm_2 = nn.LayerNorm(d, eps=1e-6), nn.LayerNorm(d, eps=1e-6)
             self.qkv, self.out = nn.Linear(d, 3 * d), nn.Linear(d, d)
             self.fc_1, self.fc_2 = nn.Linear(d, m["mlp_dim"]), nn.Linear(m["mlp_dim"], d)
 
@@ -361,15 +361,17 @@ def _torch_models(name: str, config: dict, length: int):
             self.embed = nn.Embedding(VOCAB, d, sparse=sparse)
             self.position = nn.Embedding(length, d)
             self.blocks = nn.ModuleList(Block() for _ in range(m["num_layers"]))
-            self.norm = nn.LayerNorm(d)
+            self.norm = nn.LayerNorm(d, eps=1e-6)  # flax.linen.LayerNorm's epsilon
             self.head = nn.Linear(d, CLASSES)
+            self.all_real = False  # set True when every token of the batches is real
 
         def forward(self, tok, msk):
             positions = torch.arange(tok.shape[1], device=tok.device)
             x = F.dropout(self.embed(tok) + self.position(positions)[None], p, self.training)
             # keys that are padding masked out; none when every token is real (as in these
-            # synthetic batches), which lets SDPA pick its fused kernels
-            attn_mask = None if bool(msk.all()) else msk[:, None, None, :]
+            # synthetic batches: `all_real`, found once, not per step), which lets SDPA pick
+            # its fused kernels
+            attn_mask = None if self.all_real else msk[:, None, None, :]
             for block in self.blocks:
                 x = block(x, attn_mask)
             x = self.norm(x)
@@ -403,6 +405,7 @@ def prepare_torch(
     labels = torch.from_numpy(host["labels"]).long().to(device)
     cls, sparse_names = _torch_models(name, config, length)
     model = cls().to(device)
+    model.all_real = bool(host["mask"].all())
     sparse_params = [p for n, p in model.named_parameters() if n in sparse_names]
     dense = [p for n, p in model.named_parameters() if n not in sparse_names]
     optim = config["optim"]

@@ -103,3 +103,68 @@ def test_markdown_flags_a_share_above_one():
     assert "130.0% (**> 100 %: denominator too small**)" in md
     assert "- transformer, PyTorch: torch is not importable" in md
     assert "10 x 8192^3 matmul(s)" in md
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="torch not installed")
+def test_torch_twin_computes_jaxnn_logits():
+    """With jaxnn's weights copied in, the PyTorch twin gives jaxnn's logits (eval mode, a
+    batch with padding, float32 at the highest matmul precision): the same architecture."""
+    import copy
+
+    import jax
+    import numpy as np
+    import torch
+
+    from jaxnn.models import get_model
+
+    config = copy.deepcopy(bench.model_configs(quick=True)["transformer"])
+    config["model"].update(embed_dim=16, num_heads=2, mlp_dim=32, num_layers=2)
+    config["data"]["max_len"] = length = 8
+    model = get_model(config, vocab_size=bench.VOCAB, num_classes=bench.CLASSES)
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(2, bench.VOCAB, size=(3, length)).astype(np.int32)
+    mask = np.ones((3, length), bool)
+    mask[1, 5:] = False
+    mask[2, 2:] = False
+    params = model.init(jax.random.key(0), tokens, mask, train=False)["params"]
+    with jax.default_matmul_precision("highest"):
+        expected = np.asarray(model.apply({"params": params}, tokens, mask, train=False))
+
+    cls, _ = bench._torch_models("transformer", config, length)
+    twin = cls().eval()
+    t = lambda x: torch.from_numpy(np.asarray(x, np.float32).copy())
+    d = 16
+    state = {
+        "embed.weight": t(params["embed"]["embedding"]),
+        "position.weight": t(params["position_embed"]["embedding"]),
+        "norm.weight": t(params["final_norm"]["scale"]),
+        "norm.bias": t(params["final_norm"]["bias"]),
+        "head.weight": t(params["head"]["kernel"]).T,
+        "head.bias": t(params["head"]["bias"]),
+    }
+    for i in range(2):
+        p, prefix = params[f"blocks_{i}"], f"blocks.{i}."
+        attn = p["attention"]
+        qkv = [t(attn[n]["kernel"]).reshape(d, d).T for n in ("query", "key", "value")]
+        state.update(
+            {
+                prefix + "norm_1.weight": t(p["norm_1"]["scale"]),
+                prefix + "norm_1.bias": t(p["norm_1"]["bias"]),
+                prefix + "norm_2.weight": t(p["norm_2"]["scale"]),
+                prefix + "norm_2.bias": t(p["norm_2"]["bias"]),
+                prefix + "qkv.weight": torch.cat(qkv),
+                prefix + "qkv.bias": torch.cat(
+                    [t(attn[n]["bias"]).reshape(d) for n in ("query", "key", "value")]
+                ),
+                prefix + "out.weight": t(attn["out"]["kernel"]).reshape(d, d).T,
+                prefix + "out.bias": t(attn["out"]["bias"]),
+                prefix + "fc_1.weight": t(p["mlp"]["Dense_0"]["kernel"]).T,
+                prefix + "fc_1.bias": t(p["mlp"]["Dense_0"]["bias"]),
+                prefix + "fc_2.weight": t(p["mlp"]["Dense_1"]["kernel"]).T,
+                prefix + "fc_2.bias": t(p["mlp"]["Dense_1"]["bias"]),
+            }
+        )
+    twin.load_state_dict(state)  # strict: every parameter mapped, none left over
+    with torch.no_grad():
+        got = twin(torch.from_numpy(tokens).long(), torch.from_numpy(mask)).numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
