@@ -15,11 +15,36 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
-from jaxnn.ops import attention
-from jaxnn.ops.attention import dot_product_attention
+from jaxnn.ops.attention import chunked, dispatch, dot_product_attention
 
 CPU_IMPLEMENTATIONS = ("chunked", "xla")
-MIXED = attention._CHUNKED_FORWARD_XLA_GRADIENT  # "auto"'s choice for mid-sized CPU problems
+MIXED = "chunked value, xla gradient"  # "auto"'s choice for mid-sized CPU problems
+
+
+def _auto(
+    q,
+    k,
+    dropout_rate=0.0,
+    return_weights=False,
+    mask=None,
+    key_lengths=None,
+    dropout_rng=None,
+    bias=None,
+    backend=None,
+):
+    """What "auto" runs for these arguments: an implementation name, or MIXED."""
+    choice = dispatch.choose_for(
+        q,
+        k,
+        mask=mask,
+        bias=bias,
+        key_lengths=key_lengths,
+        dropout_rate=dropout_rate,
+        dropout_rng=dropout_rng,
+        return_weights=return_weights,
+        backend=backend,
+    )
+    return MIXED if choice.xla_gradient else choice.implementation
 
 
 def _qkv(batch=2, t_len=37, s_len=53, heads=3, head_dim=16, dtype=jnp.float32, seed=0):
@@ -64,10 +89,10 @@ def _rel_err(x, y):
 @pytest.fixture
 def small_blocks(monkeypatch):
     """Blocks far smaller than T and S so every test crosses block and padding boundaries."""
-    monkeypatch.setattr(attention, "_FWD_BLOCKS", (16, 32))
-    monkeypatch.setattr(attention, "_BWD_BLOCKS", (8, 16))
+    monkeypatch.setattr(chunked, "FWD_BLOCKS", (16, 32))
+    monkeypatch.setattr(chunked, "BWD_BLOCKS", (8, 16))
     # Forward one (example, head) per step, backward all heads of one example per step.
-    monkeypatch.setattr(attention, "_GROUP_BUDGET", 512)
+    monkeypatch.setattr(chunked, "GROUP_BUDGET", 512)
 
 
 # ------------------------------------------------------------------------------------------
@@ -231,10 +256,10 @@ def test_chunked_head_groups_match_reference(monkeypatch, budget, groups):
     (one head per step and all heads of one example are the small_blocks fixture's forward
     and backward); with a bias broadcast over B (its gradient sums over the examples of a
     group) and a per-example mask."""
-    monkeypatch.setattr(attention, "_FWD_BLOCKS", (16, 16))
-    monkeypatch.setattr(attention, "_BWD_BLOCKS", (16, 16))
-    monkeypatch.setattr(attention, "_GROUP_BUDGET", budget)
-    assert attention._group_sizes(2, 4, 16 * 16) == groups
+    monkeypatch.setattr(chunked, "FWD_BLOCKS", (16, 16))
+    monkeypatch.setattr(chunked, "BWD_BLOCKS", (16, 16))
+    monkeypatch.setattr(chunked, "GROUP_BUDGET", budget)
+    assert chunked._group_sizes(2, 4, 16 * 16) == groups
     q, k, v = _qkv(batch=2, t_len=21, s_len=27, heads=4, head_dim=8)
     kwargs = _make_case("causal+mask+bias+lengths", 2, 21, 27, 4)
     args = (q, k, v, kwargs["bias"])
@@ -257,8 +282,8 @@ def test_chunked_head_groups_match_reference(monkeypatch, budget, groups):
     ],
 )
 def test_group_sizes_rule(monkeypatch, batch, heads, elems, budget, expected):
-    monkeypatch.setattr(attention, "_GROUP_BUDGET", budget)
-    gb, gn = attention._group_sizes(batch, heads, elems)
+    monkeypatch.setattr(chunked, "GROUP_BUDGET", budget)
+    gb, gn = chunked._group_sizes(batch, heads, elems)
     assert (gb, gn) == expected
     assert batch % gb == 0 and heads % gn == 0
 
@@ -268,7 +293,7 @@ def test_block_split_rule(length):
     """Padded length and blocks: each block divides the padded length, is a multiple of 8
     (or the whole short sequence rounded up), is at most its target (or the base block), and
     padding is less than 8 rows per base block."""
-    padded, (small, large) = attention._split(length, (512, 1024))
+    padded, (small, large) = chunked._split(length, (512, 1024))
     assert padded >= length and padded % small == 0 and padded % large == 0
     assert small % 8 == 0 and large % small == 0
     assert small <= max(512, 8) and large <= max(1024, small)
@@ -279,14 +304,14 @@ def test_block_split_rule(length):
 
 def test_causal_and_length_block_skipping_bounds():
     """Key blocks wholly above the causal diagonal or past every key length are not visited."""
-    st = attention._Static(100, 100, 112, 112, 16, 16, (True, False, False, True))
+    st = chunked.BlockPlan(100, 100, 112, 112, 16, 16, True, False, False, True)
     lengths = jnp.array([40, 20])
     # Queries 0..15 see keys <= 15: only block 0; queries 96..99 see up to key 99, but no
     # example has more than 40 keys: blocks 0..2.
-    assert int(attention._key_block_range(st, lengths, 0)) == 1
-    assert int(attention._key_block_range(st, lengths, 96)) == 3
-    st = attention._Static(100, 100, 112, 112, 16, 16, (False, False, False, False))
-    assert int(attention._key_block_range(st, None, 0)) == 7
+    assert int(chunked._key_block_range(st, lengths, 0)) == 1
+    assert int(chunked._key_block_range(st, lengths, 96)) == 3
+    st = chunked.BlockPlan(100, 100, 112, 112, 16, 16, False, False, False, False)
+    assert int(chunked._key_block_range(st, None, 0)) == 7
 
 
 def test_chunked_uses_float32_statistics_for_bf16():
@@ -345,15 +370,15 @@ def test_query_that_sees_no_key_gives_zeros_and_zero_gradient(implementation, sm
 def test_auto_on_cpu_is_documented_choice(shape, dtype, want):
     assert jax.default_backend() == "cpu"
     q = jax.ShapeDtypeStruct(shape, dtype)
-    assert attention._auto(q, q, 0.0, False, None, None) == want
+    assert _auto(q, q, 0.0, False, None, None) == want
 
 
 def test_auto_on_cpu_never_gives_dropout_or_weights_to_xla_and_is_correct():
     q, k, v = _qkv(batch=4, t_len=256, s_len=256, heads=4, head_dim=16)
-    assert attention._auto(q, k, 0.0, False, None, None) == MIXED
-    assert attention._auto(q, k, 0.1, False, None, None, jax.random.key(0)) == "chunked"
-    assert attention._auto(q, k, 0.1, False, None, None) == "reference"  # no key given
-    assert attention._auto(q, k, 0.0, True, None, None) == "reference"
+    assert _auto(q, k, 0.0, False, None, None) == MIXED
+    assert _auto(q, k, 0.1, False, None, None, jax.random.key(0)) == "chunked"
+    assert _auto(q, k, 0.1, False, None, None) == "reference"  # no key given
+    assert _auto(q, k, 0.0, True, None, None) == "reference"
     for shape in [(4, 256, 4), (1, 1100, 1)]:  # "xla", then "chunked"
         q, k, v = _qkv(batch=shape[0], t_len=shape[1], s_len=shape[1], heads=shape[2])
         np.testing.assert_allclose(
@@ -366,7 +391,7 @@ def test_auto_on_cpu_never_gives_dropout_or_weights_to_xla_and_is_correct():
 
 def test_auto_window_values_come_from_chunked_and_derivatives_from_xla():
     q, k, v = _qkv(batch=4, t_len=256, s_len=256, heads=4, head_dim=16)
-    assert attention._auto(q, k, 0.0, False, None, None) == MIXED
+    assert _auto(q, k, 0.0, False, None, None) == MIXED
     bias = 0.5 * jax.random.normal(jax.random.key(7), (1, 4, 256, 256))
     lengths = jnp.array([256, 200, 3, 0])  # the last example sees no key: zeros
 
@@ -461,7 +486,7 @@ def test_chunked_dropout_equals_reference_dropout(case, grouped, small_blocks, m
     "reference" (jaxnn.ops.dropout on the whole [B, N, T, S] weights), so the same values and
     q/k/v(/bias) gradients, across block, padding and (example, head) group boundaries."""
     if grouped:  # several heads and examples per step: nonzero group offsets in the counters
-        monkeypatch.setattr(attention, "_GROUP_BUDGET", 10**9)
+        monkeypatch.setattr(chunked, "GROUP_BUDGET", 10**9)
     q, k, v = _qkv()  # B=2, T=37, S=53, N=3
     kwargs = _make_case(case, 2, 37, 53, 3)
     kwargs.update(dropout_rate=0.3, dropout_rng=jax.random.key(11))
@@ -477,10 +502,10 @@ def test_chunked_dropout_equals_reference_dropout(case, grouped, small_blocks, m
 def test_auto_drops_attention_with_the_blocked_kernel_on_cpu():
     q, k, _ = _qkv(t_len=200, s_len=200)
     key = jax.random.key(0)
-    assert attention._auto(q, k, 0.1, False, None, None, key) == "chunked"
-    assert attention._auto(q, k, 0.1, True, None, None, key) == "reference"  # return_weights
+    assert _auto(q, k, 0.1, False, None, None, key) == "chunked"
+    assert _auto(q, k, 0.1, True, None, None, key) == "reference"  # return_weights
     rbg = jax.random.key(0, impl="rbg")  # masks "reference" draws with jax.random.bits
-    assert attention._auto(q, k, 0.1, False, None, None, rbg) == "reference"
+    assert _auto(q, k, 0.1, False, None, None, rbg) == "reference"
 
 
 def test_chunked_dropout_refuses_shapes_whose_counters_would_wrap():
