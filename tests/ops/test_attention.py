@@ -1,7 +1,12 @@
-"""Tests for jaxnn/ops/attention.py against independent references.
+"""Tests for the jaxnn/ops/attention/ package against independent references.
 
 References: a NumPy transcription of softmax(QKᵀ/√H + bias)V, jax.nn.dot_product_attention,
 and (for the fast implementations) implementation="reference", values and gradients.
+
+Precision: float32 comparisons are exactness checks at F32_TOL (relative), run with float32
+matmuls at full precision (tests/ops/conftest.py); half-precision paths use `_half_tol`,
+a stated multiple of the dtype's epsilon. Kernels a backend lacks ("cudnn" off NVIDIA GPUs,
+Pallas off GPU/TPU) run here only where they can: Pallas in its interpreter on the CPU.
 """
 
 from __future__ import annotations
@@ -18,6 +23,17 @@ from jax.test_util import check_grads
 from jaxnn.ops.attention import chunked, dispatch, dot_product_attention
 
 CPU_IMPLEMENTATIONS = ("chunked", "xla")
+F32_TOL = 1e-5  # relative error of a float32 kernel against the float32 reference
+
+
+def _half_tol(dtype, ulps=4):
+    """Relative tolerance of a half-precision result: ``ulps`` times the dtype's epsilon
+    (bf16: 4 · 2^-7 = 0.031; f16: 4 · 2^-10 = 0.0039). Inputs are the same half-precision
+    arrays for both sides and every kernel computes in float32, so what differs is the
+    rounding of the output (and of the cotangent sin(out) that feeds the gradients)."""
+    return ulps * float(jnp.finfo(dtype).eps)
+
+
 MIXED = "chunked value, xla gradient"  # "auto"'s choice for mid-sized CPU problems
 
 
@@ -216,7 +232,7 @@ def test_reference_gradients_numerically():
 # ------------------------------------------------------------------------------------------
 
 
-def _assert_matches_reference(implementation, case, jit, dtype=jnp.float32, tol=1e-5):
+def _assert_matches_reference(implementation, case, jit, dtype=jnp.float32, tol=F32_TOL):
     # T = 37, S = 53: neither a multiple of the (small) blocks, and T != S.
     q, k, v = _qkv(dtype=dtype)
     kwargs = _make_case(case, 2, 37, 53, 3)
@@ -247,7 +263,8 @@ def test_chunked_matches_reference_without_jit(small_blocks):
     [("chunked", jnp.bfloat16), ("xla", jnp.bfloat16), ("chunked", jnp.float16)],
 )
 def test_implementation_matches_reference_half(implementation, dtype, small_blocks):
-    _assert_matches_reference(implementation, "causal+lengths", jit=True, dtype=dtype, tol=2e-2)
+    tol = _half_tol(dtype)
+    _assert_matches_reference(implementation, "causal+lengths", jit=True, dtype=dtype, tol=tol)
 
 
 @pytest.mark.parametrize(("budget", "groups"), [(256 * 2, (1, 2)), (256 * 8, (2, 4))])
@@ -265,9 +282,9 @@ def test_chunked_head_groups_match_reference(monkeypatch, budget, groups):
     args = (q, k, v, kwargs["bias"])
     want, want_grads = _value_and_grads("reference", kwargs, True)(*args)
     got, got_grads = _value_and_grads("chunked", kwargs, True)(*args)
-    assert _rel_err(got, want) < 1e-5
+    assert _rel_err(got, want) < F32_TOL
     for g, w in zip(got_grads, want_grads):
-        assert g.shape == w.shape and _rel_err(g, w) < 1e-5
+        assert g.shape == w.shape and _rel_err(g, w) < F32_TOL
 
 
 @pytest.mark.parametrize(
@@ -314,14 +331,35 @@ def test_causal_and_length_block_skipping_bounds():
     assert int(chunked._key_block_range(st, None, 0)) == 7
 
 
-def test_chunked_uses_float32_statistics_for_bf16():
-    # Logits around 200 with differences of 0.05: bf16 softmax statistics would lose them.
-    q, k, v = _qkv(batch=1, t_len=64, s_len=64, heads=1, head_dim=64)
-    q = (q * 4.0).astype(jnp.bfloat16)
-    k, v = k.astype(jnp.bfloat16), v.astype(jnp.bfloat16)
-    got = dot_product_attention(q, k, v, implementation="chunked")
-    want = _numpy_attention(q, k, v)
-    assert _rel_err(got, want) < 2e-2
+def _logits_near_1e4(dtype=jnp.bfloat16, s_len=64):
+    """q, k, v (B=1, T=2, N=1, H=4) whose logits are 10000 + s for key s: exact in bf16
+    inputs (q = [100, 1, 0, 0], k_s = [200, 2s, 0, 0], all bf16 integers), and in float32
+    logits, but not in bf16, whose spacing at 1e4 is 64: there all S logits round to 9984."""
+    s = np.arange(s_len, dtype=np.float32)
+    q = np.zeros((1, 2, 1, 4), np.float32)
+    q[..., 0], q[..., 1] = 100.0, 1.0
+    k = np.zeros((1, s_len, 1, 4), np.float32)
+    k[0, :, 0, 0], k[0, :, 0, 1] = 200.0, 2 * s
+    v = np.zeros((1, s_len, 1, 4), np.float32)
+    v[0, :, 0, 0] = s  # out = the expected key index under the softmax weights
+    v[0, :, 0, 1] = 1.0  # out = Σ weights = 1
+    return tuple(jnp.asarray(x, dtype) for x in (q, k, v))
+
+
+@pytest.mark.parametrize("implementation", ["reference", "chunked", "xla", "auto"])
+def test_bf16_inputs_keep_float32_logits_and_statistics(implementation, small_blocks):
+    """Logits 10000 + s: with float32 logits and softmax statistics the weights are
+    ∝ e^s and out[0] = Σ_s s·e^s / Σ_s e^s = 62.42 (S = 64), out[1] = 1; logits or statistics
+    in bf16 collapse every logit to one value, giving uniform weights and out[0] = 31.5.
+    Tolerance: bf16 output rounding, `_half_tol(bf16)`."""
+    q, k, v = _logits_near_1e4()
+    s = np.arange(64.0)
+    weights = np.exp(s - s.max()) / np.exp(s - s.max()).sum()
+    want = np.array([weights @ s, 1.0, 0.0, 0.0])
+    got = np.asarray(dot_product_attention(q, k, v, implementation=implementation), np.float64)
+    assert got.dtype == np.float64 and dot_product_attention(q, k, v).dtype == jnp.bfloat16
+    for t in range(2):
+        assert _rel_err(got[0, t, 0], want) < _half_tol(jnp.bfloat16), got[0, t, 0]
 
 
 def test_chunked_default_blocks_long_ragged_sequence():
@@ -331,9 +369,9 @@ def test_chunked_default_blocks_long_ragged_sequence():
     kwargs = dict(is_causal=True, key_lengths=jnp.array([2250]))
     got, got_grads = _value_and_grads("chunked", kwargs, True)(q, k, v)
     want, want_grads = _value_and_grads("reference", kwargs, True)(q, k, v)
-    assert _rel_err(got, want) < 1e-5
+    assert _rel_err(got, want) < F32_TOL
     for g, w in zip(got_grads, want_grads):
-        assert _rel_err(g, w) < 1e-5
+        assert _rel_err(g, w) < F32_TOL
 
 
 @pytest.mark.parametrize("implementation", ["reference", *CPU_IMPLEMENTATIONS, "auto"])
@@ -406,10 +444,10 @@ def test_auto_window_values_come_from_chunked_and_derivatives_from_xla():
     args = (q, k, v, bias)
     want = _numpy_attention(q, k, v, bias=bias, is_causal=True, key_lengths=np.asarray(lengths))
     for f in (attend("auto"), jax.jit(attend("auto"))):
-        assert _rel_err(f(*args), want) < 1e-5
+        assert _rel_err(f(*args), want) < F32_TOL
     grads = jax.jit(jax.grad(loss("auto"), argnums=(0, 1, 2, 3)))(*args)
     for got, want in zip(grads, jax.grad(loss("reference"), argnums=(0, 1, 2, 3))(*args)):
-        assert _rel_err(got, want) < 1e-5
+        assert _rel_err(got, want) < F32_TOL
     # Which kernel runs: the value alone is the blocked loop, its gradient XLA's loop-free graph.
     assert "while" in jax.jit(attend("auto")).lower(*args).as_text()
     assert "while" not in jax.jit(jax.grad(loss("auto"))).lower(*args).as_text()
@@ -417,7 +455,7 @@ def test_auto_window_values_come_from_chunked_and_derivatives_from_xla():
     tangents = (v, q, k, bias)
     _, jvp_auto = jax.jvp(attend("auto"), args, tangents)
     _, jvp_ref = jax.jvp(attend("reference"), args, tangents)
-    assert _rel_err(jvp_auto, jvp_ref) < 1e-5
+    assert _rel_err(jvp_auto, jvp_ref) < F32_TOL
 
     def grad_norm(impl):
         return lambda q: jnp.sum(jax.grad(loss(impl))(q, k, v, bias) ** 2)
@@ -428,7 +466,7 @@ def test_auto_window_values_come_from_chunked_and_derivatives_from_xla():
 def test_chunked_under_vmap_matches_reference():
     q, k, v = (jnp.stack([x, 2 * x]) for x in _qkv(batch=1, t_len=40, s_len=40))
     fn = lambda impl: jax.vmap(lambda q, k, v: dot_product_attention(q, k, v, implementation=impl))
-    assert _rel_err(fn("chunked")(q, k, v), fn("reference")(q, k, v)) < 1e-5
+    assert _rel_err(fn("chunked")(q, k, v), fn("reference")(q, k, v)) < F32_TOL
 
 
 def test_chunked_temporary_memory_is_linear_in_length(small_blocks):
@@ -492,9 +530,9 @@ def test_chunked_dropout_equals_reference_dropout(case, grouped, small_blocks, m
     kwargs.update(dropout_rate=0.3, dropout_rng=jax.random.key(11))
     got, got_grads = _value_and_grads("chunked", kwargs, True)(q, k, v, kwargs.get("bias"))
     want, want_grads = _value_and_grads("reference", kwargs, True)(q, k, v, kwargs.get("bias"))
-    assert _rel_err(got, want) < 1e-5
+    assert _rel_err(got, want) < F32_TOL
     for g, w in zip(got_grads, want_grads):
-        assert _rel_err(g, w) < 1e-5
+        assert _rel_err(g, w) < F32_TOL
     no_drop = {**kwargs, "dropout_rate": 0.0}
     assert not np.allclose(got, _attend("chunked", no_drop, True)(q, k, v, kwargs.get("bias")))
 
@@ -596,7 +634,7 @@ def test_second_derivatives_raise_for_chunked_and_work_elsewhere():
         return lambda q: jnp.sum(jax.grad(loss)(q) ** 2)
 
     want = jax.grad(grad_norm("reference"))(q)
-    assert _rel_err(jax.grad(grad_norm("xla"))(q), want) < 1e-5
+    assert _rel_err(jax.grad(grad_norm("xla"))(q), want) < F32_TOL
     with pytest.raises(NotImplementedError, match="'chunked' has first derivatives only"):
         jax.grad(grad_norm("chunked"))(q)
     with pytest.raises(NotImplementedError, match="'reference' or 'xla'"):
@@ -633,9 +671,9 @@ def test_chunked_matches_reference_long_causal_padded():
     kwargs = dict(is_causal=True, key_lengths=jnp.array([3500, 10]))
     got, got_grads = _value_and_grads("chunked", kwargs, True)(q, k, v)
     want, want_grads = _value_and_grads("reference", kwargs, True)(q, k, v)
-    assert _rel_err(got, want) < 1e-5
+    assert _rel_err(got, want) < F32_TOL
     for g, w in zip(got_grads, want_grads):
-        assert _rel_err(g, w) < 1e-5
+        assert _rel_err(g, w) < F32_TOL
 
 
 @pytest.mark.slow
