@@ -11,6 +11,7 @@ Pallas off GPU/TPU) run here only where they can: Pallas in its interpreter on t
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import re
 
@@ -20,7 +21,7 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
-from jaxnn.ops.attention import chunked, dispatch, dot_product_attention
+from jaxnn.ops.attention import backends, chunked, dispatch, dot_product_attention
 
 CPU_IMPLEMENTATIONS = ("chunked", "xla")
 F32_TOL = 1e-5  # relative error of a float32 kernel against the float32 reference
@@ -480,6 +481,249 @@ def test_chunked_temporary_memory_is_linear_in_length(small_blocks):
     scores_bytes = 2048 * 2048 * 4
     assert temp_bytes("reference") >= scores_bytes
     assert temp_bytes("chunked") <= scores_bytes / 10
+
+
+# ------------------------------------------------------------------------------------------
+# "auto" on GPU and TPU, pinned on the CPU: dispatch reads its backend from
+# dispatch.default_backend, which these tests set to "gpu" / "tpu"
+# ------------------------------------------------------------------------------------------
+
+BF16, F16, F32 = jnp.bfloat16, jnp.float16, jnp.float32
+
+
+@pytest.mark.parametrize(
+    ("backend", "shape", "dtype", "given", "want"),
+    [
+        ("gpu", (2, 256, 8, 64), BF16, "", "cudnn"),
+        ("gpu", (2, 256, 8, 64), F16, "key_lengths causal", "cudnn"),  # lengths: no mask built
+        ("gpu", (2, 256, 8, 128), BF16, "bias mask", "cudnn"),
+        ("gpu", (2, 256, 8, 64), F32, "", "xla"),  # cuDNN needs fp16/bf16
+        ("gpu", (2, 256, 8, 60), BF16, "", "xla"),  # H not a multiple of 8
+        ("gpu", (2, 256, 8, 256), BF16, "", "xla"),  # H over 128
+        ("gpu", (2, 255, 8, 64), BF16, "bias", "xla"),  # odd T with a bias
+        ("gpu", (2, 16384, 16, 64), F32, "", "chunked"),  # 2^33 scores: the memory guard
+        ("gpu", (2, 256, 8, 64), BF16, "dropout", "chunked"),  # dropout off the CPU
+        ("gpu", (2, 256, 8, 64), BF16, "dropout rbg", "reference"),  # masks need Threefry
+        ("gpu", (2, 256, 8, 64), BF16, "weights", "reference"),
+        ("tpu", (2, 256, 8, 64), BF16, "", "pallas"),
+        ("tpu", (2, 256, 8, 64), F32, "key_lengths bias causal", "pallas"),
+        ("tpu", (2, 256, 8, 64), BF16, "mask", "xla"),  # Pallas takes no general mask
+        ("tpu", (2, 200, 8, 64), BF16, "", "xla"),  # T not a multiple of 128
+        ("tpu", (2, 256, 8, 64), BF16, "dropout key_lengths", "chunked"),
+        ("tpu", (2, 256, 8, 64), BF16, "weights dropout", "reference"),
+        ("tpu", (4, 16384, 32, 64), BF16, "mask", "chunked"),  # the memory guard
+    ],
+)
+def test_auto_on_accelerators_is_documented_choice(backend, shape, dtype, given, want):
+    q = jax.ShapeDtypeStruct(shape, dtype)
+    words = given.split()
+    rng = jax.random.key(0, impl="rbg") if "rbg" in words else jax.random.key(0)
+    got = _auto(
+        q,
+        q,
+        dropout_rate=0.1 if "dropout" in words else 0.0,
+        return_weights="weights" in words,
+        mask=jnp.ones((1, 1, 1, shape[1]), bool) if "mask" in words else None,
+        key_lengths=jnp.ones((shape[0],), jnp.int32) if "key_lengths" in words else None,
+        bias=jnp.zeros((1, 1, 1, shape[1])) if "bias" in words else None,
+        dropout_rng=rng if "dropout" in words else None,
+        backend=backend,
+    )
+    assert got == want
+    # The rules never let a fused-kernel backend fall back to the materialized weights
+    # unless the weights are asked for or the dropout masks need them.
+    if got == "reference":
+        assert "weights" in words or "rbg" in words
+
+
+def test_every_rule_names_a_known_implementation_and_a_reason():
+    from jaxnn.ops.attention import IMPLEMENTATIONS
+
+    for rule in dispatch.RULES:
+        assert rule.implementation in IMPLEMENTATIONS and rule.implementation != "auto"
+        assert rule.reason and rule.backends in ("any", "cpu", "gpu", "tpu", "gpu|tpu")
+    # the last rule for each backend applies to every problem, so "auto" always decides
+    assert dispatch.RULES[-1].backends == "cpu"
+    assert [r.name for r in dispatch.RULES if r.backends == "gpu|tpu"][-1] == "xla"
+
+
+@pytest.fixture
+def spy_kernels(monkeypatch):
+    """Replace the fused-kernel wrappers that dot_product_attention calls with spies that
+    record their arguments and return the reference's result (they cannot run on a CPU)."""
+    import jaxnn.ops.attention as package
+
+    calls = []
+
+    def spy(name):
+        def kernel(q, k, v, mask, bias, is_causal, key_lengths, *args, **kwargs):
+            calls.append(dict(name=name, args=args, mask=mask, key_lengths=key_lengths))
+            return dot_product_attention(
+                q,
+                k,
+                v,
+                mask=mask,
+                bias=bias,
+                is_causal=is_causal,
+                key_lengths=key_lengths,
+                implementation="reference",
+            )
+
+        return kernel
+
+    monkeypatch.setattr(package, "jax_nn_attention", spy("jax.nn"))
+    monkeypatch.setattr(package, "pallas_attention", spy("pallas"))
+    return calls
+
+
+@pytest.mark.parametrize(
+    ("backend", "kernel", "args"), [("gpu", "jax.nn", ("cudnn",)), ("tpu", "pallas", ())]
+)
+def test_auto_on_accelerators_passes_key_lengths_to_the_fused_kernel(
+    backend, kernel, args, spy_kernels, monkeypatch
+):
+    monkeypatch.setattr(dispatch, "default_backend", lambda: backend)
+    q, k, v = _qkv(batch=2, t_len=128, s_len=128, heads=2, head_dim=16, dtype=jnp.bfloat16)
+    lengths = jnp.array([100, 7])
+    out = dot_product_attention(q, k, v, key_lengths=lengths, is_causal=True)
+    assert [c["name"] for c in spy_kernels] == [kernel]
+    assert spy_kernels[0]["args"] == args
+    assert spy_kernels[0]["mask"] is None  # no [B, N, T, S] (or [B, 1, 1, S]) mask is built
+    assert spy_kernels[0]["key_lengths"] is lengths
+    assert out.shape == q.shape
+
+
+@pytest.mark.parametrize("backend", ["gpu", "tpu"])
+def test_auto_dropout_off_the_cpu_is_the_exact_blocked_kernel(backend, spy_kernels, monkeypatch):
+    """Dropout on GPU/TPU: "chunked" (no [B, N, T, S] weights), the masks "reference" draws."""
+    monkeypatch.setattr(dispatch, "default_backend", lambda: backend)
+    q, k, v = _qkv(batch=2, t_len=40, s_len=40, heads=2, head_dim=8)
+    kwargs = dict(key_lengths=jnp.array([40, 9]), dropout_rate=0.2, dropout_rng=jax.random.key(4))
+    got = dot_product_attention(q, k, v, **kwargs)
+    assert spy_kernels == []  # neither jax.nn nor Pallas
+    want = dot_product_attention(q, k, v, **kwargs, implementation="reference")
+    assert _rel_err(got, want) < F32_TOL
+    chunked_only = dot_product_attention(q, k, v, **kwargs, implementation="chunked")
+    np.testing.assert_array_equal(got, chunked_only)
+
+
+def test_chunked_forward_mode_raises_type_error():
+    """As documented: "chunked" is a custom_vjp, so jax.jvp / jax.jacfwd raise TypeError."""
+    q, k, v = _qkv(batch=1, t_len=9, s_len=11, heads=2, head_dim=4)
+    attend = lambda q: dot_product_attention(q, k, v, implementation="chunked")
+    with pytest.raises(TypeError, match="custom_vjp"):
+        jax.jvp(attend, (q,), (q,))
+    with pytest.raises(TypeError, match="custom_vjp"):
+        jax.jacfwd(attend)(q)
+
+
+# ------------------------------------------------------------------------------------------
+# The Pallas wrappers, run in Pallas' interpreter on the CPU (on a GPU/TPU the same tests
+# run the compiled kernel of that platform)
+# ------------------------------------------------------------------------------------------
+
+
+def _pallas_on(platform):
+    """Run the platform's Pallas kernel compiled when on that platform, else interpreted."""
+    return dict(platform=platform, interpret=jax.default_backend() != platform)
+
+
+def test_pallas_gpu_kernel_matches_reference_interpreted():
+    from jax.experimental.pallas.ops.gpu.attention import BlockSizes
+
+    blocks = BlockSizes(*(16,) * 6)
+    q, k, v = _qkv(batch=1, t_len=48, s_len=48, heads=1, head_dim=16)  # 3 x 3 blocks
+
+    def pallas(q, k, v):
+        return backends.pallas_attention(
+            q, k, v, None, None, True, None, block_sizes=blocks, **_pallas_on("gpu")
+        )
+
+    reference = lambda q, k, v: dot_product_attention(
+        q, k, v, is_causal=True, implementation="reference"
+    )
+    loss = lambda f: lambda *a: jnp.sum(jnp.sin(f(*a)))
+    assert _rel_err(pallas(q, k, v), reference(q, k, v)) < F32_TOL
+    got = jax.grad(loss(pallas), argnums=(0, 1, 2))(q, k, v)
+    want = jax.grad(loss(reference), argnums=(0, 1, 2))(q, k, v)
+    for g, w in zip(got, want):
+        assert _rel_err(g, w) < F32_TOL
+
+
+@pytest.mark.parametrize(
+    "with_gradients", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["value", "grad"]
+)
+def test_pallas_tpu_kernel_with_key_lengths_and_bias_matches_reference_interpreted(
+    with_gradients,
+):
+    """Key padding as key segment ids, an example with no keys (zeros), bias, causal. The
+    gradients are slow in the interpreter on a CPU (about a minute): marked slow there."""
+    q, k, v = _qkv(batch=2, t_len=128, s_len=128, heads=1, head_dim=32)
+    bias = 0.5 * jax.random.normal(jax.random.key(3), (1, 1, 128, 128))
+    lengths = jnp.array([77, 0])
+
+    def pallas(q, k, v, bias):
+        return backends.pallas_attention(q, k, v, None, bias, True, lengths, **_pallas_on("tpu"))
+
+    def reference(q, k, v, bias):
+        return dot_product_attention(
+            q, k, v, bias=bias, key_lengths=lengths, is_causal=True, implementation="reference"
+        )
+
+    got = pallas(q, k, v, bias)
+    assert np.all(np.asarray(got[1]) == 0.0)
+    assert _rel_err(got, reference(q, k, v, bias)) < F32_TOL
+    if not with_gradients:
+        return
+    loss = lambda f: lambda *a: jnp.sum(jnp.sin(f(*a)))
+    interpret = contextlib.nullcontext()
+    if jax.default_backend() != "tpu":  # the kernel's backward is traced here, not in the call
+        from jax.experimental.pallas import tpu as pltpu
+
+        interpret = pltpu.force_tpu_interpret_mode()
+    with interpret:
+        got = jax.grad(loss(pallas), argnums=(0, 1, 2))(q, k, v, bias)
+    want = jax.grad(loss(reference), argnums=(0, 1, 2))(q, k, v, bias)
+    for g, w in zip(got, want):
+        assert np.isfinite(np.asarray(g)).all()
+        assert _rel_err(g, w) < F32_TOL
+
+
+@pytest.mark.parametrize(
+    ("platform", "kwargs", "match"),
+    [
+        ("cpu", {}, "needs a GPU or TPU"),
+        ("tpu", dict(mask=jnp.ones((1, 1, 1, 64), bool)), "does not support mask"),
+        ("gpu", dict(key_lengths=jnp.array([3])), "on GPU does not support key_lengths"),
+        ("gpu", dict(bias=jnp.zeros((64, 64))), "on GPU does not support bias"),
+    ],
+)
+def test_pallas_refuses_what_its_kernel_lacks(platform, kwargs, match):
+    q, k, v = _qkv(batch=1, t_len=64, s_len=64, heads=1, head_dim=16)
+    args = {name: kwargs.get(name) for name in ("mask", "bias", "key_lengths")}
+    with pytest.raises(ValueError, match=match):
+        backends.pallas_attention(
+            q, k, v, args["mask"], args["bias"], False, args["key_lengths"], platform=platform
+        )
+
+
+@pytest.mark.skipif(jax.default_backend() == "gpu", reason="runs where cuDNN is absent")
+def test_cudnn_off_an_nvidia_gpu_raises():
+    q, k, v = _qkv(batch=1, t_len=8, s_len=8, heads=1, head_dim=8, dtype=jnp.bfloat16)
+    with pytest.raises(ValueError, match="needs an NVIDIA GPU"):
+        dot_product_attention(q, k, v, implementation="cudnn")
+
+
+@pytest.mark.skipif(jax.default_backend() != "gpu", reason="cuDNN runs on an NVIDIA GPU only")
+@pytest.mark.parametrize("case", ["causal+lengths", "plain"])
+def test_cudnn_matches_reference_bf16(case):
+    q, k, v = _qkv(batch=2, t_len=64, s_len=64, heads=2, head_dim=16, dtype=jnp.bfloat16)
+    kwargs = _make_case(case, 2, 64, 64, 2)
+    got, got_grads = _value_and_grads("cudnn", kwargs, True)(q, k, v)
+    want, want_grads = _value_and_grads("reference", kwargs, True)(q, k, v)
+    assert _rel_err(got, want) < _half_tol(jnp.bfloat16)
+    for g, w in zip(got_grads, want_grads):
+        assert _rel_err(g, w) < _half_tol(jnp.bfloat16)
 
 
 # ------------------------------------------------------------------------------------------

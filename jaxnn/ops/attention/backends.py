@@ -67,12 +67,15 @@ def pallas_attention(
     """JAX's Pallas flash-attention kernels.
 
     GPU (``jax.experimental.pallas.ops.gpu.attention.mha``): is_causal only. TPU
-    (``...ops.tpu.flash_attention``): is_causal, bias (broadcast to [B, N, T, S]) and
+    (``...ops.tpu.flash_attention``): is_causal, bias (broadcast to [B, N, T, S]: the one
+    wrapper that materializes a [B, N, T, S] array, the kernel's ``ab``) and
     key_lengths (as key segment ids: a query's segment 1 sees only keys of segment 1, the
     first key_lengths[b]); T and S multiples of the kernel's blocks (128 by default).
 
     ``platform`` picks the kernel (default: the default backend); ``interpret=True`` runs it
-    in Pallas' interpreter, which works on the CPU (the tests use it); ``block_sizes`` is
+    in Pallas' interpreter, which works on the CPU (the tests use it). For the TPU kernel that
+    covers the forward pass; its backward is traced when differentiated, so differentiate it
+    inside ``jax.experimental.pallas.tpu.force_tpu_interpret_mode()``. ``block_sizes`` is
     passed to the kernel as is.
     """
     platform = platform or jax.default_backend()
@@ -107,8 +110,9 @@ def pallas_attention(
     s_len = k.shape[1]
     full_bias = None
     if bias is not None:
+        # The kernel scales (Q Kᵀ + ab) by sm_scale, so ab = bias / scale gives Q Kᵀ·scale + bias.
         shape = (batch, heads, t_len, s_len)
-        full_bias = jnp.broadcast_to(as_rank4(jnp.asarray(bias)), shape).astype(q.dtype)
+        full_bias = jnp.broadcast_to(as_rank4(jnp.asarray(bias)) / scale, shape).astype(q.dtype)
     segments = None
     if key_lengths is not None:
         # At least one visible key per example, so no row of the kernel is empty; the rows of
