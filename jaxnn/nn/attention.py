@@ -66,13 +66,17 @@ class MultiHeadAttention(nn.Module):
       qkv_features: N · H (default: D); must be divisible by num_heads.
       out_features: D' (default: D).
       dropout_rate: dropout on the attention weights ("dropout" RNG stream); needs
-        attention_impl "reference" or "auto" when training.
+        attention_impl "auto", "chunked" or "reference" when training ("auto" then runs the
+        exact blocked kernel, which never holds the [B, N, T, S] weights).
       attention_impl: implementation passed to ``jaxnn.ops.dot_product_attention``.
       dtype: computation dtype (parameters stay float32; softmax statistics float32).
 
-    Call: ``(x, mask=None, *, deterministic)``: x [B, T, D]; mask bool [B, T] marks the real
-    tokens (False = padding key: no query attends to it), or a bool mask broadcastable to
-    [B, N, T, S]. A query that sees no key gets zero attention output (so ``out`` = b_o).
+    Call: ``(x, mask=None, *, key_lengths=None, deterministic)``: x [B, T, D]; mask bool
+    [B, T] marks the real tokens (False = padding key: no query attends to it), or a bool mask
+    broadcastable to [B, N, T, S]; key_lengths int [B] says the same as a [B, T] mask whose
+    real tokens come first (keys t >= key_lengths[b] are padding), in the form the fused
+    GPU/TPU kernels take directly (no mask array is built). A query that sees no key gets
+    zero attention output (so ``out`` = b_o).
 
     Example:
       >>> mha = MultiHeadAttention(num_heads=4)
@@ -89,7 +93,12 @@ class MultiHeadAttention(nn.Module):
 
     @nn.compact
     def __call__(
-        self, x: jax.Array, mask: jax.Array | None = None, *, deterministic: bool
+        self,
+        x: jax.Array,
+        mask: jax.Array | None = None,
+        *,
+        key_lengths: jax.Array | None = None,
+        deterministic: bool,
     ) -> jax.Array:
         x = jnp.asarray(x)
         if x.ndim != 3:
@@ -129,6 +138,7 @@ class MultiHeadAttention(nn.Module):
             key,
             value,
             mask=mask,
+            key_lengths=key_lengths,
             dropout_rate=rate,
             dropout_rng=self.make_rng("dropout") if rate > 0.0 else None,
             implementation=self.attention_impl,
