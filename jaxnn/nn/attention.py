@@ -20,11 +20,10 @@ class _FlatDenseGeneral(nn.Module):
     Same parameters as ``nn.DenseGeneral(features, axis=(-in_axes, ..., -1))`` (kernel
     [*in_dims, *features], bias [*features], the kernel drawn flat as [prod(in), prod(out)] by
     LeCun-normal, then reshaped, as Flax does) and the same outputs, but the rows are flattened
-    to [M, prod(in)] and the kernel to [prod(in), prod(out)] before the product. On XLA:CPU the
-    rank-3/4 form compiles its backward with transposing fusions around the kernel gradient:
-    the four projections of a B=64, T=256, D=128 block take about 1.4x longer forward +
-    backward (benchmarks/dense_layout.py). With the flat feed-forward layer of `jaxnn.nn.MLP`,
-    the transformer step of benchmarks/train.py went from 0.78x to 0.89-0.97x PyTorch's.
+    to [M, prod(in)] and the kernel to [prod(in), prod(out)] before the product: on XLA:CPU the
+    rank-3/4 form compiles its backward with transposing fusions around the kernel gradient
+    and runs slower (measured by benchmarks/dense_layout.py, see
+    benchmarks/results/dense_layout.md).
     """
 
     features: tuple[int, ...]

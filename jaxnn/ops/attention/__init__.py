@@ -163,7 +163,8 @@ def dot_product_attention(
           on CPU, for mid-sized float32 problems (T·S <= 256², 2^20 <= B·N·T·S <= 2^21,
           H <= 64), the value from "chunked" and the derivatives from "xla" (a custom_jvp;
           forward mode and second derivatives work there as with "xla"), else "chunked" when
-          T·S >= 128², else "reference". Why each threshold: benchmarks/results/attention.md.
+          T·S >= 128², else "reference". Why each threshold:
+          benchmarks/results/attention_auto.md.
 
         An implementation that cannot honour an argument raises ValueError; nothing is
         silently ignored.

@@ -57,7 +57,7 @@ def _split(length: int, targets: tuple[int, ...]) -> tuple[int, tuple[int, ...]]
 FWD_BLOCKS = (1024, 2048)
 BWD_BLOCKS = (2048, 1024)
 # Scores per step of the outer loop (16 (example, head) pairs of 256 x 256 blocks): the
-# fastest budget of the measured 512K..4M, see benchmarks/results/attention.md.
+# fastest budget of the measured 512K..4M, see benchmarks/results/attention_auto.md.
 GROUP_BUDGET = 1024 * 1024
 
 
@@ -270,7 +270,8 @@ def _chunked_backward(
     # Kᵀ and dQᵀ sit behind optimization barriers so that they stay real transposes. When
     # the loops run once (T and S within one block), XLA would otherwise fold both swaps
     # into the dQᵀ = Kᵀ dSᵀ matmul and emit it with its lhs contracted on axis 2, a form
-    # XLA:CPU leaves to a generic dot at about half the speed (benchmarks/results/attention.md).
+    # XLA:CPU leaves to a generic dot at about half the speed (see
+    # benchmarks/results/attention_auto.md).
     k_t = lax.optimization_barrier(jnp.swapaxes(k, 2, 3))  # [B, N, H, Sp]
     q_t = jnp.swapaxes(q, 2, 3)
     do_t = jnp.swapaxes(d_out, 2, 3)
