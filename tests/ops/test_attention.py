@@ -607,6 +607,21 @@ def test_auto_dropout_off_the_cpu_is_the_exact_blocked_kernel(backend, spy_kerne
     np.testing.assert_array_equal(got, chunked_only)
 
 
+def test_public_names_import():
+    """Every name in the __all__ of jaxnn.ops and jaxnn.ops.attention exists; the two public
+    import paths of dot_product_attention are one function; one list of names."""
+    import jaxnn.ops
+    import jaxnn.ops.attention as package
+
+    for module in (jaxnn.ops, package):
+        for name in module.__all__:
+            assert getattr(module, name) is not None, (module.__name__, name)
+    assert jaxnn.ops.dot_product_attention is package.dot_product_attention
+    assert jaxnn.ops.ATTENTION_IMPLEMENTATIONS is package.IMPLEMENTATIONS
+    assert "auto" in package.IMPLEMENTATIONS and "chunked" in package.IMPLEMENTATIONS
+    assert not any(" " in name for name in package.IMPLEMENTATIONS)  # no sentinels posing
+
+
 def test_chunked_forward_mode_raises_type_error():
     """As documented: "chunked" is a custom_vjp, so jax.jvp / jax.jacfwd raise TypeError."""
     q, k, v = _qkv(batch=1, t_len=9, s_len=11, heads=2, head_dim=4)

@@ -1,9 +1,11 @@
 """What implementation="auto" runs: a short table of rules, the first that applies wins.
 
 Each rule names the implementation it picks and why; the numbers behind the thresholds are in
-benchmarks/results/attention_auto.md. The rules read only
-static facts (shapes, dtype, which arguments are given, the backend), so the choice is made at
-trace time and costs nothing at run time.
+benchmarks/results/attention_auto.md. The rules read only static facts (shapes, dtype, which
+arguments are given, the backend from `default_backend`), so the choice is made at trace time
+and costs nothing at run time. The principle on GPU/TPU: never the [B, N, T, S] weights where
+a fused kernel can do the job; only return_weights (and dropout masks the blocked kernel
+cannot reproduce) send a call to "reference".
 
 Shape letters: B batch, T query length, S key length, N heads, H head dim.
 """
@@ -39,7 +41,7 @@ CUDNN_HEAD_DIM_MULTIPLE = 8
 TPU_PALLAS_BLOCK = 128
 # Memory guard on GPU/TPU: "xla" holds several [B, N, T, S] float32 arrays; above this many
 # scores (4 GiB per array) the blocked kernel, whose memory is linear in T, runs instead
-# (at B=2, N=16, T=16384, 2^33 scores, "xla" asked the H200 for 80 GiB).
+# (at 2^33 scores "xla" asked an H200 for 80 GiB).
 XLA_MAX_SCORES = 1 << 30
 
 ACCELERATORS = ("gpu", "tpu")
