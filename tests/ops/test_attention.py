@@ -496,7 +496,8 @@ BF16, F16, F32 = jnp.bfloat16, jnp.float16, jnp.float32
     [
         ("gpu", (2, 256, 8, 64), BF16, "", "cudnn"),
         ("gpu", (2, 256, 8, 64), F16, "key_lengths causal", "cudnn"),  # lengths: no mask built
-        ("gpu", (2, 256, 8, 128), BF16, "bias mask", "cudnn"),
+        ("gpu", (2, 256, 8, 128), BF16, "bias", "cudnn"),
+        ("gpu", (2, 256, 8, 64), BF16, "mask", "xla"),  # a general mask: pass key_lengths
         ("gpu", (2, 256, 8, 64), F32, "", "xla"),  # cuDNN needs fp16/bf16
         ("gpu", (2, 256, 8, 60), BF16, "", "xla"),  # H not a multiple of 8
         ("gpu", (2, 256, 8, 256), BF16, "", "xla"),  # H over 128

@@ -158,8 +158,9 @@ def dot_product_attention(
           applies, in short: "reference" when return_weights is requested; with dropout,
           "chunked" (exact, no [B, N, T, S] weights; "reference" only for a key or shape the
           blocked kernel cannot draw the same masks with); on GPU "cudnn" for fp16/bf16 with
-          H <= 128 and H % 8 == 0, on TPU "pallas" without a mask and with T, S multiples of
-          128, else "xla" there (or "chunked" when "xla" would hold more than 2^30 scores);
+          H <= 128, H % 8 == 0 and no general mask (key_lengths and is_causal are fine), on
+          TPU "pallas" without a mask and with T, S multiples of 128, else "xla" there (or
+          "chunked" when "xla" would hold more than 2^30 scores);
           on CPU, for mid-sized float32 problems (T·S <= 256², 2^20 <= B·N·T·S <= 2^21,
           H <= 64), the value from "chunked" and the derivatives from "xla" (a custom_jvp;
           forward mode and second derivatives work there as with "xla"), else "chunked" when

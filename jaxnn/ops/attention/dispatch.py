@@ -33,7 +33,9 @@ CPU_MIXED_MAX_HEAD_SCORES = 256 * 256
 CPU_MIXED_SCORES = (1 << 20, 1 << 21)
 CPU_MIXED_MAX_HEAD_DIM = 64
 # cuDNN's flash attention (via jax.nn): fp16/bf16 only, H a multiple of 8 up to 128 (256 from
-# Hopper on; 128 is the portable bound), even T and S when a bias or mask is trained.
+# Hopper on; 128 is the portable bound), even T and S when a bias is trained. A general boolean
+# mask is left to "xla": jax.nn would turn it into a bias of the mask's shape, which cuDNN does
+# not broadcast the way a [B, 1, 1, S] padding mask needs; key padding goes as key_lengths.
 CUDNN_DTYPES = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
 CUDNN_MAX_HEAD_DIM = 128
 CUDNN_HEAD_DIM_MULTIPLE = 8
@@ -108,7 +110,8 @@ def _cudnn_fits(p: Problem) -> bool:
         p.dtype in CUDNN_DTYPES
         and p.head_dim <= CUDNN_MAX_HEAD_DIM
         and p.head_dim % CUDNN_HEAD_DIM_MULTIPLE == 0
-        and (not (p.has_bias or p.has_mask) or (p.t_len % 2 == 0 and p.s_len % 2 == 0))
+        and not p.has_mask
+        and (not p.has_bias or (p.t_len % 2 == 0 and p.s_len % 2 == 0))
     )
 
 
@@ -141,7 +144,7 @@ RULES: tuple[Rule, ...] = (
     Rule("tpu pallas", "tpu", _tpu_pallas_fits, "pallas",
          "fused flash attention; key_lengths as key segment ids, bias as its ab"),
     Rule("xla", "gpu|tpu", lambda p: True, "xla",
-         "no fused kernel fits (float32, odd H, a general mask on TPU): jax.nn's XLA graph"),
+         "no fused kernel fits (float32, odd H, a general mask): jax.nn's XLA graph"),
     Rule("cpu window", "cpu", _cpu_mixed_window, "chunked",
          "value from the blocked forward, derivatives from XLA's graph (faster to train)",
          xla_gradient=True),
