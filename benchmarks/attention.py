@@ -5,7 +5,8 @@ reports, per implementation ("auto" included: what the models run) and for the f
 the forward+backward pass: compile time, the min / median / max of repeated timings after
 warm-up (jax.block_until_ready; the repetitions of all implementations of one shape are
 interleaved, so load from other processes hits them alike), achieved FLOP/s (forward
-4·B·N·T·S·H, forward+backward 3.5× that; the causal and padded cases count the full T·S) and
+4·B·N·T·S·H, forward+backward 3.5× that; the causal and padded cases count only the visible
+(query, key) pairs, the work a kernel that skips masked blocks must do) and
 its share of the device's dense matmul rate measured in the same run with matmuls large
 enough to saturate it (8192³ on an accelerator, 2048³ on a CPU), and the peak temporary
 memory of the compiled executable (memory_analysis()). torch SDPA is timed per backend it
@@ -52,8 +53,15 @@ CASES = ("plain", "causal", "padded")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
-def attention_flops(batch, heads, t_len, s_len, head_dim, mode):
-    forward = 4 * batch * heads * t_len * s_len * head_dim
+def attention_flops(batch, heads, t_len, s_len, head_dim, mode, case="plain"):
+    """4·N·H·(visible (query, key) pairs) forward, 3.5× that forward+backward."""
+    if case == "causal":  # query t sees keys 0..t (top-left aligned)
+        pairs = batch * sum(min(t + 1, s_len) for t in range(t_len))
+    elif case == "padded":
+        pairs = t_len * sum(case_kwargs(case, batch, s_len)["key_lengths"].tolist())
+    else:
+        pairs = batch * t_len * s_len
+    forward = 4 * heads * pairs * head_dim
     return forward if mode == "fwd" else 3.5 * forward
 
 
@@ -287,7 +295,7 @@ def bench_shape(args, impls, header, shape, mode, dtype_name, case="plain"):
     for impl, rec in pending.items():
         if impl in times:
             median = statistics.median(times[impl])
-            flops = attention_flops(batch, heads, t_len, t_len, head_dim, mode)
+            flops = attention_flops(batch, heads, t_len, t_len, head_dim, mode, case)
             rec.update(status="ok", median_s=median, times_s=times[impl])
             rec.update(min_s=min(times[impl]), max_s=max(times[impl]))
             rec.update(process_peak_rss_bytes=peak_rss, flops=flops / median)
@@ -351,7 +359,7 @@ def write_markdown(report, path):
             else []
         ),
         "Each cell: median time [min–max over the repetitions], achieved GFLOP/s (forward "
-        "4·B·N·T·S·H, fwd+bwd 3.5×; causal and padded count the full T·S) with its share of "
+        "4·N·H per visible (query, key) pair, fwd+bwd 3.5×) with its share of "
         "the matmul rate and, for JAX implementations, peak temporary memory of the compiled "
         "executable. torch-X is torch SDPA restricted to its X backend. "
         "'a/b speed' = time(b) / time(a): above 1 means a is faster. On a shared machine "
