@@ -32,7 +32,7 @@ def temp_mib(impl: str, batch: int, seq_len: int, heads: int, head_dim: int, dty
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seq-lens", type=int, nargs="+", default=[8192])
-    parser.add_argument("--impls", nargs="+", default=["reference", "xla", "chunked"])
+    parser.add_argument("--impls", nargs="+", default=["auto", "reference", "xla", "chunked"])
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--heads", type=int, default=8)
     parser.add_argument("--head-dim", type=int, default=64)

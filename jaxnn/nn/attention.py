@@ -20,11 +20,10 @@ class _FlatDenseGeneral(nn.Module):
     Same parameters as ``nn.DenseGeneral(features, axis=(-in_axes, ..., -1))`` (kernel
     [*in_dims, *features], bias [*features], the kernel drawn flat as [prod(in), prod(out)] by
     LeCun-normal, then reshaped, as Flax does) and the same outputs, but the rows are flattened
-    to [M, prod(in)] and the kernel to [prod(in), prod(out)] before the product. On XLA:CPU the
-    rank-3/4 form compiles its backward with transposing fusions around the kernel gradient:
-    the four projections of a B=64, T=256, D=128 block take about 1.4x longer forward +
-    backward (benchmarks/dense_layout.py). With the flat feed-forward layer of `jaxnn.nn.MLP`,
-    the transformer step of benchmarks/train.py went from 0.78x to 0.89-0.97x PyTorch's.
+    to [M, prod(in)] and the kernel to [prod(in), prod(out)] before the product: on XLA:CPU the
+    rank-3/4 form compiles its backward with transposing fusions around the kernel gradient
+    and runs slower (measured by benchmarks/dense_layout.py, see
+    benchmarks/results/dense_layout.md).
     """
 
     features: tuple[int, ...]
@@ -66,13 +65,17 @@ class MultiHeadAttention(nn.Module):
       qkv_features: N · H (default: D); must be divisible by num_heads.
       out_features: D' (default: D).
       dropout_rate: dropout on the attention weights ("dropout" RNG stream); needs
-        attention_impl "reference" or "auto" when training.
+        attention_impl "auto", "chunked" or "reference" when training ("auto" then runs the
+        exact blocked kernel, which never holds the [B, N, T, S] weights).
       attention_impl: implementation passed to ``jaxnn.ops.dot_product_attention``.
       dtype: computation dtype (parameters stay float32; softmax statistics float32).
 
-    Call: ``(x, mask=None, *, deterministic)``: x [B, T, D]; mask bool [B, T] marks the real
-    tokens (False = padding key: no query attends to it), or a bool mask broadcastable to
-    [B, N, T, S]. A query that sees no key gets zero attention output (so ``out`` = b_o).
+    Call: ``(x, mask=None, *, key_lengths=None, deterministic)``: x [B, T, D]; mask bool
+    [B, T] marks the real tokens (False = padding key: no query attends to it), or a bool mask
+    broadcastable to [B, N, T, S]; key_lengths int [B] says the same as a [B, T] mask whose
+    real tokens come first (keys t >= key_lengths[b] are padding), in the form the fused
+    GPU/TPU kernels take directly (no mask array is built). A query that sees no key gets
+    zero attention output (so ``out`` = b_o).
 
     Example:
       >>> mha = MultiHeadAttention(num_heads=4)
@@ -89,7 +92,12 @@ class MultiHeadAttention(nn.Module):
 
     @nn.compact
     def __call__(
-        self, x: jax.Array, mask: jax.Array | None = None, *, deterministic: bool
+        self,
+        x: jax.Array,
+        mask: jax.Array | None = None,
+        *,
+        key_lengths: jax.Array | None = None,
+        deterministic: bool,
     ) -> jax.Array:
         x = jnp.asarray(x)
         if x.ndim != 3:
@@ -129,6 +137,7 @@ class MultiHeadAttention(nn.Module):
             key,
             value,
             mask=mask,
+            key_lengths=key_lengths,
             dropout_rate=rate,
             dropout_rng=self.make_rng("dropout") if rate > 0.0 else None,
             implementation=self.attention_impl,

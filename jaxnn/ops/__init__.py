@@ -8,7 +8,8 @@ D model dim, F features, V vocabulary, C classes.
   dropout      dropout                                                   §3
   normalization layer_norm, rms_norm, batch_norm                         §6
   pooling      mean_pool, max_pool, first_token_pool                     §7
-  attention    dot_product_attention                                     §9
+  attention    dot_product_attention, ATTENTION_IMPLEMENTATIONS          §9
+               (a package: checks, reference, chunked, backends, dispatch)
   losses       softmax_cross_entropy, l2_penalty                         §3
 """
 
@@ -22,6 +23,7 @@ from jaxnn.ops.activations import (
     sigmoid,
     tanh,
 )
+from jaxnn.ops.attention import IMPLEMENTATIONS as ATTENTION_IMPLEMENTATIONS
 from jaxnn.ops.attention import dot_product_attention
 from jaxnn.ops.dropout import dropout
 from jaxnn.ops.losses import l2_penalty, softmax_cross_entropy
@@ -31,6 +33,7 @@ from jaxnn.ops.softmax import log_softmax, softmax, standardize
 
 __all__ = [
     "ACTIVATIONS",
+    "ATTENTION_IMPLEMENTATIONS",
     "batch_norm",
     "dot_product_attention",
     "dropout",

@@ -95,6 +95,35 @@ def test_half_precision_dtype_kept_statistics_float32():
     assert standardize(x).dtype == jnp.bfloat16 and log_softmax(x).dtype == jnp.bfloat16
 
 
+@pytest.mark.parametrize("fn", [softmax, log_softmax], ids=["softmax", "log_softmax"])
+def test_bf16_results_are_the_float32_results_rounded_once(fn):
+    """With float32 statistics (max, exp, sum, log) the only bf16 rounding is the final one,
+    so the output equals the float64 result rounded to bf16 (a tie, or a float32 error
+    crossing a rounding boundary, is rare: at most 1 % of entries may differ by one ulp).
+    With the statistics in bf16, exp, the sum and the quotient each round to 8 bits and
+    about three quarters of the entries come out one ulp or more off."""
+    x = jnp.asarray(_logits(11, (64, 512), scale=3.0), jnp.bfloat16)
+    exact = np.asarray(x, np.float64)
+    exact = exact - exact.max(-1, keepdims=True)
+    total = np.exp(exact).sum(-1, keepdims=True)
+    want = np.exp(exact) / total if fn is softmax else exact - np.log(total)
+    want = np.asarray(jnp.asarray(want, jnp.float32).astype(jnp.bfloat16))
+    got = np.asarray(fn(x))
+    assert got.dtype == jnp.bfloat16
+    assert np.mean(got == want) >= 0.99
+
+
+def test_float16_row_longer_than_float16_range_sums_in_float32():
+    """70,000 equal logits: their exp sum, 70,000, overflows float16 (max 65,504), so a float16
+    computation gives 1/inf = 0 everywhere; float32 statistics give 1/70000 (a float16
+    subnormal, 1.43e-5) in every entry, summing to 1 within float16's subnormal spacing."""
+    x = jnp.zeros((70_000,), jnp.float16)
+    got = np.asarray(softmax(x), np.float64)
+    np.testing.assert_allclose(got, 1 / 70_000, rtol=0.05)  # subnormal spacing 6e-8: 4 %
+    assert np.all(np.isfinite(np.asarray(log_softmax(x), np.float32)))
+    np.testing.assert_allclose(np.asarray(log_softmax(x), np.float32), -np.log(70_000), rtol=1e-3)
+
+
 def test_check_grads(x64):
     x = jnp.asarray(_logits(6, (3, 5)), jnp.float64)
     where = jnp.asarray([[True, True, False, True, True]] * 3)
