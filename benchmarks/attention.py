@@ -43,7 +43,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # timing.py, also when imported
 from timing import time_interleaved
 
-from jaxnn.host_memory import configure_host_allocator, host_allocator
+from jaxnn.launch import configure_process
+from jaxnn.launch.host_memory import host_allocator
 from jaxnn.ops.attention import dot_product_attention
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -547,5 +548,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    configure_host_allocator()  # before JAX's first computation (jaxnn.host_memory)
+    configure_process()  # CPU process settings from the environment, before JAX starts
     main()

@@ -14,7 +14,7 @@ import argparse
 import jax
 import jax.numpy as jnp
 
-from jaxnn.host_memory import configure_host_allocator
+from jaxnn.launch import configure_process
 from jaxnn.ops import dot_product_attention
 
 
@@ -51,5 +51,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    configure_host_allocator()  # before JAX's first computation (jaxnn.host_memory)
+    configure_process()  # CPU process settings from the environment, before JAX starts
     main()

@@ -720,7 +720,7 @@ def under_mesh(fn: Callable, mesh: Mesh) -> Callable:
 
 def in_process_cpu_collectives(mesh: Mesh) -> bool:
     """Whether ``mesh``'s collectives are XLA:CPU's in-process ones: several CPU devices, all
-    of this one process (forced host devices, `jaxnn.cpu_devices`)."""
+    of this one process (forced host devices, `jaxnn.launch.cpu_devices`)."""
     devices = list(mesh.devices.flat)
     return (
         len(devices) > 1

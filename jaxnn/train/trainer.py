@@ -178,7 +178,7 @@ def build_steps(
         out_shardings=rep,
         donate_argnums=1,
     )
-    # several CPU devices of one process (jaxnn.cpu_devices): each step waits for its result,
+    # several CPU devices of one process (jaxnn.launch.cpu_devices): each step waits for its result,
     # or XLA's in-process all-reduce can deadlock (waits_for_each_call)
     train_step, eval_step = (waits_for_each_call(f, mesh) for f in (train_step, eval_step))
     return Steps(schedule, tx, sparse, train_step, eval_step, shardings, init)
