@@ -422,6 +422,11 @@ CONFIG_TO_PREPARE = {
     "max_len": "max_len",
     "min_freq": "min_freq",
     "max_vocab_size": "max_size",
+    # the reader options (jaxnn.train.config.corpus_options passes those that are set)
+    "text_column": "text_column",
+    "label_column": "label_column",
+    "split_column": "split_column",
+    "delimiter": "delimiter",
 }
 # config.data keys that never reach the encoded arrays (batching, warnings, threads)
 CONFIG_NOT_ENCODING = {"sort_pool", "smallest_bucket", "unk_warn_threshold", "prefetch"}

@@ -261,7 +261,9 @@ def test_a_failed_start_writes_nothing_to_the_workdir(tiny_config, tmp_path):
         loop.train_and_evaluate(tiny_config, workdir)
     assert not (workdir / "config.json").exists()
     tiny_config.data.text_column = "text"
-    loop.prepare_workdir(validate_config(tiny_config), workdir, overwrite=False)
+    tiny_config.train.num_epochs = 1
+    tiny_config.train.max_steps_per_epoch = 2
+    loop.train_and_evaluate(tiny_config, workdir)  # not refused as "a different config"
     assert (workdir / "config.json").is_file()
 
 
@@ -283,7 +285,7 @@ def test_train_py_defaults_to_configs_default_and_a_workdir_under_runs(tmp_path)
         import json, runpy, sys
         import jaxnn.train
 
-        def fake(config, workdir, overwrite=False):
+        def fake(config, workdir, overwrite=False, **kwargs):
             with open({str(out)!r}, "w") as f:
                 json.dump({{"corpus": config.data.corpus, "model": config.model.name,
                            "workdir": str(workdir), "overwrite": overwrite}}, f)
