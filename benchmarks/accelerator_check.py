@@ -9,8 +9,9 @@ not fatal:
   environment   backend, device name and count, driver (nvidia-smi when present), versions of
                 jax, jaxlib, flax, optax, orbax, chex, torch; the pure-Python dependencies
                 that are missing (one line: this script installs nothing)
-  compile       benchmarks/compile.py, one process per shipped config (a config whose step
-                compiles for minutes is cut off alone), against its budget
+  compile       benchmarks/compile.py, one process per shipped config, set up as train.py runs
+                it (jaxnn.launch; CPU settings on a CPU only), against its budget (a config
+                whose step compiles for minutes is cut off alone)
   tests         the fast suite: pytest -m "not slow" -n <cores>; pass/fail/skip counts and the
                 failing test ids
   end_to_end    python train.py --config=configs/imdb_transformer.py: test accuracy, wall time
@@ -283,6 +284,7 @@ def _compile_one(
         entries = part.pop("configs")
         for value in entries.values():
             value["host_allocator"] = part.get("host_allocator")
+            value["cpu_devices"] = part.get("cpu_devices")
         return {
             "header": part,
             "configs": {(label if key == name else key): value for key, value in entries.items()},
@@ -292,9 +294,11 @@ def _compile_one(
 
 
 def step_compile(args, timeout_s: float, log_dir: Path) -> dict[str, Any]:
-    """Each config's steps compiled in a process with its shipped process settings, as
-    train.py runs it; a config over budget (or cut off) is compiled once more without them
-    (the host allocator is the suspect: issue #25) to tell the two apart."""
+    """Each config's steps compiled in a process with the process settings train.py runs it
+    with (benchmarks/compile.py ``--process-settings train``: jaxnn.launch.configure_process,
+    CPU settings on a CPU only); a config over budget (or cut off) is compiled once more
+    without them (``--process-settings none``; on a CPU the host allocator is the suspect:
+    issue #25), then on a GPU also without XLA's autotuning, to tell the suspects apart."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
     import compile as compile_bench  # benchmarks/compile.py (imports JAX, starts no backend)
 
@@ -316,7 +320,7 @@ def step_compile(args, timeout_s: float, log_dir: Path) -> dict[str, Any]:
                 continue
             part = _compile_one(
                 name,
-                ["--process-settings", "shipped"],
+                ["--process-settings", "train"],
                 name,
                 min(left, args.compile_timeout_s),
                 tmp,
@@ -325,7 +329,7 @@ def step_compile(args, timeout_s: float, log_dir: Path) -> dict[str, Any]:
             merged.setdefault("header", part.get("header"))
             merged["configs"].update(part["configs"])
         # then, with the time left, each config over budget (or cut off) once more without
-        # its shipped process settings
+        # its process settings
         for name in names:
             entry = merged["configs"].get(name, {})
             left = deadline - time.perf_counter()
@@ -333,8 +337,9 @@ def step_compile(args, timeout_s: float, log_dir: Path) -> dict[str, Any]:
                 continue
             if entry.get("error", "").startswith("not run"):
                 continue
-            label = f"{name} [no shipped process settings]"
-            again = _compile_one(name, [], label, min(left, 60.0), tmp, log_dir)
+            label = f"{name} [no process settings]"
+            none = ["--process-settings", "none"]
+            again = _compile_one(name, none, label, min(left, 60.0), tmp, log_dir)
             merged["configs"].update(again["configs"])
             # still slow on a GPU: is it XLA's autotuning of the matmul fusions?
             entry = again["configs"].get(label, {})
@@ -342,9 +347,9 @@ def step_compile(args, timeout_s: float, log_dir: Path) -> dict[str, Any]:
             backend = (args.environment or {}).get("backend")
             if backend == "gpu" and left >= 20 and ("error" in entry or entry.get("over_budget")):
                 flags = (os.environ.get("XLA_FLAGS", "") + " --xla_gpu_autotune_level=0").strip()
-                label = f"{name} [no shipped process settings, XLA autotuning off]"
+                label = f"{name} [no process settings, XLA autotuning off]"
                 again = _compile_one(
-                    name, [], label, min(left, 60.0), tmp, log_dir, env={"XLA_FLAGS": flags}
+                    name, none, label, min(left, 60.0), tmp, log_dir, env={"XLA_FLAGS": flags}
                 )
                 merged["configs"].update(again["configs"])
     header = merged.pop("header", None) or {}
@@ -352,7 +357,8 @@ def step_compile(args, timeout_s: float, log_dir: Path) -> dict[str, Any]:
         "backend": header.get("backend", "?"),
         "devices": header.get("devices", []),
         "jax_version": header.get("jax_version", "?"),
-        "host_allocator": "as each config ships it",
+        "host_allocator": "per config, as train.py runs it",
+        "process_settings": "train",
         "budget_s": header.get("budget_s", compile_bench.budget_s("gpu")),
         "configs": merged["configs"],
     }

@@ -18,6 +18,14 @@ and each is timed as ``jax.jit(...).lower(...)`` (tracing + StableHLO) and then
 program). Also recorded: the optimized HLO's instruction count and while loops (a program that
 grows with a Python-unrolled loop shows it there).
 
+Each config is compiled in a process set up as train.py runs it (``--process-settings train``,
+the default): a fresh Python process per config that calls `jaxnn.launch.configure_process`
+before JAX's first computation, with `process_defaults` (the transformer configs: the CPU recipe
+of train.py's docstring, ``--cpu_devices=cores --host_allocator=keep``; the others: train.py's
+defaults). On a GPU or TPU no CPU setting is applied. $JAXNN_HOST_ALLOCATOR, $JAXNN_CPU_DEVICES
+and $JAXNN_CPU_VECTOR_WIDTH, when set, override them, as they do for train.py.
+``--process-settings none`` compiles every config in this one process, as it is.
+
 Budget per step (issue #25): `BUDGET_S` seconds by backend; a step above it is flagged.
 Writes compile[.TAG].json and .md into runs/benchmarks/ (``--out``), or into
 benchmarks/results/ with ``--commit-results``. Nothing here passes or fails.
@@ -26,12 +34,13 @@ benchmarks/results/ with ``--commit-results``. Nothing here passes or fails.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import platform
 import re
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -44,13 +53,14 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 # --- every use of jaxnn in this script goes through these imports -----------------------------
-from jaxnn.cpu_devices import configure_cpu_devices  # noqa: E402
-from jaxnn.host_memory import configure_host_allocator, host_allocator  # noqa: E402
-from jaxnn.models import get_model  # noqa: E402
-from jaxnn.train.config import config_from_file, validate_config  # noqa: E402
+from jaxnn.launch import configure_process  # noqa: E402
+from jaxnn.launch.cpu_devices import cpu_devices  # noqa: E402
+from jaxnn.launch.host_memory import host_allocator  # noqa: E402
+from jaxnn.models import compute_dtype, get_model  # noqa: E402
+from jaxnn.train.config import config_from_file, config_to_dict, validate_config  # noqa: E402
 from jaxnn.train.distributed import batch_sharding, make_mesh, replicated  # noqa: E402
-from jaxnn.train.loop import build_steps  # noqa: E402
 from jaxnn.train.step import zero_eval_metrics  # noqa: E402
+from jaxnn.train.trainer import build_steps  # noqa: E402
 
 # ------------------------------------------------------------------------------------------------
 
@@ -76,6 +86,26 @@ VARIANTS = {
 }
 # configs that are not one training run: their keys beyond the run schema say so
 NOT_A_RUN = ("tune", "analysis", "sweep")
+# train.py's CPU recipe for the transformer (its docstring): --cpu_devices=cores
+# --host_allocator=keep; benchmarks/train.py's PROCESS_DEFAULTS runs its transformers so too
+TRANSFORMER_CPU_RECIPE = {"cpu_devices": "cores", "host_allocator": "keep"}
+
+
+def process_defaults(config: Any) -> dict[str, str]:
+    """The process settings train.py runs ``config`` with on a CPU (`configure_process`'s
+    ``defaults``): `TRANSFORMER_CPU_RECIPE` for a transformer, else none (train.py's
+    defaults)."""
+    return dict(TRANSFORMER_CPU_RECIPE) if config["model"]["name"] == "transformer" else {}
+
+
+def apply_process_settings(config: Any) -> dict[str, Any]:
+    """``config``'s process settings (`process_defaults`) applied to this process, before
+    JAX's first computation; nothing on a GPU or TPU. Returns `ProcessSettings.as_dict`."""
+    train = config["train"]
+    return configure_process(
+        batch_sizes=(train["batch_size"], train["eval_batch_size"]),
+        defaults=process_defaults(config),
+    ).as_dict()
 
 
 def budget_s(backend: str | None = None) -> float:
@@ -102,7 +132,7 @@ def shipped_configs(
 
 def with_overrides(config: Any, overrides: dict[str, Any]) -> Any:
     """A validated copy of ``config`` with dotted keys ("model.dropout") set."""
-    config = copy.deepcopy(validate_config(config))  # a plain nested dict
+    config = config_to_dict(validate_config(config))  # a plain nested dict
     for key, value in overrides.items():
         section, name = key.split(".")
         config[section][name] = value
@@ -171,6 +201,13 @@ def time_compile(jitted: Any, *args: Any) -> dict[str, Any]:
     }
 
 
+def dtype_label(name: str) -> str:
+    """``model.dtype`` as the table shows it: "auto" with what it is on this backend."""
+    if name != "auto":
+        return name
+    return f"auto: {jnp.dtype(compute_dtype(name) or jnp.float32).name}"
+
+
 def compile_config(
     config: Any, *, vocab_size: int | None = None, num_classes: int | None = None, mesh=None
 ) -> dict[str, Any]:
@@ -194,7 +231,7 @@ def compile_config(
             "vocab_size": vocab_size,
             "num_classes": num_classes,
             "model": config["model"]["name"],
-            "dtype": config["model"]["dtype"],
+            "dtype": dtype_label(config["model"]["dtype"]),
             "devices": int(mesh.size),
         },
         "train": time_compile(steps.train_step, state, _batch(train["batch_size"], length, bat)),
@@ -228,6 +265,7 @@ def run(
         "machine": f"{platform.processor() or platform.machine()}",
         "jax_version": jax.__version__,
         "host_allocator": host_allocator()["mode"],
+        "cpu_devices": cpu_devices()["devices"] if backend == "cpu" else None,
         "load_average": [round(x, 2) for x in os.getloadavg()],
         "cpu_count": os.cpu_count(),
         "budget_s": budget,
@@ -275,6 +313,18 @@ def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.2f}"
 
 
+def process_label(entry: dict[str, Any]) -> str:
+    """The process settings a config was compiled under, as its entry records them, for its
+    row's label: e.g. " (allocator keep, 2 CPU devices)"; '' where it records none."""
+    parts = []
+    if entry.get("host_allocator"):
+        parts.append(f"allocator {entry['host_allocator']}")
+    if entry.get("cpu_devices"):
+        n = entry["cpu_devices"]
+        parts.append(f"{n} CPU device{'s' if n != 1 else ''}")
+    return f" ({', '.join(parts)})" if parts else ""
+
+
 def markdown(results: dict[str, Any]) -> str:
     """The results as a Markdown table (one row per config)."""
     budget = results["budget_s"]
@@ -282,8 +332,14 @@ def markdown(results: dict[str, Any]) -> str:
         "# Compile time per shipped config (benchmarks/compile.py)",
         "",
         f"Backend {results['backend']} ({', '.join(sorted(set(results['devices'])))}), "
-        f"jax {results['jax_version']}, host allocator {results.get('host_allocator', '?')}. "
-        f"Budget: {budget:.0f} s per step (lower + compile)."
+        f"jax {results['jax_version']}. Process settings: "
+        + (
+            "each config in its own process, as train.py runs it (jaxnn.launch; on a CPU the "
+            "transformers with --cpu_devices=cores --host_allocator=keep); "
+            if results.get("process_settings") == "train"
+            else f"none (one process, host allocator {results.get('host_allocator', '?')}); "
+        )
+        + f"Budget: {budget:.0f} s per step (lower + compile)."
         + (
             f" Load average {results['load_average']} on {results['cpu_count']} CPUs at the "
             "start (wall times grow with the load; CPU seconds much less)."
@@ -304,7 +360,7 @@ def markdown(results: dict[str, Any]) -> str:
         hlo = t["hlo"]
         ops = f"{hlo['instructions']} / {hlo['while_loops']}" if "instructions" in hlo else "n/a"
         ok = "yes" if not r["over_budget"] else "**no: " + ", ".join(r["over_budget"]) + "**"
-        label = name + (f" (allocator {r['host_allocator']})" if r.get("host_allocator") else "")
+        label = name + process_label(r)
         lines.append(
             f"| {label} | {s['model']} ({s['dtype']}) | {s['train_batch'][0]} x "
             f"{s['train_batch'][1]} | {t['lower_s']:.2f} | {t['compile_s']:.2f} | "
@@ -331,6 +387,57 @@ def write_report(results: dict[str, Any], out_dir: Path, tag: str = "") -> tuple
     return json_path, md_path
 
 
+def compile_in_subprocess(
+    name: str, args: argparse.Namespace, tmp: str, log=print
+) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+    """Config ``name`` (and its variants, as ``args`` asks) compiled by this script in a fresh
+    process with the config's process settings: (that run's header or None, {label: entry}),
+    each entry with the host allocator and CPU devices it ran under."""
+    tag = re.sub(r"[^\w.-]", "_", name)
+    command = [sys.executable, __file__, "--configs", name, "--out", tmp, "--tag", tag]
+    command += ["--process-settings", "train"]
+    command += ["--variants"] if args.variants else []
+    command += ["--variant", args.variant] if args.variant else []
+    run = subprocess.run(command, capture_output=True, text=True)
+    for line in run.stdout.splitlines():
+        if line.startswith("[compile]"):
+            log(line)
+    path = Path(tmp) / f"compile.{tag}.json"
+    if run.returncode != 0 or not path.is_file():
+        tail = " ".join((run.stderr or run.stdout).strip().splitlines()[-3:])
+        return None, {name: {"error": f"exit code {run.returncode}: {tail}"[:2000]}}
+    part = json.loads(path.read_text(encoding="utf-8"))
+    entries = part.pop("configs")
+    for entry in entries.values():
+        if "train" in entry:
+            entry["host_allocator"] = part.get("host_allocator")
+            entry["cpu_devices"] = part.get("cpu_devices")
+    return part, entries
+
+
+def run_per_process(args: argparse.Namespace, log=print) -> dict[str, Any]:
+    """`run`'s results, each config compiled by `compile_in_subprocess` (this process starts
+    no JAX backend)."""
+    names = args.configs or (list(QUICK_CONFIGS) if args.quick else None)
+    header: dict[str, Any] | None = None
+    configs: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, config, skipped in shipped_configs(names):
+            if config is None:
+                configs[name] = {"skipped": skipped}
+                log(f"[compile] {name}: skipped ({skipped})")
+                continue
+            part, entries = compile_in_subprocess(name, args, tmp, log)
+            header = header or part
+            configs.update(entries)
+    header = dict(header or {"backend": "?", "devices": [], "jax_version": jax.__version__})
+    header.setdefault("budget_s", budget_s(header.get("backend", "gpu")))
+    header["host_allocator"] = "per config"
+    header["cpu_devices"] = None
+    header["configs"] = configs
+    return header
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--configs", nargs="+", default=None, help="file names in configs/")
@@ -346,24 +453,29 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument(
         "--process-settings",
-        choices=("none", "shipped"),
-        default="none",
-        help="shipped: apply the one config's process settings (host allocator, CPU devices) "
-        "first, as train.py does; none (default): the process as it is",
+        choices=("train", "none"),
+        default="train",
+        help="train (default): each config in its own process with the process settings "
+        "train.py runs it with on a CPU (jaxnn.launch; the transformers: cpu_devices=cores, "
+        "host_allocator=keep); none: every config in this process, as it is",
     )
     args = parser.parse_args(argv)
     if args.configs:
         missing = [n for n in args.configs if not (CONFIGS / n).is_file()]
         if missing:
             parser.error(f"--configs {missing}: no such file in {CONFIGS}")
-    if args.process_settings == "shipped":
-        if not args.configs or len(args.configs) != 1:
-            parser.error("--process-settings shipped needs exactly one config in --configs")
-        shipped = config_from_file(CONFIGS / args.configs[0])
-        configure_host_allocator(config=shipped)  # process-wide, before JAX's first computation
-        configure_cpu_devices(config=shipped)
     out = Path(args.out) if args.out else (RESULTS if args.commit_results else DEFAULT_OUT)
-    results = run(args.configs, quick=args.quick, variants=args.variants, only_variant=args.variant)
+    names = args.configs or (list(QUICK_CONFIGS) if args.quick else None)
+    runs = [c for _, c, _ in shipped_configs(names) if c is not None]
+    if args.process_settings == "train" and len(runs) == 1:
+        # the one config's settings, process-wide, before JAX's first computation
+        settings = apply_process_settings(runs[0])
+        results = run(names, variants=args.variants, only_variant=args.variant)
+        results["process"] = settings
+    elif args.process_settings == "train":
+        results = run_per_process(args)
+    else:
+        results = run(names, variants=args.variants, only_variant=args.variant)
     results["process_settings"] = args.process_settings
     _, md_path = write_report(results, out, args.tag)
     print(md_path.read_text(encoding="utf-8"))

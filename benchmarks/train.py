@@ -28,19 +28,18 @@ the ratios compare runs that saw the same load.
 Then one full epoch of real training (`Trainer.run_epoch`) counts the step's compilations, which
 must not exceed the number of length buckets.
 
-On a GPU or TPU no CPU process setting (host allocator, XLA:CPU vector width and devices) is
-applied. On a CPU, each model runs in its own Python process under the host allocator its
-shipped config asks for
-(`train.host_allocator`: configs/default.py for bow, configs/imdb_transformer.py for the
-transformer; jaxnn.host_memory), as `python train.py` would run it. The setting is process-wide,
-so the PyTorch twin and the matmul of that process run under it too. $JAXNN_HOST_ALLOCATOR, when
-set, overrides every model's, as it does for train.py. Each process also sets its XLA:CPU
-vector width from `train.cpu_vector_width` (jaxnn.cpu_vector_width; `--cpu-vector-width`, default
-"auto", as train.py), and the table names the width it came to; and its number of XLA:CPU
-devices from the shipped config's `train.cpu_devices` (jaxnn.cpu_devices:
-configs/imdb_transformer.py asks for one per core, so its step runs data parallel over the cores,
-waiting for each step as train.py does; $JAXNN_CPU_DEVICES overrides it). The matmul runs on one
-of those devices, which still uses every core (XLA splits a dense matmul over its worker pool).
+Each model runs in its own Python process, set up as `python train.py` runs it
+(`jaxnn.launch.configure_process`, called before JAX's first computation with the backend that
+`probe_backend` found). On a GPU or TPU no CPU process setting (host allocator, XLA:CPU vector
+width and devices) is applied. On a CPU, the bag-of-words model runs with the defaults and the
+transformers as the CPU recipe of train.py's docstring, `PROCESS_DEFAULTS`: freed host blocks
+kept (``--host_allocator=keep``) and one XLA:CPU device per core (``--cpu_devices=cores``), the
+step data parallel over the cores and waiting for each step as train.py does. The settings are
+process-wide, so the PyTorch twin and the matmul of that process run under them too;
+$JAXNN_HOST_ALLOCATOR and $JAXNN_CPU_DEVICES, when set, override them. ``--cpu-vector-width``
+(else $JAXNN_CPU_VECTOR_WIDTH, else "auto") sets XLA:CPU's vector width of every process, and the
+table names what each process came to. The matmul runs on one of the devices, which still uses
+every core (XLA splits a dense matmul over its worker pool).
 
 Writes train[.TAG].json, .md and .png into runs/benchmarks/ (``--out``), or into
 benchmarks/results/ with ``--commit-results``. Timings on a shared 2-core CPU are noisy: only
@@ -71,13 +70,20 @@ sys.path.insert(0, str(ROOT / "benchmarks"))  # timing.py, also when imported fr
 from timing import time_interleaved  # noqa: E402  (benchmarks/timing.py)
 
 # --- every use of jaxnn in this script goes through these imports -----------------------------
-from jaxnn.cpu_devices import configure_cpu_devices, cpu_devices  # noqa: E402
-from jaxnn.cpu_vector_width import SETTINGS as CPU_VECTOR_WIDTHS  # noqa: E402
-from jaxnn.cpu_vector_width import configure_cpu_vector_width, cpu_vector_width  # noqa: E402
-from jaxnn.host_memory import configure_host_allocator, host_allocator  # noqa: E402
-from jaxnn.train.config import base_config, config_from_file, validate_config  # noqa: E402
+from jaxnn.launch import Backend, configure_process  # noqa: E402
+from jaxnn.launch.cpu_devices import cpu_devices  # noqa: E402
+from jaxnn.launch.cpu_vector_width import SETTINGS as CPU_VECTOR_WIDTHS  # noqa: E402
+from jaxnn.launch.cpu_vector_width import cpu_vector_width  # noqa: E402
+from jaxnn.launch.host_memory import host_allocator  # noqa: E402
+from jaxnn.train.config import (  # noqa: E402
+    base_config,
+    config_from_file,
+    config_to_dict,
+    validate_config,
+)
 from jaxnn.train.distributed import describe_mesh, make_mesh, shard_batch  # noqa: E402
-from jaxnn.train.loop import Trainer, build_steps, init_train_state, load_data  # noqa: E402
+from jaxnn.train.loop import load_data  # noqa: E402
+from jaxnn.train.trainer import Trainer, build_steps, init_train_state  # noqa: E402
 
 # ------------------------------------------------------------------------------------------------
 
@@ -93,22 +99,22 @@ VOCAB = 30000
 CLASSES = 2
 
 
-SHIPPED_KEYS = ("host_allocator", "cpu_devices")  # the process settings each model's config ships
+# each model's CPU process settings (jaxnn.launch.configure_process's ``defaults``, below the
+# environment's; applied on a CPU only): the transformers as train.py's docstring runs them on a
+# CPU (--cpu_devices=cores --host_allocator=keep: data parallel over the cores, freed blocks kept)
+TRANSFORMER_CPU_RECIPE = {"cpu_devices": "cores", "host_allocator": "keep"}
+PROCESS_DEFAULTS = {
+    "bow": {},
+    "transformer": TRANSFORMER_CPU_RECIPE,
+    "transformer_gpu": TRANSFORMER_CPU_RECIPE,
+}
 
 
-def shipped_settings(config_file: str) -> dict[str, str]:
-    """The `SHIPPED_KEYS` of ``configs/<config_file>``'s get_config().train ('' = default)."""
-    train = config_from_file(ROOT / "configs" / config_file).train
-    return {key: str(train[key]) for key in SHIPPED_KEYS}
-
-
-def model_configs(quick: bool, cpu_vector_width: str = "auto") -> dict[str, dict]:
+def model_configs(quick: bool) -> dict[str, dict]:
     """The benchmarked settings: default.py's bow model (on 256-token batches), and the models,
-    batch sizes and lengths of imdb_transformer.py and imdb_transformer_gpu.py, each with its
-    shipped config's process settings and ``train.cpu_vector_width`` (jaxnn.cpu_vector_width).
-    ``quick`` shrinks the batches (and the GPU workload's length) so a CPU run takes seconds."""
+    batch sizes and lengths of imdb_transformer.py and imdb_transformer_gpu.py. ``quick``
+    shrinks the batches (and the GPU workload's length) so a CPU run takes seconds."""
     bow = base_config()
-    bow.train.update(shipped_settings("default.py"))
     bow.model.name = "bow"
     bow.model.embed_dim = 32
     bow.model.bigram_buckets = 2**20
@@ -125,8 +131,6 @@ def model_configs(quick: bool, cpu_vector_width: str = "auto") -> dict[str, dict
         configs["transformer"].train.batch_size = 16
         configs["transformer_gpu"].train.batch_size = 2
         configs["transformer_gpu"].data.max_len = 64
-    for config in configs.values():
-        config.train.cpu_vector_width = cpu_vector_width
     return {name: validate_config(config) for name, config in configs.items()}
 
 
@@ -572,13 +576,19 @@ def markdown(results: dict) -> str:
         "",
         f"Backend {results.get('backend', 'cpu')}. Devices: {results['devices']}. "
         f"{results['machine']}. Load average at start: "
-        f"{results['load_average']}. Each model ran in its own process under its shipped "
-        "config's host allocator (jaxnn.host_memory; process-wide, so PyTorch's and the "
-        "matmul's too)"
+        f"{results['load_average']}. "
         + (
-            f", here overridden by $JAXNN_HOST_ALLOCATOR={results['host_allocator_env']}."
-            if results["host_allocator_env"]
-            else "."
+            "Each model ran in its own process with train.py's CPU process settings for it "
+            "(jaxnn.launch.configure_process: the transformers with --cpu_devices=cores "
+            "--host_allocator=keep; process-wide, so PyTorch's and the matmul's too)"
+            + (
+                f", here overridden by $JAXNN_HOST_ALLOCATOR={results['host_allocator_env']}."
+                if results["host_allocator_env"]
+                else "."
+            )
+            if results.get("backend", "cpu") == "cpu"
+            else "Each model ran in its own process; no CPU process setting applies on "
+            f"{results['backend']}."
         ),
         "",
         *rows,
@@ -706,7 +716,7 @@ def bench_model(
         "batch_size": config["train"]["batch_size"],
         "length": config["data"]["max_len"],
         "dtype": dtype,
-        "model": config["model"],
+        "model": config_to_dict(config)["model"],
         "host_allocator": host_allocator(),
         "cpu_vector_width": cpu_vector_width(),
         "cpu_devices": cpu_devices(),
@@ -741,17 +751,37 @@ def probe_backend() -> str:
     return probe.stdout.strip().splitlines()[-1]
 
 
+def probed(platform_name: str) -> Backend:
+    """The `Backend` record of ``platform_name``, as `probe_backend` found it."""
+    return Backend(platform_name, "JAX's default backend, probed in a subprocess")
+
+
+def process_settings(name: str, config, args: argparse.Namespace):
+    """Model ``name``'s process settings, applied in its process before JAX's first computation
+    (`jaxnn.launch.configure_process` with `PROCESS_DEFAULTS`; nothing on a GPU or TPU).
+    Returns the `ProcessSettings` record."""
+    train = config["train"]
+    return configure_process(
+        cpu_vector_width=args.cpu_vector_width,
+        batch_sizes=(train["batch_size"], train["eval_batch_size"]),
+        defaults=PROCESS_DEFAULTS[name],
+        backend=probed(args.backend),
+    )
+
+
 def bench_model_in_subprocess(name: str, args: argparse.Namespace) -> dict:
-    """`bench_model` in a fresh Python process, so that the host allocator of the model's
-    config (jaxnn.host_memory, process-wide and applied before JAX's first computation) is
-    the one in force there. Its progress lines stream to this process's output."""
+    """`bench_model` in a fresh Python process, so that the model's process settings
+    (`PROCESS_DEFAULTS`, process-wide and applied before JAX's first computation; none on an
+    accelerator) are the ones in force there. Its progress lines stream to this process's
+    output."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / f"{name}.json"
         command = [sys.executable, __file__, "--one-model", name, "--one-model-out", str(out)]
         command += ["--repeats", str(args.repeats)] if args.repeats else []
         command += ["--quick"] if args.quick else []
         command += ["--no-torch"] if args.no_torch else []
-        command += ["--cpu-vector-width", args.cpu_vector_width]
+        if args.cpu_vector_width:
+            command += ["--cpu-vector-width", args.cpu_vector_width]
         command += ["--torch-compile", args.torch_compile, "--backend", args.backend]
         subprocess.run(command, check=True)
         return json.loads(out.read_text(encoding="utf-8"))
@@ -780,9 +810,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--cpu-vector-width",
         choices=CPU_VECTOR_WIDTHS,
-        default="auto",
-        help="train.cpu_vector_width of both models (jaxnn.cpu_vector_width; default auto; "
-        "$JAXNN_CPU_VECTOR_WIDTH, when set, overrides it)",
+        default=None,
+        help="XLA:CPU vector width of every model's process on a CPU "
+        "(jaxnn.launch.cpu_vector_width; default: $JAXNN_CPU_VECTOR_WIDTH, else auto)",
     )
     parser.add_argument("--out", default=None, help=f"output folder (default {DEFAULT_OUT})")
     parser.add_argument(
@@ -798,11 +828,8 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--repeats={args.repeats}; allowed: an integer >= 1")
     repeats = args.repeats or (3 if args.quick else 5)
     if args.one_model:
-        config = model_configs(args.quick, args.cpu_vector_width)[args.one_model]
-        if args.backend == "cpu":  # settings of a CPU process: none on an accelerator
-            configure_host_allocator(config=config)  # before JAX's first computation
-            configure_cpu_vector_width(config=config)  # likewise (XLA_FLAGS)
-            configure_cpu_devices(config=config)  # likewise: the shipped config's CPU devices
+        config = model_configs(args.quick)[args.one_model]
+        process_settings(args.one_model, config, args)  # before JAX's first computation
         result = bench_model(
             args.one_model,
             config,
@@ -816,9 +843,8 @@ def main(argv: list[str] | None = None) -> None:
     # This process starts no JAX backend before the models' processes have run: on a GPU it
     # would hold most of the device's memory while they measure.
     args.backend = probe_backend()
-    if args.backend == "cpu":
-        configure_host_allocator()  # this process: the epoch count ('' = default)
-        configure_cpu_vector_width(args.cpu_vector_width)
+    # this process: the epoch count, with train.py's defaults (nothing on an accelerator)
+    configure_process(cpu_vector_width=args.cpu_vector_width, backend=probed(args.backend))
     models = args.models or default_models(args.backend)
     load_average = [round(x, 2) for x in os.getloadavg()]
     measured = {name: bench_model_in_subprocess(name, args) for name in models}

@@ -190,8 +190,8 @@ def test_quick_check_end_to_end(tmp_path):
 
 
 def test_step_compile_reruns_a_slow_config_without_its_process_settings(monkeypatch, tmp_path):
-    """A config over budget is compiled again without its shipped settings, then (on a GPU)
-    without XLA's autotuning; the others once, with theirs."""
+    """A config over budget is compiled again without its process settings, then (on a GPU)
+    without XLA's autotuning; the others once, with theirs (as train.py runs them)."""
     calls = []
 
     def fake_compile_one(name, extra, label, timeout_s, tmp, log_dir, env=None):
@@ -222,10 +222,10 @@ def test_step_compile_reruns_a_slow_config_without_its_process_settings(monkeypa
     assert result["results"]["configs"]["tune_imdb.py"]["skipped"]
     assert labels.count("imdb_transformer.py") == 1
     reruns = [c for c in calls if c[0].startswith("imdb_transformer.py [")]
-    assert [r[1] for r in reruns] == [[], []]  # no --process-settings shipped
+    assert [r[1] for r in reruns] == [["--process-settings", "none"]] * 2
     assert "--xla_gpu_autotune_level=0" in reruns[1][2]["XLA_FLAGS"]
     assert all(
-        extra == ["--process-settings", "shipped"] for label, extra, _ in calls if "[" not in label
+        extra == ["--process-settings", "train"] for label, extra, _ in calls if "[" not in label
     )
     assert result["over_budget_or_failed"] == ["imdb_transformer.py"]
     assert result["status"] == "failed"

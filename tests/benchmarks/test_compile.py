@@ -23,7 +23,57 @@ def test_gpu_workload_config_shapes():
     m = config["model"]
     assert (m["embed_dim"], m["num_layers"], m["num_heads"], m["mlp_dim"]) == (512, 6, 8, 2048)
     assert (config["data"]["max_len"], config["train"]["batch_size"]) == (512, 128)
-    assert m["dtype"] in ("bfloat16", "auto") and m["attention_dropout"] == 0.0
+    assert m["dtype"] == "auto" and m["attention_dropout"] == 0.0  # float32 on a CPU
+
+
+def test_process_defaults_give_the_transformers_train_py_cpu_recipe():
+    found = {name: config for name, config, _ in bench.shipped_configs() if config is not None}
+    for name, config in found.items():
+        expected = bench.TRANSFORMER_CPU_RECIPE if config["model"]["name"] == "transformer" else {}
+        assert bench.process_defaults(config) == expected, name
+    assert bench.process_defaults(found["imdb_transformer.py"]) == {
+        "cpu_devices": "cores",
+        "host_allocator": "keep",
+    }
+    assert bench.dtype_label("bfloat16") == "bfloat16"
+    assert bench.dtype_label("auto") == "auto: float32"  # on this CPU
+
+
+def test_per_process_run_merges_children_and_labels_their_settings(monkeypatch, tmp_path):
+    """With several configs each is compiled by its own child (fake here); skipped configs
+    start none; the table names each config's allocator and CPU devices."""
+    started = []
+
+    def fake_child(name, args, tmp, log=print):
+        started.append(name)
+        timing = {"lower_s": 1.0, "compile_s": 2.0, "total_s": 3.0, "cpu_s": 2.5, "hlo": {}}
+        shapes = {"train_batch": [8, 16], "eval_batch": [8, 16], "model": "m", "dtype": "f"}
+        keep = name == "imdb_transformer.py"
+        entry = {
+            "shapes": shapes,
+            "train": timing,
+            "eval": timing,
+            "over_budget": [],
+            "host_allocator": "keep" if keep else "system",
+            "cpu_devices": 2 if keep else 1,
+        }
+        header = {"backend": "cpu", "devices": ["cpu"], "jax_version": "x", "budget_s": 20.0}
+        return header, {name: entry}
+
+    monkeypatch.setattr(bench, "compile_in_subprocess", fake_child)
+    args = type(
+        "Args",
+        (),
+        {"configs": ["tiny.py", "tune_bbc.py", "imdb_transformer.py"], "quick": False},
+    )()
+    results = bench.run_per_process(args, log=lambda *_: None)
+    assert started == ["tiny.py", "imdb_transformer.py"]  # in order; tune_bbc.py not started
+    assert results["configs"]["tune_bbc.py"]["skipped"]
+    results["process_settings"] = "train"
+    md = bench.markdown(results)
+    assert "| imdb_transformer.py (allocator keep, 2 CPU devices) | m (f) |" in md
+    assert "| tiny.py (allocator system, 1 CPU device) |" in md
+    assert "as train.py runs it" in md
 
 
 def test_hlo_summary_counts_while_loops():

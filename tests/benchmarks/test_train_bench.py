@@ -36,6 +36,44 @@ def test_compute_dtype_and_torch_device():
         assert bench.torch_device("cpu") == ("cpu", "")
 
 
+def test_process_defaults_are_train_py_cpu_recipe():
+    """The transformers run with train.py's CPU recipe (as benchmarks/compile.py compiles
+    them), bow with train.py's defaults; every key is one configure_process knows."""
+    from jaxnn.launch.process import DEFAULTS
+
+    compile_bench = load_script("compile")
+    configs = bench.model_configs(quick=True)
+    assert set(bench.PROCESS_DEFAULTS) == set(bench.MODELS)
+    for name, config in configs.items():
+        assert bench.PROCESS_DEFAULTS[name] == compile_bench.process_defaults(config)
+        assert set(bench.PROCESS_DEFAULTS[name]) <= set(DEFAULTS)
+    assert bench.PROCESS_DEFAULTS["transformer"] == {
+        "cpu_devices": "cores",
+        "host_allocator": "keep",
+    }
+    assert bench.PROCESS_DEFAULTS["bow"] == {}
+
+
+def test_process_settings_apply_on_cpu_only(monkeypatch):
+    """A model's process: its CPU settings on a CPU, none on a GPU (backend from the probe)."""
+    calls = []
+    monkeypatch.setattr(bench, "configure_process", lambda **kw: calls.append(kw) or kw)
+    config = bench.model_configs(quick=True)["transformer"]
+    args = type("Args", (), {"cpu_vector_width": None, "backend": "gpu"})()
+    bench.process_settings("transformer", config, args)
+    [call] = calls
+    assert call["backend"].platform == "gpu" and not call["backend"].is_cpu
+    assert call["defaults"] == bench.PROCESS_DEFAULTS["transformer"]
+    assert call["batch_sizes"] == (16, config["train"]["eval_batch_size"])
+    # and configure_process itself applies nothing off the CPU
+    from jaxnn.launch import Backend, configure_process
+
+    settings = configure_process(
+        defaults=bench.PROCESS_DEFAULTS["transformer"], backend=Backend("gpu", "test")
+    )
+    assert settings.applied == () and settings.ignored == ()
+
+
 def test_default_models_add_the_gpu_workload_on_accelerators():
     assert "transformer_gpu" not in bench.default_models("cpu")
     assert "transformer_gpu" in bench.default_models("gpu")
@@ -109,17 +147,17 @@ def test_markdown_flags_a_share_above_one():
 def test_torch_twin_computes_jaxnn_logits():
     """With jaxnn's weights copied in, the PyTorch twin gives jaxnn's logits (eval mode, a
     batch with padding, float32 at the highest matmul precision): the same architecture."""
-    import copy
-
     import jax
     import numpy as np
     import torch
 
     from jaxnn.models import get_model
+    from jaxnn.train.config import config_to_dict, validate_config
 
-    config = copy.deepcopy(bench.model_configs(quick=True)["transformer"])
+    config = config_to_dict(bench.model_configs(quick=True)["transformer"])
     config["model"].update(embed_dim=16, num_heads=2, mlp_dim=32, num_layers=2)
     config["data"]["max_len"] = length = 8
+    config = validate_config(config)
     model = get_model(config, vocab_size=bench.VOCAB, num_classes=bench.CLASSES)
     rng = np.random.default_rng(0)
     tokens = rng.integers(2, bench.VOCAB, size=(3, length)).astype(np.int32)
