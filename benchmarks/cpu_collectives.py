@@ -30,7 +30,11 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from output import COMMITTED, add_output_flags, output_dir  # noqa: E402  (benchmarks/output.py)
+
+RESULTS = COMMITTED  # main() points it at runs/benchmarks/ unless --commit-results
 
 CHILD = """
 import sys
@@ -81,7 +85,10 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=6)
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds per trial")
+    add_output_flags(parser)
     args = parser.parse_args()
+    global RESULTS
+    RESULTS = output_dir(args)
     for name, value, low in (
         ("devices", args.devices, 2),
         ("trials", args.trials, 1),

@@ -32,13 +32,16 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from output import COMMITTED, add_output_flags, output_dir  # noqa: E402  (benchmarks/output.py)
 
 from jaxnn import data  # noqa: E402
 from jaxnn.data.corpora import data_dir  # noqa: E402
 from jaxnn.data.vocab import encode_token_batch  # noqa: E402
 from jaxnn.launch import configure_process  # noqa: E402
 
-RESULTS = ROOT / "benchmarks" / "results"
+RESULTS = COMMITTED  # main() points it at runs/benchmarks/ unless --commit-results
 
 
 def median_time(fn, repeats: int) -> tuple[float, list[float], object]:
@@ -152,7 +155,10 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--skip-hf", action="store_true", help="skip Hugging Face tokenizers")
     parser.add_argument("--hf-repeats", type=int, default=1, help="runs of the (slow) HF path")
+    add_output_flags(parser)
     args = parser.parse_args()
+    global RESULTS
+    RESULTS = output_dir(args)
     results: dict = {
         "machine": {
             "python": platform.python_version(),

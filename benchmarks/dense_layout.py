@@ -32,12 +32,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from output import COMMITTED, add_output_flags, output_dir  # noqa: E402  (benchmarks/output.py)
 from timing import time_interleaved  # noqa: E402  (benchmarks/timing.py)
 
 from jaxnn.launch import configure_process  # noqa: E402
 from jaxnn.launch.host_memory import host_allocator  # noqa: E402
 
-RESULTS = ROOT / "benchmarks" / "results"
+RESULTS = COMMITTED  # main() points it at runs/benchmarks/ unless --commit-results
 
 
 def feed_forward(flat: bool):
@@ -69,7 +70,10 @@ def main() -> None:
     parser.add_argument("--mlp-dim", type=int, default=256)
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--reps", type=int, default=7)
+    add_output_flags(parser)
     args = parser.parse_args()
+    global RESULTS
+    RESULTS = output_dir(args)
     b, t, d, f, n = args.batch, args.length, args.dim, args.mlp_dim, args.heads
     for flag, value in (
         ("--batch", b),

@@ -32,9 +32,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from output import COMMITTED, add_output_flags, output_dir  # noqa: E402  (benchmarks/output.py)
+
 from jaxnn.launch.host_memory import configure_host_allocator, host_allocator  # noqa: E402
 
-RESULTS = ROOT / "benchmarks" / "results"
+RESULTS = COMMITTED  # main() points it at runs/benchmarks/ unless --commit-results
 MODES = ("system", "keep")
 MARK = "HOST_ALLOCATOR_RESULT "
 
@@ -151,7 +153,10 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="smaller batches")
     parser.add_argument("--no-torch", action="store_true")
     parser.add_argument("--worker", choices=MODES, help=argparse.SUPPRESS)
+    add_output_flags(parser)
     args = parser.parse_args()
+    global RESULTS
+    RESULTS = output_dir(args)
     for flag in ("rounds", "reps"):
         if getattr(args, flag) < 1:
             parser.error(f"--{flag} must be >= 1, got {getattr(args, flag)}")

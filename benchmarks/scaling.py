@@ -35,10 +35,13 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from output import COMMITTED, add_output_flags, output_dir  # noqa: E402  (benchmarks/output.py)
 
 from jaxnn.launch import configure_process  # noqa: E402
 
-RESULTS = ROOT / "benchmarks" / "results"
+RESULTS = COMMITTED  # main() points it at runs/benchmarks/ unless --commit-results
 COLLECTIVES = (
     "all-reduce",
     "all-gather",
@@ -268,7 +271,10 @@ def main() -> None:
     parser.add_argument("--devices", default="1,2,4", help="device counts, comma separated")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--fsdp", default="1", help=argparse.SUPPRESS)
+    add_output_flags(parser)
     args = parser.parse_args()
+    global RESULTS
+    RESULTS = output_dir(args)
     if args.worker:
         rows = worker(args.quick, [int(x) for x in args.fsdp.split(",")])
         print(json.dumps(rows))

@@ -34,15 +34,15 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import optax  # noqa: E402
+from output import add_output_flags, output_dir  # noqa: E402  (benchmarks/output.py)
 
 from jaxnn.launch import configure_process  # noqa: E402
 from jaxnn.train import sparse  # noqa: E402
-
-RESULTS = ROOT / "benchmarks" / "results"
 
 
 def dense_step_fn(tx):
@@ -95,8 +95,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64, help="B")
     parser.add_argument("--length", type=int, default=256, help="T, ids per example")
     parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--out", type=Path, default=RESULTS / "sparse_embedding")
+    add_output_flags(parser)
     args = parser.parse_args()
+    stem = output_dir(args) / "sparse_embedding"
 
     rng = np.random.default_rng(0)
     table_np = (0.1 * rng.standard_normal((args.rows, args.dim))).astype(np.float32)
@@ -151,8 +152,7 @@ def main() -> None:
             "load_average_1m_before_after": [load_before[0], os.getloadavg()[0]],
         },
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
+    stem.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
     lines = [
         "# Sparse embedding update: dense optax.adam vs lazy sparse Adam",
         "",
@@ -183,9 +183,9 @@ def main() -> None:
         "old momentum; they agree when every row is touched (tests/train/test_sparse.py).",
         "",
     ]
-    args.out.with_suffix(".md").write_text("\n".join(lines))
-    plot(results, args.out.with_suffix(".png"))
-    print(f"wrote {args.out}.json, .md, .png")
+    stem.with_suffix(".md").write_text("\n".join(lines))
+    plot(results, stem.with_suffix(".png"))
+    print(f"wrote {stem}.json, .md, .png")
 
 
 def plot(results: dict, path: Path) -> None:
