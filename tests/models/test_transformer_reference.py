@@ -71,9 +71,10 @@ def np_attention(x, mask, p):
 
 
 def np_classifier(params, tokens, mask, *, num_layers, norm, pooling, activation):
-    x = params["embed"]["embedding"][tokens] + params["position_embed"]["embedding"][
-        : tokens.shape[1]
-    ][None]
+    x = (
+        params["embed"]["embedding"][tokens]
+        + params["position_embed"]["embedding"][: tokens.shape[1]][None]
+    )
     for layer in range(num_layers):
         p = params[f"blocks_{layer}"]
         x = x + np_attention(np_norm(norm, x, p["norm_1"]), mask, p["attention"])
@@ -281,9 +282,7 @@ def test_mlp_and_head_match_flax_dense():
 
     mlp = params["blocks_0"]["mlp"]
     with jax.default_matmul_precision("highest"):
-        ours = MLP((MLP_DIM, D), activation="gelu").apply(
-            {"params": mlp}, x, deterministic=True
-        )
+        ours = MLP((MLP_DIM, D), activation="gelu").apply({"params": mlp}, x, deterministic=True)
         h = fnn.Dense(MLP_DIM).apply({"params": mlp["Dense_0"]}, x)
         theirs = fnn.Dense(D).apply({"params": mlp["Dense_1"]}, jax.nn.gelu(h, approximate=False))
         head = fnn.Dense(CLASSES).apply({"params": params["head"]}, x)
