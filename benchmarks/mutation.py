@@ -395,7 +395,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{m.name}: {row['verdict']} (exit {code}, {seconds:.0f} s)", flush=True)
             results["mutations"].append(row)
             shutil.rmtree(copy)
+            write_reports(results, args.out, "mutation-partial")  # progress of a long run
 
+    (args.out / "mutation-partial.json").unlink(missing_ok=True)
+    (args.out / "mutation-partial.md").unlink(missing_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
     json_path, md_path = write_reports(results, args.out, f"mutation-{stamp}")
     print(f"wrote {json_path} and {md_path}")
