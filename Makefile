@@ -3,13 +3,15 @@ PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
 PY := $(VENV)/bin/python
+# Where pip finds the CPU build of torch for the `peers` extra (empty: the configured indexes).
+PIP_PEERS_INDEX ?=
 
-.PHONY: train test test-all bench lint clean
+.PHONY: train test test-slow test-all bench lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q $(if $(PIP_PEERS_INDEX),--extra-index-url $(PIP_PEERS_INDEX)) -e ".[test,peers]"
 	touch $(STAMP)
 
 train: $(STAMP)  ## the main job: train.py on configs/default.py (IMDB)
@@ -18,6 +20,9 @@ train: $(STAMP)  ## the main job: train.py on configs/default.py (IMDB)
 test: $(STAMP)  ## lint + the whole fast suite (what CI runs)
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -m "not slow" -n 2 -q
+
+test-slow: $(STAMP)  ## only the slow tests (CI runs them after `make test`); none selected = ok
+	$(PY) -m pytest -m slow -n 2 -q || [ $$? -eq 5 ]
 
 test-all: $(STAMP)  ## everything, slow tests included
 	$(VENV)/bin/ruff check .
