@@ -262,8 +262,9 @@ def build_steps(
     abstract = jax.eval_shape(lambda: init(init_length))  # shapes only: nothing computed
     shardings = state_sharding(abstract, mesh)
     variables = _variables_sharding(shardings, bool(abstract.batch_stats))
+    step = make_train_step(model, tx, l2_weight_decay=l2, sparse_embeddings=bool(tables))
     train_step = jax.jit(
-        under_mesh(make_train_step(model, tx, l2_weight_decay=l2, sparse_embeddings=bool(tables)), mesh),
+        under_mesh(step, mesh),
         in_shardings=(shardings, bat),
         out_shardings=shardings,
         donate_argnums=0,

@@ -131,6 +131,7 @@ def make_train_step(
     program under ``jax.vmap`` (jaxnn.tune.trials). Everything a tuner varies is then an
     array: ``jax.vmap(step, in_axes=(0, None, 0))(states, batch, rates)`` trains K trials.
     """
+
     def _l2(state, params):
         if not l2_weight_decay:
             return 0.0

@@ -19,8 +19,8 @@ from ml_collections import config_flags
 
 from jaxnn.cpu_vector_width import configure_cpu_vector_width
 from jaxnn.host_memory import configure_host_allocator
-from jaxnn.tune.runners import make_runner
 from jaxnn.tune.report import comparison_markdown
+from jaxnn.tune.runners import make_runner
 from jaxnn.tune.tuner import ProgressiveTuner, run_search, split_config
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "tuning config file (get_config()).")

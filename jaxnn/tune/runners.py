@@ -25,8 +25,8 @@ import ml_collections
 
 from jaxnn.train import NonFiniteLossError, fit, load_data, load_test, validate_config
 from jaxnn.train.loop import best_variables
-from jaxnn.tune.tuner import TrialResult
 from jaxnn.tune.trials import TrialGroup, shared_signature
+from jaxnn.tune.tuner import TrialResult
 
 __all__ = ["FitTrialRunner", "VmappedTrialRunner", "make_runner"]
 

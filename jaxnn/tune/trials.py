@@ -255,7 +255,9 @@ class TrialGroup:
         for name, default in values.items():
             arr = np.asarray(hyper.get(name, [default] * k), np.float32)
             if arr.shape != (k,):
-                raise ValueError(f"hyper[{name!r}] must have shape ({k},) like seeds; got {arr.shape}")
+                raise ValueError(
+                    f"hyper[{name!r}] must have shape ({k},) like seeds; got {arr.shape}"
+                )
             arrays[name] = arr
         if np.any(arrays["learning_rate"] <= 0) or np.any(arrays["weight_decay"] < 0):
             raise ValueError(
@@ -286,8 +288,17 @@ class TrialGroup:
                 len(set(seeds.tolist())) == 1,
                 sample_weights is not None,
             )
-            result = self._fit(programs, k, seeds, arrays, rates, sample_weights, eval_splits,
-                               keep_probs, vmapped=True)
+            result = self._fit(
+                programs,
+                k,
+                seeds,
+                arrays,
+                rates,
+                sample_weights,
+                eval_splits,
+                keep_probs,
+                vmapped=True,
+            )
         else:
             parts = []
             for i in range(k):
@@ -324,18 +335,19 @@ class TrialGroup:
         result.wall_time_s = time.perf_counter() - start
         return result
 
-    def _fit(self, programs, k, seeds, arrays, rates, sample_weights, eval_splits, keep_probs,
-             *, vmapped):
+    def _fit(
+        self, programs, k, seeds, arrays, rates, sample_weights, eval_splits, keep_probs, *, vmapped
+    ):
         init, train_step, evaluate = programs
         t = self.cfg["train"]
         patience, select = int(t["patience"]), t["select_metric"]
         if vmapped:
             state = init(jnp.asarray(seeds), {n: jnp.asarray(a) for n, a in arrays.items()})
             rates_dev = jnp.asarray(rates)
-            axis = lambda tree: tree  # noqa: E731
+            axis = lambda tree: tree
         else:
             state = init(int(seeds[0]), {n: float(a[0]) for n, a in arrays.items()})
-            axis = lambda tree: jax.tree.map(lambda x: x[None], tree)  # noqa: E731
+            axis = lambda tree: jax.tree.map(lambda x: x[None], tree)
         history: list[list[dict]] = [[] for _ in range(k)]
         failure: list[str | None] = [None] * k
         best_epoch: list[int | None] = [None] * k
@@ -438,10 +450,10 @@ class TrialGroup:
         """Loss, accuracy and macro F1 of each of K variables (leading axis K) on ``split``."""
         k = jax.tree.leaves(variables)[0].shape[0]
         _, _, evaluate = self._programs(float(self.cfg["model"]["dropout"]), False, True, False)
-        add_axis = lambda tree: jax.tree.map(lambda x: x[None], tree)  # noqa: E731
+        add_axis = lambda tree: jax.tree.map(lambda x: x[None], tree)
         out = []
         for j in range(k):
-            one = jax.tree.map(lambda x: x[j], variables)
+            one = jax.tree.map(lambda x, j=j: x[j], variables)
             scores, _ = self._evaluate(evaluate, add_axis, one, split, False)
             out.append({name: float(v[0]) for name, v in scores.items()})
         return out
