@@ -1,4 +1,4 @@
-"""jaxnn/tune/runners.py: the real-data runner groups same-shape trials, evaluates test on demand."""
+"""jaxnn/tune/runners.py: the real-data runner groups same-shape trials, tests on demand."""
 
 import csv
 
