@@ -4,7 +4,8 @@ K models train on K bootstrap resamples of the training split, all in one vmappe
 program (`jaxnn.tune.trials`: ``jax.vmap`` of the ordinary train step; a resample is a vector
 of example counts drawn from Multinomial(N, 1/N), used as per-example loss weights; every model
 also gets its own init and dropout seed). On the held-out examples x (the validation split),
-with ŷ_k(x) the probability vector [C] of model k, y(x) the one-hot label and E the mean over the K models:
+with ŷ_k(x) the probability vector [C] of model k, y(x) the one-hot label and E the mean over
+the K models:
 
     variance(x)      = E[ ||ŷ(x) − E[ŷ(x)]||² ]          (study guide Var formula, summed over C)
     bias²(x)         = ||E[ŷ(x)] − y(x)||²                (squared bias against the labels; it
