@@ -9,8 +9,8 @@ rate: what ``python train.py`` runs), and (b) together, as one K = 8 program: ``
 same ordinary step with the hyperparameters as arrays. Two groups: "mixed" (half the trials
 with dropout 0.3: the headline) and "no_dropout". Both runs see the same batches, the same
 initial parameters and dropout masks, so their per-epoch metrics must agree; the script prints
-the largest difference. Wall times are medians over ``--repeats`` runs after one untimed warm-up run of each (compilation is reported
-separately: the first run's wall), with the load average before and after; the rounds alternate
+the largest difference. Wall times are medians over ``--repeats`` runs after one untimed
+warm-up run of each (compilation is reported separately: the first run's wall), with the load average before and after; the rounds alternate
 the two, and the median of the rounds' ratios is given beside the ratio of the medians (on a
 shared machine whose load drifts, the paired figure is the steadier one). Each run includes
 the per-epoch validation and the host-side batch work, as in the tuner (a fit of the trials).
