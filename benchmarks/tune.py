@@ -4,18 +4,18 @@
 
 8 bow trials that differ only in learning rate, dropout and weight decay (the stage kinds the
 progressive tuner trains together) are trained (a) one after another, each alone with the
-ordinary jitted train step of its own config (dropout rate static in its model, compiled once per
-rate: what ``python train.py`` runs), and (b) together, as one K = 8 program: ``jax.vmap`` of the
-same ordinary step with the hyperparameters as arrays. Two groups: "mixed" (half the trials
-with dropout 0.3: the headline) and "no_dropout". Both runs see the same batches, the same
-initial parameters and dropout masks, so their per-epoch metrics must agree; the script prints
-the largest difference. Wall times are medians over ``--repeats`` runs after one untimed
-warm-up run of each (compilation is reported separately: the first run's wall), with the load average before and after; the rounds alternate
-the two, and the median of the rounds' ratios is given beside the ratio of the medians (on a
-shared machine whose load drifts, the paired figure is the steadier one). Each run includes
-the per-epoch validation and the host-side batch work, as in the tuner (a fit of the trials).
-Writes benchmarks/results/tune.json, tune.md and tune.png (tune.CORPUS.* for a corpus other than
-bbc_news).
+ordinary jitted train step of its own config (dropout rate static in its model, compiled once
+per rate: what ``python train.py`` runs), and (b) together, as one K = 8 program: ``jax.vmap``
+of the same ordinary step with the hyperparameters as arrays. Two groups: "mixed" (half the
+trials with dropout 0.3: the headline) and "no_dropout". Both runs see the same batches, the
+same initial parameters and dropout masks, so their per-epoch metrics must agree; the script
+prints the largest difference. Wall times are medians over ``--repeats`` runs after one untimed
+warm-up run of each (compilation is reported separately: the first run's wall), with the load
+average before and after; the rounds alternate the two, and the median of the rounds' ratios is
+given beside the ratio of the medians (on a shared machine whose load drifts, the paired figure
+is the steadier one). Each run includes the per-epoch validation and the host-side batch work,
+as in the tuner (a fit of the trials). Writes benchmarks/results/tune.json, tune.md and tune.png
+(tune.CORPUS.* for a corpus other than bbc_news).
 """
 
 from __future__ import annotations
