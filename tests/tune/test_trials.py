@@ -67,7 +67,10 @@ HYPER = {
         {"optim__optimizer": "adam"},  # weight decay in the loss (l2)
         {"optim__optimizer": "adamw"},  # decoupled weight decay (optax)
         {"optim__optimizer": "adam", "optim__sparse_embeddings": True},  # lazy sparse Adam
-        {"optim__optimizer": "sgd", "optim__momentum": 0.9, "optim__grad_clip_norm": 1.0},
+        pytest.param(
+            {"optim__optimizer": "sgd", "optim__momentum": 0.9, "optim__grad_clip_norm": 1.0},
+            marks=pytest.mark.slow,  # each case compiles 4 programs (one per dropout rate)
+        ),
     ],
     ids=["adam-l2", "adamw-decoupled", "sparse-adam", "sgd-clip"],
 )
@@ -82,6 +85,7 @@ def test_vmapped_equals_sequential_ordinary_steps(data, over):
     assert len(finals) == len(seeds)
 
 
+@pytest.mark.slow
 def test_vmapped_equals_sequential_with_seeds_and_sample_weights(data):
     """Trials of different seeds (own init, own dropout keys) and bootstrap weights."""
     cfg = config()
