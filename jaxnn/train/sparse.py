@@ -121,6 +121,10 @@ __all__ = [
     "lazy_adagrad",
     "lazy_adam",
     "lazy_sgd",
+    "row_bucket",
+    "distinct_rows",
+    "distinct_slots",
+    "gather_rows",
     "sparse_gradient",
     "sparse_labels",
     "table_gradients",
@@ -211,10 +215,64 @@ def sparse_gradient(
     if isinstance(size, bool) or not isinstance(size, int) or size < 0:
         raise ValueError(f"size must be a Python int >= 0, got {size!r}")
     dim = row_grads.shape[-1]
-    flat_ids = ids.reshape(num).astype(jnp.int32)
-    flat_grads = row_grads.reshape(num, dim)
+    indices, slot = distinct_slots(ids, mask, size=size)
+    values = jax.ops.segment_sum(
+        row_grads.reshape(num, dim), slot.reshape(num), num_segments=size, mode="drop"
+    )
+    return SparseRows(indices=indices, values=values)
+
+
+def row_bucket(count: int, limit: int | None = None, *, per_octave: int = 4) -> int:
+    """A slot count K >= ``count`` from a short list, for `sparse_gradient`'s static ``size``.
+
+    K is the smallest m * 2^e >= count with m in [per_octave, 2 per_octave) (at most
+    1/per_octave of the slots unused above 2 per_octave), at least 1 and at most ``limit``
+    (e.g. N, the number of lookups, which always suffices). Jitting a step per K then compiles
+    only about ``per_octave`` programs per doubling of the distinct rows of a batch.
+    """
+    count = int(count)
+    if count < 0:
+        raise ValueError(f"count must be >= 0, got {count}")
+    if per_octave < 1:
+        raise ValueError(f"per_octave must be >= 1, got {per_octave}")
+    size = max(count, 1)
+    if size > 2 * per_octave:
+        step = 1 << ((size // per_octave).bit_length() - 1)  # 2^e with per_octave*2^e <= size
+        size = -(-size // step) * step
+    return size if limit is None else min(size, int(limit))
+
+
+def distinct_rows(ids: np.ndarray, mask: np.ndarray | None = None) -> int:
+    """The number of distinct unmasked ids (host NumPy): the rows a batch's lookups touch."""
+    ids = np.asarray(ids)
     if mask is not None:
-        flat_ids = jnp.where(mask.reshape(num), flat_ids, _MASKED_ID)
+        ids = ids[np.asarray(mask, bool)]
+    return int(np.unique(ids).size)
+
+
+def distinct_slots(
+    ids: jax.Array, mask: jax.Array | None = None, *, size: int | None = None
+) -> tuple[jax.Array, jax.Array]:
+    """The distinct ids of a lookup and each lookup's slot among them (no gradient involved).
+
+    Args:
+      ids: int [...] looked-up row ids, each in [0, V); mask: optional bool like ``ids``.
+      size: K, the slots (a Python int; default N = ids.size, always enough).
+
+    Returns:
+      (indices int32 [K]: the distinct unmasked ids sorted, unused slots holding increasing
+      indices >= 2^31 - 1 - K (outside any table); slot int32 like ``ids``: the position of
+      each lookup's id in ``indices``, K for a masked lookup). Then E[ids] equals
+      ``E.at[indices].get(mode="fill")`` [K, D] gathered at ``slot`` (0 where masked), and
+      dL/dE in row-sparse form is the segment sum of the lookups' gradients by ``slot``:
+      `sparse_gradient`. Cost: a sort of N ids and a binary search of each.
+    """
+    ids = jnp.asarray(ids)
+    num = ids.size
+    size = num if size is None else size
+    flat_ids = ids.reshape(num).astype(jnp.int32)
+    if mask is not None:
+        flat_ids = jnp.where(jnp.asarray(mask).reshape(num), flat_ids, _MASKED_ID)
     # The distinct ids, sorted: sort the ids alone (a one-operand sort; carrying a permutation
     # along is several times slower on CPU) and keep the first of each run of equal ids.
     sorted_ids = jnp.sort(flat_ids)
@@ -225,12 +283,16 @@ def sparse_gradient(
     run = jnp.where(sorted_ids == _MASKED_ID, size, run)
     unused = (_INT32_MAX - size + 1) + jnp.arange(size, dtype=jnp.int32)
     indices = unused.at[run].set(sorted_ids, mode="drop")
-    # Each lookup's slot: binary search of its id among the sorted distinct ids; then the
-    # duplicates are summed by a scatter-add of the N rows into the K slots.
+    # Each lookup's slot: binary search of its id among the sorted distinct ids.
     slot = jnp.searchsorted(indices, flat_ids, method="scan").astype(jnp.int32)
     slot = jnp.where(flat_ids == _MASKED_ID, size, slot)
-    values = jax.ops.segment_sum(flat_grads, slot, num_segments=size, mode="drop")
-    return SparseRows(indices=indices, values=values)
+    return indices, slot.reshape(ids.shape)
+
+
+def gather_rows(table: jax.Array, indices: jax.Array) -> jax.Array:
+    """table[indices] for the sorted distinct ``indices`` of `distinct_slots`; 0 for unused
+    (out-of-range) slots."""
+    return _gather(table, indices)
 
 
 def _gather(table: jax.Array, indices: jax.Array) -> jax.Array:
@@ -618,6 +680,7 @@ def table_gradients(
     ids: Mapping[TablePath, jax.Array],
     row_grads: Mapping[TablePath, jax.Array],
     masks: Mapping[TablePath, jax.Array] | None = None,
+    sizes: Mapping[TablePath, int] | None = None,
 ) -> dict:
     """The full gradient tree: ``dense_grads`` plus `sparse_gradient` (a `SparseRows`) at each
     table's path (``params[name]["embedding"]`` for a name).
@@ -628,6 +691,9 @@ def table_gradients(
       ids: {table: int [B, T'] looked-up row ids}.
       row_grads: {table: [B, T', D] dL/d(table[ids])}.
       masks: optional {table: bool [B, T']}; False = padding, the row is not touched.
+      sizes: optional {table: K}, Python ints >= the table's distinct unmasked ids in this
+        batch (`distinct_rows`, rounded up by `row_bucket`): the `SparseRows` then has K slots
+        and the lazy optimizer gathers and scatters K rows instead of N = B T'. Default N.
     """
     for name, tree in (("ids", ids), ("row_grads", row_grads), ("masks", masks)):
         if not (isinstance(tree, Mapping) or (name == "masks" and tree is None)):
@@ -642,7 +708,10 @@ def table_gradients(
     grads = dict(dense_grads)
     for table, path in zip(tables, _table_paths(tables)):
         mask = None if masks is None else masks.get(table)
-        grads = _set_path(grads, path, sparse_gradient(ids[table], row_grads[table], mask))
+        size = None if sizes is None else sizes.get(table)
+        grads = _set_path(
+            grads, path, sparse_gradient(ids[table], row_grads[table], mask, size=size)
+        )
     return grads
 
 

@@ -174,7 +174,9 @@ def make_train_step(
             metrics=_update_metrics(state, task, loss_sum, weight, logits, labels, weights),
         )
 
-    def sparse_step(state: TrainState, batch: Batch, dropout_rate=None) -> TrainState:
+    def sparse_step(
+        state: TrainState, batch: Batch, dropout_rate=None, table_rows=None
+    ) -> TrainState:
         key = jax.random.fold_in(state.rng, state.step)
         labels, weights = batch["labels"], batch["weights"]
         features = model.apply({}, batch["tokens"], batch["mask"], method="feature_ids")
@@ -182,7 +184,24 @@ def make_train_step(
         dense_params = {k: v for k, v in state.params.items() if k not in tables}
         ids = {name: features[name][0] for name in tables}
         masks = {name: features[name][1] for name in tables}
-        rows = {name: state.params[name]["embedding"][ids[name]] for name in tables}
+        if table_rows is None:  # one slot per lookup: rows are the looked-up rows [B, T', D]
+            rows = {name: state.params[name]["embedding"][ids[name]] for name in tables}
+            expand = lambda rows: rows
+        else:  # the distinct rows [K, D] (K = table_rows), gathered once, expanded by slot
+            distinct = {
+                name: sparse_lib.distinct_slots(ids[name], masks[name], size=size)
+                for name, size in zip(tables, table_rows, strict=True)
+            }
+            rows = {
+                name: sparse_lib.gather_rows(state.params[name]["embedding"], distinct[name][0])
+                for name in tables
+            }
+
+            def expand(rows):
+                return {
+                    name: r.at[distinct[name][1]].get(mode="fill", fill_value=0)
+                    for name, r in rows.items()
+                }
 
         def loss_fn(dense_params, rows):
             variables = {"params": dense_params}
@@ -190,7 +209,7 @@ def make_train_step(
                 variables["batch_stats"] = state.batch_stats
             logits, new_vars = model.apply(
                 variables,
-                rows,
+                expand(rows),
                 masks,
                 train=True,
                 rngs={"dropout": key},
@@ -208,7 +227,13 @@ def make_train_step(
         (dense_grads, row_grads), finite = _unscale(state, (dense_grads, row_grads))
 
         def update():
-            grads = sparse_lib.table_gradients(tables, dense_grads, ids, row_grads, masks)
+            if table_rows is None:
+                grads = sparse_lib.table_gradients(tables, dense_grads, ids, row_grads, masks)
+            else:  # the gradient of the distinct rows is the table's, row-sparse
+                grads = dict(dense_grads) | {
+                    n: {"embedding": sparse_lib.SparseRows(distinct[n][0], row_grads[n])}
+                    for n in tables
+                }
             updates, opt_state = tx.update(grads, state.opt_state, state.params)
             return sparse_lib.apply_updates(state.params, updates), opt_state
 

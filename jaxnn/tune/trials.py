@@ -44,6 +44,7 @@ from jaxnn.models import get_model
 from jaxnn.ops import softmax
 from jaxnn.train.config import validate_config, weight_decay_mode
 from jaxnn.train.optim import HYPERPARAMETERS, make_optimizer, set_hyperparams
+from jaxnn.train import sparse as sparse_lib
 from jaxnn.train.precision import DynamicLossScale
 from jaxnn.train.state import NO_NONFINITE, TrainState, zero_train_metrics
 from jaxnn.train.step import make_eval_step, make_train_step, zero_eval_metrics
@@ -135,6 +136,22 @@ class TrialGroup:
         self.tx = make_optimizer(o, self.total_steps, tables=self.tables)
         self.l2_mode = weight_decay_mode(o) == "l2"
         self._jitted: dict[tuple, Any] = {}
+        self._feature_ids = jax.jit(
+            lambda tokens, mask: self.model.apply({}, tokens, mask, method="feature_ids")
+        )
+
+    def _table_rows(self, batch: Mapping[str, np.ndarray]) -> tuple[int, ...] | None:
+        """Per table, the slots its sparse gradient needs for ``batch``: the distinct rows the
+        batch looks up, rounded up to a few sizes (`jaxnn.train.sparse.row_bucket`), so the
+        lazy optimizer touches those rows rather than one slot per lookup; None without
+        sparse tables."""
+        if not self.tables:
+            return None
+        features = jax.device_get(self._feature_ids(batch["tokens"], batch["mask"]))
+        return tuple(
+            sparse_lib.row_bucket(sparse_lib.distinct_rows(ids, mask), ids.size)
+            for ids, mask in (features[name] for name in self.tables)
+        )
 
     def _model(self, dropout: float) -> Any:
         model_cfg = {**self.cfg["model"], "dropout": float(dropout)}
@@ -191,21 +208,26 @@ class TrialGroup:
 
         init = self._init_fn(model)
         if dropout is not None:  # one trial, the ordinary step
+            def one_step(state, batch, rows):
+                return step(state, batch, None, *(() if rows is None else (rows,)))
+
             programs = (
                 jax.jit(init),
-                jax.jit(lambda state, batch: step(state, batch), donate_argnums=0),
+                jax.jit(one_step, donate_argnums=0, static_argnums=2),
                 jax.jit(evaluate, donate_argnums=1),
             )
         else:
             trial_axis = 0 if per_trial_weights else None
             rng_axis = None if shared_rng else 0
 
-            def group_step(states, batch, rates):
+            def group_step(states, batch, rates, rows):
                 shared = {k: v for k, v in batch.items() if k != "weights"}
 
                 def one(state, weights, rate, counter, rng):
                     state = state.replace(step=counter, rng=rng)
-                    return step(state, {**shared, "weights": weights}, rate)
+                    return step(
+                        state, {**shared, "weights": weights}, rate, *(() if rows is None else (rows,))
+                    )
 
                 counter, rng = states.step, states.rng
                 if shared_rng:  # one seed: one dropout key, draws made once for all trials
@@ -216,7 +238,7 @@ class TrialGroup:
 
             programs = (
                 jax.jit(jax.vmap(init)),
-                jax.jit(group_step, donate_argnums=0),
+                jax.jit(group_step, donate_argnums=0, static_argnums=3),
                 jax.jit(jax.vmap(evaluate, in_axes=(0, 0, None)), donate_argnums=1),
             )
         self._jitted[key] = programs
@@ -370,7 +392,11 @@ class TrialGroup:
                     )
                     if not vmapped:
                         batch["weights"] = batch["weights"][0]
-                state = train_step(state, batch, rates_dev) if vmapped else train_step(state, batch)
+                rows = self._table_rows(batch)
+                if vmapped:
+                    state = train_step(state, batch, rates_dev, rows)
+                else:
+                    state = train_step(state, batch, rows)
                 step += 1
             metrics = jax.device_get(axis(state.metrics))
             variables = state.variables()

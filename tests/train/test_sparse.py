@@ -579,3 +579,33 @@ class TestInPlace:
         assert donated.temp_size_in_bytes < table_bytes / 4
         # the check can fail: without donation the same step copies all three arrays
         assert analysis(()).alias_size_in_bytes == 0
+
+
+def test_row_bucket_covers_the_count_with_few_sizes():
+    from jaxnn.train.sparse import row_bucket
+
+    sizes = {row_bucket(c) for c in range(1, 5000)}
+    for c in range(0, 5000):
+        k = row_bucket(c)
+        assert k >= c and (c <= 8 or k <= c * 1.25), (c, k)
+    assert len(sizes) < 60  # about 4 per doubling, not one per count
+    assert row_bucket(20000, 16384) == 16384
+    with pytest.raises(ValueError, match="count"):
+        row_bucket(-1)
+
+
+def test_distinct_slots_rebuild_the_lookup():
+    from jaxnn.train.sparse import distinct_rows, distinct_slots
+
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, 30, size=(4, 9))
+    mask = rng.random((4, 9)) < 0.8
+    table = rng.normal(size=(30, 3)).astype(np.float32)
+    k = distinct_rows(ids, mask)
+    assert k == np.unique(ids[mask]).size
+    indices, slot = distinct_slots(jnp.asarray(ids), jnp.asarray(mask), size=k + 2)
+    indices, slot = np.asarray(indices), np.asarray(slot)
+    np.testing.assert_array_equal(indices[:k], np.unique(ids[mask]))
+    assert np.all(indices[k:] >= np.iinfo(np.int32).max - (k + 2))
+    np.testing.assert_array_equal(indices[slot[mask]], ids[mask])
+    assert np.all(slot[~mask] == k + 2)
