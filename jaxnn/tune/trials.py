@@ -42,9 +42,9 @@ from jaxnn.data.batches import default_buckets
 from jaxnn.metrics import accuracy, macro_f1
 from jaxnn.models import get_model
 from jaxnn.ops import softmax
+from jaxnn.train import sparse as sparse_lib
 from jaxnn.train.config import validate_config, weight_decay_mode
 from jaxnn.train.optim import HYPERPARAMETERS, make_optimizer, set_hyperparams
-from jaxnn.train import sparse as sparse_lib
 from jaxnn.train.precision import DynamicLossScale
 from jaxnn.train.state import NO_NONFINITE, TrainState, zero_train_metrics
 from jaxnn.train.step import make_eval_step, make_train_step, zero_eval_metrics
@@ -208,6 +208,7 @@ class TrialGroup:
 
         init = self._init_fn(model)
         if dropout is not None:  # one trial, the ordinary step
+
             def one_step(state, batch, rows):
                 return step(state, batch, None, *(() if rows is None else (rows,)))
 
@@ -226,7 +227,10 @@ class TrialGroup:
                 def one(state, weights, rate, counter, rng):
                     state = state.replace(step=counter, rng=rng)
                     return step(
-                        state, {**shared, "weights": weights}, rate, *(() if rows is None else (rows,))
+                        state,
+                        {**shared, "weights": weights},
+                        rate,
+                        *(() if rows is None else (rows,)),
                     )
 
                 counter, rng = states.step, states.rng

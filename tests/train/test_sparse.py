@@ -600,7 +600,6 @@ def test_distinct_slots_rebuild_the_lookup():
     rng = np.random.default_rng(0)
     ids = rng.integers(0, 30, size=(4, 9))
     mask = rng.random((4, 9)) < 0.8
-    table = rng.normal(size=(30, 3)).astype(np.float32)
     k = distinct_rows(ids, mask)
     assert k == np.unique(ids[mask]).size
     indices, slot = distinct_slots(jnp.asarray(ids), jnp.asarray(mask), size=k + 2)

@@ -259,7 +259,9 @@ def test_sparse_step_on_distinct_rows_equals_one_slot_per_lookup(tiny_config):
     tables = trainer.model.table_names()
     exact = tuple(sparse_lib.distinct_rows(*map(np.asarray, features[n])) for n in tables)
     assert all(0 < k < batch["tokens"].size for k in exact)
-    step = jax.jit(make_train_step(trainer.model, trainer.tx, sparse_embeddings=True), static_argnums=3)
+    step = jax.jit(
+        make_train_step(trainer.model, trainer.tx, sparse_embeddings=True), static_argnums=3
+    )
     reference = step(trainer.init_state(), batch)
     for rows in (exact, tuple(k + 5 for k in exact)):
         state = step(trainer.init_state(), batch, None, rows)

@@ -61,24 +61,36 @@ HYPER = {
 }
 
 
+# Unmarked cases: 2 trials (one with dropout), 2 steps per epoch: each compiles a handful of
+# small programs. The 4-trial grid and the other optimizers are marked slow.
+HYPER2 = {"learning_rate": [1e-2, 5e-2], "dropout": [0.3, 0.0], "weight_decay": [1e-3, 0.0]}
+
+
 @pytest.mark.parametrize(
-    "over",
+    "over, hyper",
     [
-        {"optim__optimizer": "adam"},  # weight decay in the loss (l2)
-        {"optim__optimizer": "adamw"},  # decoupled weight decay (optax)
-        {"optim__optimizer": "adam", "optim__sparse_embeddings": True},  # lazy sparse Adam
+        ({"optim__optimizer": "adamw"}, HYPER2),  # decoupled weight decay (optax)
+        ({"optim__optimizer": "adam", "optim__sparse_embeddings": True}, HYPER2),  # lazy Adam
+        pytest.param({"optim__optimizer": "adam"}, HYPER, marks=pytest.mark.slow),  # l2
+        pytest.param(
+            {"optim__optimizer": "adam", "optim__sparse_embeddings": True},
+            HYPER,
+            marks=pytest.mark.slow,
+        ),
         pytest.param(
             {"optim__optimizer": "sgd", "optim__momentum": 0.9, "optim__grad_clip_norm": 1.0},
+            HYPER,
             marks=pytest.mark.slow,  # each case compiles 4 programs (one per dropout rate)
         ),
     ],
-    ids=["adam-l2", "adamw-decoupled", "sparse-adam", "sgd-clip"],
+    ids=["adamw-decoupled", "sparse-adam", "adam-l2-4", "sparse-adam-4", "sgd-clip-4"],
 )
-def test_vmapped_equals_sequential_ordinary_steps(data, over):
-    cfg = config(**over)
-    seeds = [0, 0, 0, 0]  # one seed: the group shares the dropout draws
-    vmapped = TrialGroup(cfg, data, vmap=True).fit(HYPER, seeds)
-    sequential = TrialGroup(cfg, data, vmap=False).fit(HYPER, seeds)
+def test_vmapped_equals_sequential_ordinary_steps(data, over, hyper):
+    steps = 2 if hyper is HYPER2 else 0
+    cfg = config(**over, train__max_steps_per_epoch=steps)
+    seeds = [0] * len(hyper["learning_rate"])  # one seed: the group shares the dropout draws
+    vmapped = TrialGroup(cfg, data, vmap=True).fit(hyper, seeds)
+    sequential = TrialGroup(cfg, data, vmap=False).fit(hyper, seeds)
     assert_same_runs(vmapped, sequential)
     # the trials did differ: each got its own hyperparameters
     finals = {round(h[-1]["train_loss"], 6) for h in vmapped.history}
@@ -105,6 +117,7 @@ def test_vmapped_equals_sequential_with_seeds_and_sample_weights(data):
     )
 
 
+@pytest.mark.slow
 def test_transformer_trials_tune_vmapped(data):
     """Any model: 2 transformer trials (dropout 0.1 / 0.0, two learning rates) vmapped."""
     cfg = config(
