@@ -136,22 +136,34 @@ class TrialGroup:
         self.tx = make_optimizer(o, self.total_steps, tables=self.tables)
         self.l2_mode = weight_decay_mode(o) == "l2"
         self._jitted: dict[tuple, Any] = {}
+        self._rows_cache: dict[tuple, list] = {}
         self._feature_ids = jax.jit(
             lambda tokens, mask: self.model.apply({}, tokens, mask, method="feature_ids")
         )
 
-    def _table_rows(self, batch: Mapping[str, np.ndarray]) -> tuple[int, ...] | None:
-        """Per table, the slots its sparse gradient needs for ``batch``: the distinct rows the
-        batch looks up, rounded up to a few sizes (`jaxnn.train.sparse.row_bucket`), so the
-        lazy optimizer touches those rows rather than one slot per lookup; None without
-        sparse tables."""
+    def _epoch_rows(self, epoch: int, indices: Sequence[np.ndarray]) -> list:
+        """Per batch of the epoch, per table, the slots its sparse gradient needs: the distinct
+        rows the batch looks up, rounded up to a few sizes (`jaxnn.train.sparse.row_bucket`),
+        so the lazy optimizer touches those rows rather than one slot per lookup (static
+        arguments of the step: a few programs per group). Found for the whole epoch before its
+        first step (no host wait between steps) and kept: every fit of the group sees the same
+        batches. [None, ...] without sparse tables."""
         if not self.tables:
-            return None
-        features = jax.device_get(self._feature_ids(batch["tokens"], batch["mask"]))
-        return tuple(
-            sparse_lib.row_bucket(sparse_lib.distinct_rows(ids, mask), ids.size)
-            for ids, mask in (features[name] for name in self.tables)
-        )
+            return [None] * len(indices)
+        key = (epoch, hash(b"".join(np.asarray(i).tobytes() for i in indices)))
+        if key not in self._rows_cache:
+            pending = []
+            for index in indices:
+                batch = self.train_batches.make_batch(index)
+                pending.append(self._feature_ids(batch["tokens"], batch["mask"]))
+            self._rows_cache[key] = [
+                tuple(
+                    sparse_lib.row_bucket(sparse_lib.distinct_rows(ids, mask), ids.size)
+                    for ids, mask in (features[name] for name in self.tables)
+                )
+                for features in jax.device_get(pending)
+            ]
+        return self._rows_cache[key]
 
     def _model(self, dropout: float) -> Any:
         model_cfg = {**self.cfg["model"], "dropout": float(dropout)}
@@ -190,12 +202,23 @@ class TrialGroup:
 
         return init
 
-    def _programs(self, dropout: float | None, l2: bool, shared_rng: bool, per_trial_weights: bool):
-        """(init, train_step, evaluate) jitted; vmapped over trials when ``dropout`` is None."""
-        key = (dropout, l2, shared_rng, per_trial_weights)
+    def _programs(
+        self,
+        dropout: float | None,
+        l2: bool,
+        shared_rng: bool,
+        per_trial_weights: bool,
+        group_rate: float | None = None,
+    ):
+        """(init, train_step, evaluate) jitted; vmapped over trials when ``dropout`` is None.
+        ``group_rate``: every vmapped trial has this dropout rate: it is built into the model
+        (static, as in a sequential run; rate 0 then costs nothing) and the step's ``rates``
+        argument is ignored."""
+        key = (dropout, l2, shared_rng, per_trial_weights, group_rate)
         if key in self._jitted:
             return self._jitted[key]
-        model = self.model if dropout is None else self._model(dropout)
+        static = dropout if group_rate is None else group_rate
+        model = self.model if static is None else self._model(static)
         step = make_train_step(
             model, self.tx, l2_weight_decay=l2, sparse_embeddings=bool(self.tables)
         )
@@ -229,7 +252,7 @@ class TrialGroup:
                     return step(
                         state,
                         {**shared, "weights": weights},
-                        rate,
+                        rate if group_rate is None else None,
                         *(() if rows is None else (rows,)),
                     )
 
@@ -313,6 +336,7 @@ class TrialGroup:
                 bool(self.l2_mode and np.any(wd > 0)),
                 len(set(seeds.tolist())) == 1,
                 sample_weights is not None,
+                float(rates[0]) if len(set(rates.tolist())) == 1 else None,
             )
             result = self._fit(
                 programs,
@@ -388,7 +412,8 @@ class TrialGroup:
                 lambda z, m: jnp.broadcast_to(z, m.shape), zero_train_metrics(), state.metrics
             )
             state = state.replace(metrics=zeros)
-            for index in self.train_batches.order(epoch)[: self.steps_per_epoch]:
+            indices = self.train_batches.order(epoch)[: self.steps_per_epoch]
+            for index, rows in zip(indices, self._epoch_rows(epoch, indices), strict=True):
                 batch = self.train_batches.make_batch(index)
                 if sample_weights is not None:
                     batch["weights"] = (batch["weights"][None] * sample_weights[:, index]).astype(
@@ -396,7 +421,6 @@ class TrialGroup:
                     )
                     if not vmapped:
                         batch["weights"] = batch["weights"][0]
-                rows = self._table_rows(batch)
                 if vmapped:
                     state = train_step(state, batch, rates_dev, rows)
                 else:
