@@ -143,6 +143,7 @@ def main() -> None:
         "train_examples": len(data.train),
         "vocab_size": len(data.vocab),
         "batch_size": cfg["train"]["batch_size"],
+        "trials_per_program": vmapped.trials_per_program,
         "ratio_vmapped_over_sequential": head["ratio_vmapped_over_sequential"],
         "groups": groups,
         "loadavg_1_5_15 (before, after)": [load_before, load_after],
@@ -161,6 +162,8 @@ def main() -> None:
         "vmapped = jax.vmap of that step over the 8 trials, one program. Groups: mixed =",
         "4 learning rates x dropout {0, 0.3}, weight decay 0 / 1e-4; no_dropout = the same",
         "with dropout 0 for all.",
+        f"vmapped trials per program: {vmapped.trials_per_program or 'all'} (TrialGroup's "
+        "default here; trials ordered by dropout rate, a chunk of one rate has it static).",
         "Each round runs sequential then vmapped; 'median of round ratios' pairs the two runs",
         "of a round (one load), 'ratio of medians' does not.",
         "",

@@ -108,11 +108,25 @@ class TrialGroup:
       data: `jaxnn.data.Prepared` (train + validation; vocabulary from train).
       vmap: True = one jitted program over the trial axis; False = the ordinary jitted step of
         each trial's own config, one trial after another (the sequential reference).
+      trials_per_program: with ``vmap``, at most this many trials per program (the trials,
+        ordered by dropout rate, are cut into chunks trained one after another; a chunk of one
+        rate has it static in its model); 0 = all in one; None = 4 on CPU, else 0.
     """
 
-    def __init__(self, config: Any, data: Any, *, vmap: bool = True):
+    def __init__(
+        self, config: Any, data: Any, *, vmap: bool = True, trials_per_program: int | None = None
+    ):
         cfg = validate_config(config)
         self.cfg, self.data, self.vmap = cfg, data, bool(vmap)
+        if trials_per_program is None:
+            # on CPU, 8 bow trials in one program spill the caches that 4 fit in (2 programs
+            # of 4 beat 1 of 8: benchmarks/results/tune.md); accelerators take the whole group
+            trials_per_program = 4 if jax.default_backend() == "cpu" else 0
+        if isinstance(trials_per_program, bool) or int(trials_per_program) < 0:
+            raise ValueError(
+                f"trials_per_program must be an int >= 0 (0 = all), got {trials_per_program!r}"
+            )
+        self.trials_per_program = int(trials_per_program)
         d, t, o = cfg["data"], cfg["train"], cfg["optim"]
         self.num_classes = data.num_classes
         self.buckets = default_buckets(data.max_len, min(d["smallest_bucket"], data.max_len))
@@ -331,55 +345,56 @@ class TrialGroup:
         seeds = np.asarray(seeds, np.int64)
         wd = arrays["weight_decay"]
         if self.vmap:
-            programs = self._programs(
-                None,
-                bool(self.l2_mode and np.any(wd > 0)),
-                len(set(seeds.tolist())) == 1,
-                sample_weights is not None,
-                float(rates[0]) if len(set(rates.tolist())) == 1 else None,
-            )
-            result = self._fit(
-                programs,
-                k,
-                seeds,
-                arrays,
-                rates,
-                sample_weights,
-                eval_splits,
-                keep_probs,
-                vmapped=True,
-            )
+            # trials of one dropout rate side by side, so that a chunk often has one rate
+            # (static in its model); each chunk of <= trials_per_program is one program
+            order = np.argsort(rates, kind="stable")
+            size = self.trials_per_program or k
+            chunks = [order[i : i + size] for i in range(0, k, size)]
         else:
-            parts = []
-            for i in range(k):
+            chunks = [np.array([i]) for i in range(k)]
+        parts = []
+        for idx in chunks:
+            chunk_rates = rates[idx]
+            if self.vmap:
                 programs = self._programs(
-                    float(rates[i]), bool(self.l2_mode and wd[i] > 0), True, False
+                    None,
+                    bool(self.l2_mode and np.any(wd[idx] > 0)),
+                    len(set(seeds[idx].tolist())) == 1,
+                    sample_weights is not None,
+                    float(chunk_rates[0]) if len(set(chunk_rates.tolist())) == 1 else None,
                 )
-                parts.append(
-                    self._fit(
-                        programs,
-                        1,
-                        seeds[i : i + 1],
-                        {n: a[i : i + 1] for n, a in arrays.items()},
-                        rates[i : i + 1],
-                        None if sample_weights is None else sample_weights[i : i + 1],
-                        eval_splits,
-                        keep_probs,
-                        vmapped=False,
-                    )
+            else:
+                programs = self._programs(
+                    float(chunk_rates[0]), bool(self.l2_mode and wd[idx[0]] > 0), True, False
                 )
+            parts.append(
+                self._fit(
+                    programs,
+                    len(idx),
+                    seeds[idx],
+                    {n: a[idx] for n, a in arrays.items()},
+                    chunk_rates,
+                    None if sample_weights is None else sample_weights[idx],
+                    eval_splits,
+                    keep_probs,
+                    vmapped=self.vmap,
+                )
+            )
+        if len(parts) == 1 and np.array_equal(chunks[0], np.arange(k)):
+            result = parts[0]
+        else:  # back in the callers' trial order
+            back = np.argsort(np.concatenate(chunks))
+            pick = lambda items: [items[j] for j in back]
+            stack = lambda *x: jnp.concatenate(x)[back]
             result = GroupResult(
-                history=[h for p in parts for h in p.history],
-                failure=[f for p in parts for f in p.failure],
-                best_epoch=[b for p in parts for b in p.best_epoch],
-                best_variables=jax.tree.map(
-                    lambda *x: jnp.concatenate(x), *[p.best_variables for p in parts]
-                ),
-                last_variables=jax.tree.map(
-                    lambda *x: jnp.concatenate(x), *[p.last_variables for p in parts]
-                ),
+                history=pick([h for p in parts for h in p.history]),
+                failure=pick([f for p in parts for f in p.failure]),
+                best_epoch=pick([b for p in parts for b in p.best_epoch]),
+                best_variables=jax.tree.map(stack, *[p.best_variables for p in parts]),
+                last_variables=jax.tree.map(stack, *[p.last_variables for p in parts]),
                 probs={
-                    n: np.concatenate([p.probs[n] for p in parts], axis=1) for n in parts[0].probs
+                    n: np.concatenate([p.probs[n] for p in parts], axis=1)[:, back]
+                    for n in parts[0].probs
                 },
             )
         result.wall_time_s = time.perf_counter() - start

@@ -74,8 +74,8 @@ HYPER2_ONE_RATE = {**HYPER2, "dropout": [0.3, 0.3]}
         ({"optim__optimizer": "adamw"}, HYPER2),  # decoupled weight decay (optax)
         ({"optim__optimizer": "adam", "optim__sparse_embeddings": True}, HYPER2_ONE_RATE),
         pytest.param({"optim__optimizer": "adam"}, HYPER, marks=pytest.mark.slow),  # l2
-        pytest.param(
-            {"optim__optimizer": "adam", "optim__sparse_embeddings": True},
+        pytest.param(  # 2 programs of 2 trials, ordered by dropout rate, then put back
+            {"optim__optimizer": "adam", "optim__sparse_embeddings": True, "per_program": 2},
             HYPER,
             marks=pytest.mark.slow,
         ),
@@ -88,10 +88,12 @@ HYPER2_ONE_RATE = {**HYPER2, "dropout": [0.3, 0.3]}
     ids=["adamw-decoupled", "sparse-adam", "adam-l2-4", "sparse-adam-4", "sgd-clip-4"],
 )
 def test_vmapped_equals_sequential_ordinary_steps(data, over, hyper):
+    over = dict(over)
+    per_program = over.pop("per_program", None)
     steps = 0 if hyper is HYPER else 2
     cfg = config(**over, train__max_steps_per_epoch=steps)
     seeds = [0] * len(hyper["learning_rate"])  # one seed: the group shares the dropout draws
-    vmapped = TrialGroup(cfg, data, vmap=True).fit(hyper, seeds)
+    vmapped = TrialGroup(cfg, data, vmap=True, trials_per_program=per_program).fit(hyper, seeds)
     sequential = TrialGroup(cfg, data, vmap=False).fit(hyper, seeds)
     assert_same_runs(vmapped, sequential)
     # the trials did differ: each got its own hyperparameters
