@@ -125,6 +125,14 @@ def make_train_step(
       sparse_embeddings: the embedding tables get no dense gradient: the step hands their
         `jaxnn.train.sparse.SparseRows` gradients to ``tx`` (lazy updates).
 
+    With ``sparse_embeddings`` the step also takes ``table_rows``: None = one gradient slot per
+    lookup (N = B T'; no host work); or a tuple of Python ints, one per table in
+    ``model.table_names()`` order, each >= the batch's distinct unmasked ids of that table
+    (`jaxnn.train.sparse.distinct_rows`, rounded by `row_bucket`; a static argument under
+    jit). The step then gathers those K distinct rows once, expands them to the lookups
+    inside the loss and differentiates w.r.t. the K rows, so the lazy optimizer reads and
+    writes K rows of the table and its moments, not N: the same numbers, less traffic.
+
     The returned step's ``dropout_rate``: None uses the model's own rate (its ``dropout_rate``
     attribute, from the config); a float32 scalar array is passed to the model at call time
     (``model.apply(..., dropout_rate=rate)``), so that K trials with different rates are one

@@ -17,6 +17,12 @@ derives them from ``config.seed``. Trials of one seed share their dropout key: t
 then passes the step counter and key unbatched, so the uniform draws of a dropout mask are
 made once for all K trials (each compares them with its own rate).
 
+On CPU at most ``trials_per_program`` (4) trials share a program: the group, ordered by
+dropout rate, is cut into chunks trained one after another (a chunk of one rate has it built
+into its model); 8 bow trials' activations in one program spill the caches that 4 fit in.
+With sparse embedding tables, the distinct rows of each batch are counted on the host once per
+epoch and passed to the step (``table_rows``), so the lazy optimizer touches those rows only.
+
 ``vmap=False`` trains the same trials one after another, each with the ordinary jitted step of
 its own config (dropout rate baked into its model, as ``python train.py`` would): the
 sequential reference of tests/tune/test_trials.py and benchmarks/tune.py.
