@@ -45,8 +45,8 @@ class TransformerClassifier(nn.Module):
       dropout_rate: on embeddings, block outputs and the pooled vector: the default of a call,
         which may pass its own (``dropout_rate=``, an array: hyperparameters are data).
       attention_dropout_rate: on the attention weights (None = the ``dropout_rate`` attribute,
-        never a call's rate: it stays static); 0 lets
-        ``attention_impl="auto"`` pick the memory-efficient kernel.
+        never a call's rate: it stays static); with any rate ``attention_impl="auto"`` keeps
+        off the materialized [B, N, T, S] weights (rate > 0: the blocked kernel).
       activation: of the feed-forward layer (relu, gelu, tanh, sigmoid).
       norm: "layer", "batch" or "rms".
       pooling: "mean", "max" or "first".

@@ -29,9 +29,9 @@ class TransformerEncoderBlock(nn.Module):
       mlp_dim: F, the feed-forward hidden size.
       dropout_rate: on the feed-forward hidden layer and both branch outputs; drawn from the
         "dropout" RNG stream when ``train``.
-      attention_dropout_rate: on the attention weights; None means ``dropout_rate``. Attention
-        dropout needs the materialized score matrix (implementation "reference"), so a rate > 0
-        keeps ``attention_impl="auto"`` off the faster kernels.
+      attention_dropout_rate: on the attention weights; None means ``dropout_rate``. With a
+        rate > 0, ``attention_impl="auto"`` picks the blocked kernel ("chunked"), which draws
+        the same masks as "reference" without materializing the [B, N, T, S] weights.
       activation: name of the feed-forward activation (``jaxnn.ops.ACTIVATIONS``).
       norm: "layer", "batch" or "rms". BatchNorm keeps running statistics in "batch_stats"
         (apply with ``mutable=["batch_stats"]`` when training) and counts only real tokens.
