@@ -150,6 +150,7 @@ def test_waiting_steps_do_not_deadlock_xla_in_process_all_reduce():
     assert out.returncode == 0 and "done" in out.stdout, out.stderr[-2000:]
 
 
+@pytest.mark.slow  # a whole train.py run on 2 forced devices: about a minute on 2 cores
 def test_train_py_runs_data_parallel_over_cpu_devices(tmp_path):
     """`train.py --cpu_devices=2`: the log names the count, the mesh spans both devices, and
     training and the test evaluation finish (each step waits for its result)."""
