@@ -53,7 +53,9 @@ class Mutation:
     """One patch: replace ``old`` (which must occur exactly once in ``file``) by ``new``.
 
     ``tests`` are the pytest paths (files or node ids) that should catch it; ``claim`` is the
-    property the mutation breaks, in words.
+    property the mutation breaks, in words. ``also``: more (file, old, new) patches applied
+    with the first, for one break that spans several files (every attention kernel, say);
+    each old text must occur exactly once in its file, too.
     """
 
     name: str
@@ -62,15 +64,23 @@ class Mutation:
     old: str
     new: str
     tests: tuple[str, ...]
+    also: tuple[tuple[str, str, str], ...] = ()
+
+    def patches(self) -> tuple[tuple[str, str, str], ...]:
+        return ((self.file, self.old, self.new), *self.also)
+
+    def files(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(file for file, _, _ in self.patches()))
 
 
 MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "swap-model",
         "get_model builds the model the config names",
-        "jaxnn/models/__init__.py",
-        '    if name == "bow":\n        return BowClassifier(',
-        '    if name in ("bow", "transformer"):\n        return BowClassifier(',
+        "jaxnn/models/registry.py",
+        '    spec = resolve(model["name"])\n    return spec.build(',
+        '    spec = resolve("bow" if model["name"] == "transformer" else model["name"])\n'
+        "    return spec.build(",
         ("tests/models", "tests/train/test_config.py", "tests/train/test_precision_policy.py"),
     ),
     Mutation(
@@ -101,7 +111,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         "resume-restarts-the-epoch",
         "a run killed mid-epoch resumes at the checkpointed batch, bitwise",
         "jaxnn/train/loop.py",
-        '                start=meta["batch_in_epoch"],',
+        '                start=run.meta["batch_in_epoch"],',
         "                start=0,",
         ("tests/train/test_resume_mid_epoch.py", "tests/train/test_loop.py"),
     ),
@@ -115,11 +125,46 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "attention-scores-in-input-dtype",
-        "attention scores and their softmax are float32 for half-precision q, k, v",
-        "jaxnn/ops/attention.py",
+        "attention scores and their softmax are float32 for half-precision q, k, v "
+        '(kernels "reference" and "chunked")',
+        "jaxnn/ops/attention/reference.py",
         "    qf, kf, vf = (x.astype(jnp.float32) for x in (q, k, v))\n",
         "    qf, kf, vf = q, k, v\n",
-        ("tests/ops/test_attention.py", "tests/train/test_precision_policy.py"),
+        (
+            "tests/ops/test_attention.py",
+            "tests/nn/test_attention.py",
+            "tests/train/test_precision_policy.py",
+        ),
+        also=(
+            (
+                "jaxnn/ops/attention/reference.py",
+                "logits + jnp.asarray(bias).astype(jnp.float32)",
+                "logits + jnp.asarray(bias).astype(logits.dtype)",
+            ),
+            # the blocked kernel: its inputs, and so its block logits, in q's dtype
+            (
+                "jaxnn/ops/attention/chunked.py",
+                "    q_t = _pad_axis(jnp.swapaxes(q.astype(jnp.float32) * scale, 1, 2)",
+                "    q_t = _pad_axis(jnp.swapaxes(q * scale, 1, 2)",
+            ),
+            (
+                "jaxnn/ops/attention/chunked.py",
+                "    k_t = _pad_axis(jnp.swapaxes(k.astype(jnp.float32), 1, 2)",
+                "    k_t = _pad_axis(jnp.swapaxes(k, 1, 2)",
+            ),
+            (
+                "jaxnn/ops/attention/chunked.py",
+                "    v_t = _pad_axis(jnp.swapaxes(v.astype(jnp.float32), 1, 2)",
+                "    v_t = _pad_axis(jnp.swapaxes(v, 1, 2)",
+            ),
+            (
+                "jaxnn/ops/attention/chunked.py",
+                '    s = jnp.einsum("bnqh,bnhk->bnqk", q_blk, kt_blk, '
+                "preferred_element_type=jnp.float32)",
+                '    s = jnp.einsum("bnqh,bnhk->bnqk", q_blk, kt_blk, '
+                "preferred_element_type=q_blk.dtype)",
+            ),
+        ),
     ),
     Mutation(
         "norm-statistics-in-input-dtype",
@@ -140,11 +185,18 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "drop-attention-scale",
-        "attention scores are divided by sqrt(head_dim)",
-        "jaxnn/ops/attention.py",
+        'attention scores are divided by sqrt(head_dim) (kernels "reference" and "chunked")',
+        "jaxnn/ops/attention/reference.py",
         "    scale = 1.0 / math.sqrt(head_dim)\n    qf, kf, vf",
         "    scale = 1.0\n    qf, kf, vf",
         ("tests/ops/test_attention.py", "tests/models/test_transformer_reference.py"),
+        also=(
+            (
+                "jaxnn/ops/attention/chunked.py",
+                "    scale = 1.0 / math.sqrt(head_dim)\n    # One transposition",
+                "    scale = 1.0\n    # One transposition",
+            ),
+        ),
     ),
     Mutation(
         "padding-mask-off-by-one",
@@ -206,13 +258,18 @@ MUTATIONS: tuple[Mutation, ...] = (
 
 
 def applicability(root: Path, mutation: Mutation) -> str | None:
-    """None when the patch applies to the tree at ``root``, else why not."""
-    path = root / mutation.file
-    if not path.is_file():
-        return f"{mutation.file} does not exist (moved?)"
-    count = path.read_text(encoding="utf-8").count(mutation.old)
-    if count != 1:
-        return f"the old text occurs {count} times in {mutation.file} (must be exactly once)"
+    """None when every patch applies to the tree at ``root``, else why not."""
+    texts: dict[str, str] = {}
+    for number, (file, old, new) in enumerate(mutation.patches(), start=1):
+        where = f" (patch {number})" if mutation.also else ""
+        path = root / file
+        if not path.is_file():
+            return f"{file} does not exist (moved?){where}"
+        text = texts.setdefault(file, path.read_text(encoding="utf-8"))
+        count = text.count(old)
+        if count != 1:
+            return f"the old text occurs {count} times in {file} (must be exactly once){where}"
+        texts[file] = text.replace(old, new, 1)
     return None
 
 
@@ -222,9 +279,10 @@ def copy_project(destination: Path) -> Path:
 
 
 def apply(root: Path, mutation: Mutation) -> None:
-    path = root / mutation.file
-    text = path.read_text(encoding="utf-8")
-    path.write_text(text.replace(mutation.old, mutation.new, 1), encoding="utf-8")
+    for file, old, new in mutation.patches():
+        path = root / file
+        text = path.read_text(encoding="utf-8")
+        path.write_text(text.replace(old, new, 1), encoding="utf-8")
 
 
 def run_tests(root: Path, tests: list[str], args: argparse.Namespace) -> tuple[int, float, str]:
@@ -259,6 +317,16 @@ def _scope(root: Path, mutations: list[Mutation], args: argparse.Namespace) -> l
     return sorted({t for m in mutations for t in _existing(root, m.tests)})
 
 
+def failed_tests(output: str) -> list[str]:
+    """The node ids pytest's short summary names as FAILED or ERROR."""
+    names = []
+    for line in output.splitlines():
+        for tag in ("FAILED ", "ERROR "):
+            if line.startswith(tag):
+                names.append(line[len(tag) :].split(" - ")[0].strip())
+    return names
+
+
 def verdict(code: int) -> str:
     if code in (1, 2):
         return "caught"
@@ -286,14 +354,16 @@ def write_reports(results: dict, out_dir: Path, stem: str) -> tuple[Path, Path]:
         f"**Score: {len(caught)} of {len(applicable)} applicable mutations caught** "
         f"({len(rows) - len(applicable)} not applicable).",
         "",
-        "| mutation | claim it breaks | file | verdict | tests run | s |",
-        "|---|---|---|---|---|---|",
+        "| mutation | claim it breaks | file | verdict | first failing test | tests run | s |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         tests = ", ".join(f"`{t}`" for t in r["tests"]) or "-"
         note = f" ({r['reason']})" if r.get("reason") else ""
+        files = ", ".join(f"`{f}`" for f in r["file"].split())
+        by = ", ".join(f"`{t}`" for t in r.get("caught_by") or ()) or "-"
         lines.append(
-            f"| {r['name']} | {r['claim']} | `{r['file']}` | **{r['verdict']}**{note} | "
+            f"| {r['name']} | {r['claim']} | {files} | **{r['verdict']}**{note} | {by} | "
             f"{tests} | {r['seconds']:.0f} |"
         )
     if results.get("notes"):
@@ -334,7 +404,8 @@ def main(argv: list[str] | None = None) -> int:
         for m in chosen:
             why = applicability(ROOT, m)
             print(f"{m.name:40s} {'applies' if why is None else 'NOT APPLICABLE: ' + why}")
-            print(f"{'':40s} {m.claim}; tests: {' '.join(m.tests)}")
+            print(f"{'':40s} {m.claim}; files: {' '.join(m.files())}")
+            print(f"{'':40s} tests: {' '.join(m.tests)}")
         return 0
 
     results = {
@@ -373,7 +444,8 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(base)
         for m in chosen:
             row = {**asdict(m), "tests": list(m.tests), "seconds": 0.0, "reason": None}
-            del row["old"], row["new"]
+            del row["old"], row["new"], row["also"]
+            row["file"] = " ".join(m.files())
             why = applicability(ROOT, m)
             if why is not None:
                 row.update(verdict="not applicable", reason=why)
@@ -390,9 +462,12 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             code, seconds, output = run_tests(copy, tests, args)
             row.update(tests=tests, seconds=seconds, exit_code=code, verdict=verdict(code))
-            if row["verdict"] != "caught":
+            if row["verdict"] == "caught":
+                row["caught_by"] = failed_tests(output)
+            else:
                 row["output_tail"] = output[-1500:]
-            print(f"{m.name}: {row['verdict']} (exit {code}, {seconds:.0f} s)", flush=True)
+            by = f" by {', '.join(row['caught_by'])}" if row.get("caught_by") else ""
+            print(f"{m.name}: {row['verdict']}{by} (exit {code}, {seconds:.0f} s)", flush=True)
             results["mutations"].append(row)
             shutil.rmtree(copy)
             write_reports(results, args.out, "mutation-partial")  # progress of a long run
