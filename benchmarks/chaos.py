@@ -1,7 +1,7 @@
 """Chaos run: train.py killed at random moments, resumed, and compared with an undisturbed run.
 
     python benchmarks/chaos.py --runs 5              (writes runs/benchmarks/chaos/)
-    python benchmarks/chaos.py --runs 20 --seed 3 --out runs/chaos
+    python benchmarks/chaos.py --runs 20 --seed 3 [--commit-results]
 
 Each of N runs trains configs/tiny.py (2 epochs of 8 steps, a checkpoint every 3 steps) on a
 small synthetic corpus into a fresh workdir and suffers 1-3 faults drawn from the matrix:
@@ -17,7 +17,8 @@ small synthetic corpus into a fresh workdir and suffers 1-3 faults drawn from th
 then the same command is run until it exits 0 (at most 3 clean reruns). A run counts as
 identical when its results.json (test and validation metrics, history), metrics.jsonl (timings
 aside), final train state and best parameters equal the undisturbed run's bitwise; as stuck
-when no rerun finishes. Writes chaos.json and chaos.md to --out.
+when no rerun finishes. Writes chaos.json and chaos.md into runs/benchmarks/
+(benchmarks/results/ with --commit-results); the runs themselves live under --work.
 """
 
 from __future__ import annotations
@@ -35,6 +36,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from output import add_output_flags, output_dir  # noqa: E402  (benchmarks/output.py)
 
 DRIVER = textwrap.dedent(
     """
@@ -245,9 +249,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=5, help="N faulty runs")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "benchmarks" / "chaos")
+    parser.add_argument(
+        "--work", type=Path, default=ROOT / "runs" / "benchmarks" / "chaos",
+        help="folder of the runs' workdirs, corpus and caches",
+    )
+    add_output_flags(parser)  # where chaos.json / chaos.md go
     args = parser.parse_args()
-    out = args.out.absolute()
+    report_dir = output_dir(args)
+    out = args.work.absolute()
     out.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, JAXNN_ROOT=str(ROOT))
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
@@ -283,8 +292,8 @@ def main() -> int:
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "detail": runs,
     }
-    (out / "chaos.json").write_text(json.dumps(summary, indent=2) + "\n")
-    (out / "chaos.md").write_text(
+    (report_dir / "chaos.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (report_dir / "chaos.md").write_text(
         f"# chaos: {summary['identical']}/{summary['runs']} runs identical to the undisturbed "
         f"one, {summary['stuck']} stuck, {summary['clean_failures']}/{summary['runs']} with "
         f"only clean failures (seed {args.seed})\n\n"
@@ -297,7 +306,7 @@ def main() -> int:
     )
     print(
         f"{summary['identical']}/{summary['runs']} identical to the undisturbed run, "
-        f"{summary['stuck']} stuck; {out / 'chaos.md'}"
+        f"{summary['stuck']} stuck; {report_dir / 'chaos.md'}"
     )
     return 0 if summary["identical"] == summary["runs"] else 1
 
