@@ -23,6 +23,9 @@ Usage:
   python benchmarks/mutation.py --list                # names, claims, whether each applies
   python benchmarks/mutation.py --full                # the whole fast suite per mutation
   python benchmarks/mutation.py --commit-results      # also benchmarks/results/mutation.{json,md}
+  python benchmarks/mutation.py --only skip-weight-decay --update-results
+      # re-run a few after a change to their files: their rows of benchmarks/results/mutation.*
+      # are replaced and a note says when, at which commit, and by which command
 
 Results go to runs/benchmarks/mutation/ (JSON + Markdown) by default.
 """
@@ -337,6 +340,36 @@ def verdict(code: int) -> str:
     return "error"
 
 
+def git_commit(root: Path) -> str:
+    """HEAD's short hash at ``root`` ("+changes" when jaxnn/, tests/ or this script differ)."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True
+        ).stdout.strip()
+        paths = ["jaxnn", "tests", "benchmarks/mutation.py"]
+        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", *paths], cwd=root)
+    except OSError:
+        return "unknown"
+    return (head or "unknown") + ("+changes" if dirty.returncode else "")
+
+
+def merge_update(old: dict, new: dict) -> dict:
+    """``old`` results with the rows of ``new``'s mutations replaced, and a note of the update."""
+    rows = {r["name"]: r for r in old["mutations"]}
+    rows.update({r["name"]: r for r in new["mutations"]})
+    order = [m.name for m in MUTATIONS if m.name in rows]
+    order += [name for name in rows if name not in order]
+    merged = dict(old, mutations=[rows[name] for name in order])
+    names = ", ".join(r["name"] for r in new["mutations"])
+    note = (
+        f"Re-run {new['date']} at commit {new['commit']} (`{new['command']}`, baseline: "
+        f"{new['baseline']}, {new['wall_s']:.0f} s): {names}; the other rows are from the run "
+        "above."
+    )
+    merged["notes"] = [*old.get("notes", []), note]
+    return merged
+
+
 def write_reports(results: dict, out_dir: Path, stem: str) -> tuple[Path, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path, md_path = out_dir / f"{stem}.json", out_dir / f"{stem}.md"
@@ -344,11 +377,13 @@ def write_reports(results: dict, out_dir: Path, stem: str) -> tuple[Path, Path]:
     rows = results["mutations"]
     applicable = [r for r in rows if r["verdict"] != "not applicable"]
     caught = [r for r in applicable if r["verdict"] == "caught"]
+    wall = f" · wall time {results['wall_s']:.0f} s" if "wall_s" in results else ""
     lines = [
         "# Mutation check: which small breaks of jaxnn the fast suite catches",
         "",
         f"Command: `{results['command']}`  ",
-        f"Date: {results['date']} · host: {results['host']} · python {results['python']}  ",
+        f"Date: {results['date']} · commit {results.get('commit', 'unknown')} · host: "
+        f"{results['host']} · python {results['python']}{wall}  ",
         f"Tests per mutation: {results['scope']}; baseline: {results['baseline']}  ",
         "",
         f"**Score: {len(caught)} of {len(applicable)} applicable mutations caught** "
@@ -391,7 +426,16 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="also write benchmarks/results/mutation.{json,md}",
     )
+    parser.add_argument(
+        "--update-results",
+        action="store_true",
+        help="replace only the rows of the mutations run in benchmarks/results/mutation.*",
+    )
     args = parser.parse_args(argv)
+    committed = ROOT / "benchmarks" / "results" / "mutation.json"
+    if args.update_results and not committed.is_file():
+        print(f"error: --update-results needs {committed}; run with --commit-results first")
+        return 2
 
     names = {m.name for m in MUTATIONS}
     unknown = sorted(set(args.only or ()) - names)
@@ -422,9 +466,11 @@ def main(argv: list[str] | None = None) -> int:
             if args.tests
             else "the tests named per mutation"
         ),
+        "commit": git_commit(ROOT),
         "baseline": "skipped",
         "mutations": [],
     }
+    run_start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="jaxnn-mutation-") as tmp:
         tmp = Path(tmp)
         if not args.no_baseline:
@@ -472,13 +518,20 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(copy)
             write_reports(results, args.out, "mutation-partial")  # progress of a long run
 
+    results["wall_s"] = time.perf_counter() - run_start
     (args.out / "mutation-partial.json").unlink(missing_ok=True)
     (args.out / "mutation-partial.md").unlink(missing_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
     json_path, md_path = write_reports(results, args.out, f"mutation-{stamp}")
     print(f"wrote {json_path} and {md_path}")
-    if args.commit_results:
-        json_path, md_path = write_reports(results, ROOT / "benchmarks" / "results", "mutation")
+    if args.commit_results or args.update_results:
+        committed_results = results
+        if args.update_results:
+            old = json.loads(committed.read_text(encoding="utf-8"))
+            committed_results = merge_update(old, results)
+        json_path, md_path = write_reports(
+            committed_results, ROOT / "benchmarks" / "results", "mutation"
+        )
         print(f"wrote {json_path} and {md_path}")
     applicable = [r for r in results["mutations"] if r["verdict"] != "not applicable"]
     caught = sum(r["verdict"] == "caught" for r in applicable)
