@@ -1,20 +1,21 @@
-"""Same-shape tuning trials: one vmapped program vs one run after another (jaxnn.tune.vmapped).
+"""Same-shape tuning trials: one vmapped program vs one run after another (jaxnn.tune.trials).
 
     python benchmarks/tune.py [--corpus bbc_news] [--epochs 3] [--repeats 3]
 
 8 bow trials that differ only in learning rate, dropout and weight decay (the stage kinds the
-progressive tuner trains together) are trained (a) one after another, each alone with the jitted
-step at K = 1 (compiled once, the fastest sequential run of this code), and (b) together, as one
-K = 8 program. Two groups: "mixed" (half the trials with dropout 0.3: the headline) and
-"no_dropout". Both runs see the same batches, the same initial parameters and dropout masks, so
-their per-epoch metrics must agree; the script prints the largest difference. Wall times are
-medians over ``--repeats`` runs after one untimed warm-up run of each (compilation is reported
-separately: the first run's wall), with the load average before and after; the rounds alternate
-the two, and the median of the rounds' ratios is given beside the ratio of the medians (on a
-shared machine whose load drifts, the paired figure is the steadier one). Each run includes
-the per-epoch validation and the host-side batch work, as in the tuner (a fit of the trials).
-Writes benchmarks/results/tune.json, tune.md and tune.png (tune.CORPUS.* for a corpus other than
-bbc_news).
+progressive tuner trains together) are trained (a) one after another, each alone with the
+ordinary jitted train step of its own config (dropout rate static in its model, compiled once
+per rate: what ``python train.py`` runs), and (b) together, as one K = 8 program: ``jax.vmap``
+of the same ordinary step with the hyperparameters as arrays. Two groups: "mixed" (half the
+trials with dropout 0.3: the headline) and "no_dropout". Both runs see the same batches, the
+same initial parameters and dropout masks, so their per-epoch metrics must agree; the script
+prints the largest difference. Wall times are medians over ``--repeats`` runs after one untimed
+warm-up run of each (compilation is reported separately: the first run's wall), with the load
+average before and after; the rounds alternate the two, and the median of the rounds' ratios is
+given beside the ratio of the medians (on a shared machine whose load drifts, the paired figure
+is the steadier one). Each run includes the per-epoch validation and the host-side batch work,
+as in the tuner (a fit of the trials). Writes benchmarks/results/tune.json, tune.md and tune.png
+(tune.CORPUS.* for a corpus other than bbc_news).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from jaxnn.launch.cpu_vector_width import cpu_vector_width  # noqa: E402
 from jaxnn.launch.host_memory import host_allocator  # noqa: E402
 from jaxnn.train import load_data  # noqa: E402
 from jaxnn.train.config import config_from_file, validate_config  # noqa: E402
-from jaxnn.tune.vmapped import VmappedBowTrainer  # noqa: E402
+from jaxnn.tune.trials import TrialGroup  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 
@@ -71,10 +72,10 @@ def trials(dropouts: list[float]) -> dict[str, list[float]]:
 GROUPS = {"mixed": [0.0, 0.3], "no_dropout": [0.0, 0.0]}
 
 
-def run(trainer: VmappedBowTrainer, hyper: dict, seeds: list[int]):
+def run(trainer: TrialGroup, hyper: dict, seeds: list[int]):
     start = time.perf_counter()
     out = trainer.fit(hyper, seeds)
-    jax.block_until_ready(out.last_params)
+    jax.block_until_ready(out.last_variables)
     return time.perf_counter() - start, out
 
 
@@ -126,8 +127,8 @@ def main() -> None:
     cfg = base_config(args.corpus, args.epochs)
     data = load_data(cfg)
     load_before = os.getloadavg()
-    sequential = VmappedBowTrainer(cfg, data, vmap=False)
-    vmapped = VmappedBowTrainer(cfg, data, vmap=True)
+    sequential = TrialGroup(cfg, data, vmap=False)
+    vmapped = TrialGroup(cfg, data, vmap=True)
     groups = {}
     for name, dropouts in GROUPS.items():
         hyper = trials(dropouts)
@@ -142,6 +143,7 @@ def main() -> None:
         "train_examples": len(data.train),
         "vocab_size": len(data.vocab),
         "batch_size": cfg["train"]["batch_size"],
+        "trials_per_program": vmapped.trials_per_program,
         "ratio_vmapped_over_sequential": head["ratio_vmapped_over_sequential"],
         "groups": groups,
         "loadavg_1_5_15 (before, after)": [load_before, load_after],
@@ -156,9 +158,12 @@ def main() -> None:
     md = [
         f"# 8 same-shape trials: vmapped vs sequential ({args.corpus}, {args.epochs} epochs)",
         "",
-        "sequential = the same jitted step at K = 1, one trial after another (compiled once);",
-        "vmapped = the 8 trials in one program. Groups: mixed = 4 learning rates x dropout",
-        "{0, 0.3}, weight decay 0 / 1e-4; no_dropout = the same with dropout 0 for all.",
+        "sequential = the ordinary jitted train step of each trial's config, one after another;",
+        "vmapped = jax.vmap of that step over the 8 trials, one program. Groups: mixed =",
+        "4 learning rates x dropout {0, 0.3}, weight decay 0 / 1e-4; no_dropout = the same",
+        "with dropout 0 for all.",
+        f"vmapped trials per program: {vmapped.trials_per_program or 'all'} (TrialGroup's "
+        "default here; trials ordered by dropout rate, a chunk of one rate has it static).",
         "Each round runs sequential then vmapped; 'median of round ratios' pairs the two runs",
         "of a round (one load), 'ratio of medians' does not.",
         "",

@@ -9,9 +9,26 @@ numbers do not depend on the CPU's vendor. On a GPU or TPU nothing is set.
 
 import gc
 
+import pytest
+
 from jaxnn.launch import configure_process
 
 configure_process(defaults={"cpu_vector_width": "xla"})
+
+
+@pytest.fixture(autouse=True)
+def highest_matmul_precision():
+    """Every test runs its float32 matmuls at full float32 precision.
+
+    The exactness tests compare float32 results at ~1e-5, which holds for true float32 dots;
+    XLA:GPU runs float32 dots in TF32 (10-bit mantissa) by default and TPUs in bf16 passes, so
+    without this the same tests would fail on an accelerator. Tests of low-precision paths
+    state their own tolerances, derived from their dtype's epsilon.
+    """
+    import jax  # here, not at the top: the process settings above precede JAX
+
+    with jax.default_matmul_precision("highest"):
+        yield
 
 
 def pytest_sessionfinish(session, exitstatus):

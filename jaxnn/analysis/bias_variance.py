@@ -1,10 +1,11 @@
 """Bias and variance of a classifier, measured (study guide §5), and the under/overfitting curve.
 
 K models train on K bootstrap resamples of the training split, all in one vmapped, jitted
-program (`jaxnn.tune.vmapped`: a resample is a vector of example counts drawn from
-Multinomial(N, 1/N), used as per-example loss weights; every model also gets its own init and
-dropout seed). On the held-out examples x (the validation split), with ŷ_k(x) the probability
-vector [C] of model k, y(x) the one-hot label and E the mean over the K models:
+program (`jaxnn.tune.trials`: ``jax.vmap`` of the ordinary train step; a resample is a vector
+of example counts drawn from Multinomial(N, 1/N), used as per-example loss weights; every model
+also gets its own init and dropout seed). On the held-out examples x (the validation split),
+with ŷ_k(x) the probability vector [C] of model k, y(x) the one-hot label and E the mean over
+the K models:
 
     variance(x)      = E[ ||ŷ(x) − E[ŷ(x)]||² ]          (study guide Var formula, summed over C)
     bias²(x)         = ||E[ŷ(x)] − y(x)||²                (squared bias against the labels; it
@@ -152,7 +153,7 @@ def sweep(config: ml_collections.ConfigDict, data: Any = None) -> dict:
     """
     from jaxnn.train import load_data
     from jaxnn.train.config import config_to_dict
-    from jaxnn.tune.vmapped import VmappedBowTrainer
+    from jaxnn.tune.trials import TrialGroup
 
     cfg, analysis = split_config(config)
     if data is None:
@@ -172,7 +173,7 @@ def sweep(config: ml_collections.ConfigDict, data: Any = None) -> dict:
         run = config_to_dict(cfg)  # a mutable copy of the frozen RunConfig
         run[section][name] = capacity
         run["train"]["patience"] = 0
-        trainer = VmappedBowTrainer(run, data, vmap=True)
+        trainer = TrialGroup(run, data, vmap=True)
         out = trainer.fit(
             hyper,
             seeds,

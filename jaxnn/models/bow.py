@@ -146,7 +146,8 @@ class BowClassifier(nn.Module):
       hidden_size: F units per hidden layer of the head (0 = linear head).
       num_hidden_layers: hidden layers when hidden_size > 0.
       activation: of the head's hidden layers (relu, gelu, tanh, sigmoid).
-      dropout_rate: on the embedded vectors and the head's hidden layers.
+      dropout_rate: on the embedded vectors and the head's hidden layers: the default of a
+        call, which may pass its own (``dropout_rate=``, an array: hyperparameters are data).
       bigram_buckets: rows of the hashed bigram table (0 = no bigrams).
       trigram_buckets: rows of the hashed trigram table (0 = no trigrams).
       binary_features: count each distinct feature id once per text and table.
@@ -157,6 +158,8 @@ class BowClassifier(nn.Module):
       >>> model = BowClassifier(vocab_size=1000, num_classes=2, bigram_buckets=2**16)
       >>> variables = model.init(jax.random.key(0), tokens, mask, train=False)
       >>> logits = model.apply(variables, tokens, mask, train=False)            # [B, 2]
+      >>> logits = model.apply(variables, tokens, mask, train=True, dropout_rate=jnp.float32(0.3),
+      ...                      rngs={"dropout": key})
     """
 
     vocab_size: int
@@ -218,27 +221,45 @@ class BowClassifier(nn.Module):
         return features
 
     def classify(
-        self, vectors: dict[str, jax.Array], masks: dict[str, jax.Array], *, train: bool
+        self,
+        vectors: dict[str, jax.Array],
+        masks: dict[str, jax.Array],
+        *,
+        train: bool,
+        dropout_rate: float | jax.Array | None = None,
     ) -> jax.Array:
-        """Logits [B, C] from looked-up vectors {table: [B, T', D]} and their masks [B, T']."""
+        """Logits [B, C] from looked-up vectors {table: [B, T', D]} and their masks [B, T'].
+
+        ``dropout_rate``: the rate of this call (a float32 array under ``jax.vmap``: one per
+        trial); None = the ``dropout_rate`` attribute."""
         names = self.table_names()
         x = jnp.concatenate([vectors[n] for n in names], axis=1)
         m = jnp.concatenate([masks[n] for n in names], axis=1)
         if self.dtype is not None:
             x = x.astype(self.dtype)
-        x = self.embed_dropout(x, deterministic=not train)
+        x = self.embed_dropout(x, deterministic=not train, rate=dropout_rate)
         pooled = mean_pool(x, m)
         if self.pooling == "sqrt":  # sum / sqrt(K) = mean * sqrt(K)
             count = jnp.sum(m, axis=1, keepdims=True).astype(pooled.dtype)
             pooled = pooled * jnp.sqrt(count)
-        return self.head(pooled, deterministic=not train).astype(jnp.float32)
+        head = self.head(pooled, deterministic=not train, dropout_rate=dropout_rate)
+        return head.astype(jnp.float32)
 
     def lookup(self, features: dict[str, tuple]) -> dict[str, jax.Array]:
         """table[ids] for every feature table: {name: [B, T', D]}."""
         return {name: getattr(self, name)(ids) for name, (ids, _) in features.items()}
 
-    def __call__(self, tokens: jax.Array, mask: jax.Array, *, train: bool) -> jax.Array:
-        """tokens int [B, T], mask bool [B, T] -> logits float32 [B, C]."""
+    def __call__(
+        self,
+        tokens: jax.Array,
+        mask: jax.Array,
+        *,
+        train: bool,
+        dropout_rate: float | jax.Array | None = None,
+    ) -> jax.Array:
+        """tokens int [B, T], mask bool [B, T] -> logits float32 [B, C]; ``dropout_rate``
+        (None = the attribute) as in `classify`."""
         features = self.feature_ids(tokens, mask)
         vectors = self.lookup(features)
-        return self.classify(vectors, {n: m for n, (_, m) in features.items()}, train=train)
+        masks = {n: m for n, (_, m) in features.items()}
+        return self.classify(vectors, masks, train=train, dropout_rate=dropout_rate)

@@ -42,9 +42,11 @@ class TransformerClassifier(nn.Module):
       num_layers: N blocks (0 = pooled embeddings straight to the head).
       num_heads: attention heads.
       mlp_dim: F, the feed-forward hidden size.
-      dropout_rate: on embeddings, block outputs and the pooled vector.
-      attention_dropout_rate: on the attention weights (None = ``dropout_rate``); 0 lets
-        ``attention_impl="auto"`` pick the memory-efficient kernel.
+      dropout_rate: on embeddings, block outputs and the pooled vector: the default of a call,
+        which may pass its own (``dropout_rate=``, an array: hyperparameters are data).
+      attention_dropout_rate: on the attention weights (None = the ``dropout_rate`` attribute,
+        never a call's rate: it stays static); with any rate ``attention_impl="auto"`` keeps
+        off the materialized [B, N, T, S] weights (rate > 0: the blocked kernel).
       activation: of the feed-forward layer (relu, gelu, tanh, sigmoid).
       norm: "layer", "batch" or "rms".
       pooling: "mean", "max" or "first".
@@ -102,9 +104,19 @@ class TransformerClassifier(nn.Module):
         return {name: getattr(self, name)(ids) for name, (ids, _) in features.items()}
 
     def classify(
-        self, vectors: dict[str, jax.Array], masks: dict[str, jax.Array], *, train: bool
+        self,
+        vectors: dict[str, jax.Array],
+        masks: dict[str, jax.Array],
+        *,
+        train: bool,
+        dropout_rate: float | jax.Array | None = None,
     ) -> jax.Array:
-        """Logits [B, C] from token vectors {"embed": [B, T, D]} and {"embed": mask [B, T]}."""
+        """Logits [B, C] from token vectors {"embed": [B, T, D]} and {"embed": mask [B, T]}.
+
+        ``dropout_rate``: this call's rate of the embedding, block and head dropouts (a float32
+        array under ``jax.vmap``: one per trial); None = the ``dropout_rate`` attribute. The
+        attention dropout keeps its static rate."""
+        rate = dropout_rate
         x, mask = vectors["embed"], masks["embed"]
         length = x.shape[1]
         if length > self.max_len:
@@ -112,16 +124,25 @@ class TransformerClassifier(nn.Module):
         x = x + self.position_embed(jnp.arange(length))[None]
         if self.dtype is not None:
             x = x.astype(self.dtype)
-        x = self.embed_dropout(x, deterministic=not train)
+        x = self.embed_dropout(x, deterministic=not train, rate=rate)
         for block in self.blocks:
-            x = block(x, mask, train=train)
+            x = block(x, mask, train=train, dropout_rate=rate)
         x = apply_norm(self.final_norm, x, mask=mask, train=train)
         pooled = self.pool(x, mask)
-        pooled = self.head_dropout(pooled, deterministic=not train)
+        pooled = self.head_dropout(pooled, deterministic=not train, rate=rate)
         return self.head(pooled).astype(jnp.float32)
 
-    def __call__(self, tokens: jax.Array, mask: jax.Array, *, train: bool) -> jax.Array:
-        """tokens int [B, T], mask bool [B, T] -> logits float32 [B, C]."""
+    def __call__(
+        self,
+        tokens: jax.Array,
+        mask: jax.Array,
+        *,
+        train: bool,
+        dropout_rate: float | jax.Array | None = None,
+    ) -> jax.Array:
+        """tokens int [B, T], mask bool [B, T] -> logits float32 [B, C]; ``dropout_rate``
+        (None = the attribute) as in `classify`."""
         features = self.feature_ids(tokens, mask)
         vectors = self.lookup(features)
-        return self.classify(vectors, {n: m for n, (_, m) in features.items()}, train=train)
+        masks = {n: m for n, (_, m) in features.items()}
+        return self.classify(vectors, masks, train=train, dropout_rate=dropout_rate)

@@ -19,6 +19,9 @@ class Dropout(nn.Module):
     Attributes:
       rate: drop probability in [0, 1].
 
+    The rate may also come at call time (``rate=``), as an array: hyperparameters are data, so
+    trials with different rates share one program (jaxnn.tune.trials).
+
     Example:
       >>> layer = Dropout(0.3)
       >>> y = layer.apply({}, x, deterministic=False, rngs={"dropout": jax.random.key(0)})
@@ -27,9 +30,27 @@ class Dropout(nn.Module):
     rate: float
 
     @nn.compact
-    def __call__(self, x: jax.Array, *, deterministic: bool) -> jax.Array:
-        """x [...] -> [...] (same dtype)."""
-        if deterministic or self.rate == 0.0:
-            return ops.dropout(x, self.rate, None, deterministic=True)
-        rng = None if self.rate == 1.0 else self.make_rng("dropout")
-        return ops.dropout(x, self.rate, rng)
+    def __call__(
+        self, x: jax.Array, *, deterministic: bool, rate: float | jax.Array | None = None
+    ) -> jax.Array:
+        """x [...] -> [...] (same dtype).
+
+        ``rate``: a call-time rate that replaces the attribute (None keeps it); a traced float32
+        scalar (one per trial under ``jax.vmap``) must lie in [0, 1]; a traced 0 keeps every
+        element (the mask is still drawn), a traced 1 gives zeros (jaxnn.ops.dropout)."""
+        rate = self.rate if rate is None else rate
+        if deterministic:
+            return ops.dropout(x, rate, None, deterministic=True)  # checks a static rate
+        static = _concrete(rate)
+        if static == 0.0:
+            return ops.dropout(x, static, None)
+        rng = None if static == 1.0 else self.make_rng("dropout")
+        return ops.dropout(x, rate, rng)
+
+
+def _concrete(rate: float | jax.Array) -> float | None:
+    """``rate`` as a float when known at trace time, else None (a traced array)."""
+    try:
+        return float(rate)
+    except (TypeError, jax.errors.ConcretizationTypeError):
+        return None

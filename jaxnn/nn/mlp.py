@@ -45,7 +45,16 @@ class MLP(nn.Module):
     dtype: Any = None
 
     @nn.compact
-    def __call__(self, x: jax.Array, *, deterministic: bool) -> jax.Array:
+    def __call__(
+        self,
+        x: jax.Array,
+        *,
+        deterministic: bool,
+        dropout_rate: float | jax.Array | None = None,
+    ) -> jax.Array:
+        """x [..., D] -> [..., features[-1]]; ``dropout_rate`` (an array under ``jax.vmap``)
+        replaces the attribute at call time; None keeps it."""
+        rate = self.dropout_rate if dropout_rate is None else dropout_rate
         if len(self.features) == 0:
             raise ValueError("features must name at least one layer size; got ()")
         act = ops.get_activation(self.activation)
@@ -64,5 +73,5 @@ class MLP(nn.Module):
             x = nn.Dense(width, dtype=self.dtype, param_dtype=jnp.float32, name=f"Dense_{i}")(x)
             if i < len(self.features) - 1:
                 x = act(x)
-                x = Dropout(self.dropout_rate)(x, deterministic=deterministic)
+                x = Dropout(self.dropout_rate)(x, deterministic=deterministic, rate=rate)
         return x.reshape(*leading, x.shape[-1])

@@ -29,9 +29,9 @@ class TransformerEncoderBlock(nn.Module):
       mlp_dim: F, the feed-forward hidden size.
       dropout_rate: on the feed-forward hidden layer and both branch outputs; drawn from the
         "dropout" RNG stream when ``train``.
-      attention_dropout_rate: on the attention weights; None means ``dropout_rate``. Attention
-        dropout needs the materialized score matrix (implementation "reference"), so a rate > 0
-        keeps ``attention_impl="auto"`` off the faster kernels.
+      attention_dropout_rate: on the attention weights; None means ``dropout_rate``. With a
+        rate > 0, ``attention_impl="auto"`` picks the blocked kernel ("chunked"), which draws
+        the same masks as "reference" without materializing the [B, N, T, S] weights.
       activation: name of the feed-forward activation (``jaxnn.ops.ACTIVATIONS``).
       norm: "layer", "batch" or "rms". BatchNorm keeps running statistics in "batch_stats"
         (apply with ``mutable=["batch_stats"]`` when training) and counts only real tokens.
@@ -40,7 +40,10 @@ class TransformerEncoderBlock(nn.Module):
         softmax statistics float32). The residual stream keeps the dtype of x (x + branch
         promotes): pass x in bfloat16 for a bfloat16 stream, float32 for a float32 one.
 
-    Call: ``(x, mask, *, train)``: x [B, T, D], mask bool [B, T] (True = real token) or None
+    Call: ``(x, mask, *, train, dropout_rate=None)``: ``dropout_rate`` (a float32 array under
+    ``jax.vmap``) replaces the attribute's rate of the feed-forward and branch dropouts at call
+    time; the attention dropout keeps its static rate (it picks the attention kernel).
+    x [B, T, D], mask bool [B, T] (True = real token) or None
     -> [B, T, D]. Outputs at real positions do not depend on what padded positions hold.
 
     Example:
@@ -59,7 +62,15 @@ class TransformerEncoderBlock(nn.Module):
     dtype: Any = None
 
     @nn.compact
-    def __call__(self, x: jax.Array, mask: jax.Array | None, *, train: bool) -> jax.Array:
+    def __call__(
+        self,
+        x: jax.Array,
+        mask: jax.Array | None,
+        *,
+        train: bool,
+        dropout_rate: float | jax.Array | None = None,
+    ) -> jax.Array:
+        rate = self.dropout_rate if dropout_rate is None else dropout_rate
         if x.ndim != 3:
             raise ValueError(f"x must have rank 3 ([B, T, D]); got shape {x.shape}")
         if mask is not None and mask.shape != x.shape[:2]:
@@ -81,7 +92,7 @@ class TransformerEncoderBlock(nn.Module):
             dtype=self.dtype,
             name="attention",
         )(h, mask, deterministic=deterministic)
-        x = x + Dropout(self.dropout_rate)(h, deterministic=deterministic)
+        x = x + Dropout(self.dropout_rate)(h, deterministic=deterministic, rate=rate)
 
         h = apply_norm(
             make_norm(self.norm, dtype=self.dtype, name="norm_2"), x, mask=mask, train=train
@@ -92,5 +103,5 @@ class TransformerEncoderBlock(nn.Module):
             dropout_rate=self.dropout_rate,
             dtype=self.dtype,
             name="mlp",
-        )(h, deterministic=deterministic)
-        return x + Dropout(self.dropout_rate)(h, deterministic=deterministic)
+        )(h, deterministic=deterministic, dropout_rate=rate)
+        return x + Dropout(self.dropout_rate)(h, deterministic=deterministic, rate=rate)

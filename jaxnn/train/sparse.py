@@ -48,6 +48,10 @@ The pieces, from the gradient to the table:
 3. ``apply_updates(params, updates)``: like optax.apply_updates, but a `SparseRows` update is
    scattered into its table (E.at[indices].add(values)): O(K D).
 
+From a config, `jaxnn.train.optim.make_optimizer(optim, total_steps, tables=...)` builds this
+composition with the hyperparameters injected (``optax.inject_hyperparams``): the lazy
+optimizers take traced learning rates, moment decays and momentum like optax's own.
+
 Optax composition: label the table leaves "sparse" and everything else "dense"
 (``sparse_labels``) and use ``optax.multi_transform({"dense": tx, "sparse": lazy_adam(...)},
 sparse_labels(tables))``; the dense optimizer never sees the tables, the lazy one sees only
@@ -64,7 +68,6 @@ Example: the train step of a model with embedding tables (jaxnn.models' ``featur
 
     sparse = SparseEmbeddingOptimizer(tables=("embed", "bigram_embed"),
                                       sparse_tx=lazy_adam(schedule))
-    # or, from the config:  make_sparse_optimizer(config.optim, schedule, model.table_names())
     tx = optax.adam(schedule)                    # the dense params' optimizer
     opt_state = sparse.init(tx, params)          # instead of tx.init(params)
 
@@ -114,13 +117,17 @@ __all__ = [
     "SparseRows",
     "apply_updates",
     "clip_by_global_norm",
+    "distinct_rows",
+    "distinct_slots",
+    "gather_rows",
     "is_sparse",
     "lazy_adagrad",
     "lazy_adam",
     "lazy_sgd",
-    "make_sparse_optimizer",
+    "row_bucket",
     "sparse_gradient",
     "sparse_labels",
+    "table_gradients",
 ]
 
 _INT32_MAX = int(np.iinfo(np.int32).max)
@@ -208,10 +215,64 @@ def sparse_gradient(
     if isinstance(size, bool) or not isinstance(size, int) or size < 0:
         raise ValueError(f"size must be a Python int >= 0, got {size!r}")
     dim = row_grads.shape[-1]
-    flat_ids = ids.reshape(num).astype(jnp.int32)
-    flat_grads = row_grads.reshape(num, dim)
+    indices, slot = distinct_slots(ids, mask, size=size)
+    values = jax.ops.segment_sum(
+        row_grads.reshape(num, dim), slot.reshape(num), num_segments=size, mode="drop"
+    )
+    return SparseRows(indices=indices, values=values)
+
+
+def row_bucket(count: int, limit: int | None = None, *, per_octave: int = 4) -> int:
+    """A slot count K >= ``count`` from a short list, for `sparse_gradient`'s static ``size``.
+
+    K is the smallest m * 2^e >= count with m in [per_octave, 2 per_octave) (at most
+    1/per_octave of the slots unused above 2 per_octave), at least 1 and at most ``limit``
+    (e.g. N, the number of lookups, which always suffices). Jitting a step per K then compiles
+    only about ``per_octave`` programs per doubling of the distinct rows of a batch.
+    """
+    count = int(count)
+    if count < 0:
+        raise ValueError(f"count must be >= 0, got {count}")
+    if per_octave < 1:
+        raise ValueError(f"per_octave must be >= 1, got {per_octave}")
+    size = max(count, 1)
+    if size > 2 * per_octave:
+        step = 1 << ((size // per_octave).bit_length() - 1)  # 2^e with per_octave*2^e <= size
+        size = -(-size // step) * step
+    return size if limit is None else min(size, int(limit))
+
+
+def distinct_rows(ids: np.ndarray, mask: np.ndarray | None = None) -> int:
+    """The number of distinct unmasked ids (host NumPy): the rows a batch's lookups touch."""
+    ids = np.asarray(ids)
     if mask is not None:
-        flat_ids = jnp.where(mask.reshape(num), flat_ids, _MASKED_ID)
+        ids = ids[np.asarray(mask, bool)]
+    return int(np.unique(ids).size)
+
+
+def distinct_slots(
+    ids: jax.Array, mask: jax.Array | None = None, *, size: int | None = None
+) -> tuple[jax.Array, jax.Array]:
+    """The distinct ids of a lookup and each lookup's slot among them (no gradient involved).
+
+    Args:
+      ids: int [...] looked-up row ids, each in [0, V); mask: optional bool like ``ids``.
+      size: K, the slots (a Python int; default N = ids.size, always enough).
+
+    Returns:
+      (indices int32 [K]: the distinct unmasked ids sorted, unused slots holding increasing
+      indices >= 2^31 - 1 - K (outside any table); slot int32 like ``ids``: the position of
+      each lookup's id in ``indices``, K for a masked lookup). Then E[ids] equals
+      ``E.at[indices].get(mode="fill")`` [K, D] gathered at ``slot`` (0 where masked), and
+      dL/dE in row-sparse form is the segment sum of the lookups' gradients by ``slot``:
+      `sparse_gradient`. Cost: a sort of N ids and a binary search of each.
+    """
+    ids = jnp.asarray(ids)
+    num = ids.size
+    size = num if size is None else size
+    flat_ids = ids.reshape(num).astype(jnp.int32)
+    if mask is not None:
+        flat_ids = jnp.where(jnp.asarray(mask).reshape(num), flat_ids, _MASKED_ID)
     # The distinct ids, sorted: sort the ids alone (a one-operand sort; carrying a permutation
     # along is several times slower on CPU) and keep the first of each run of equal ids.
     sorted_ids = jnp.sort(flat_ids)
@@ -222,12 +283,16 @@ def sparse_gradient(
     run = jnp.where(sorted_ids == _MASKED_ID, size, run)
     unused = (_INT32_MAX - size + 1) + jnp.arange(size, dtype=jnp.int32)
     indices = unused.at[run].set(sorted_ids, mode="drop")
-    # Each lookup's slot: binary search of its id among the sorted distinct ids; then the
-    # duplicates are summed by a scatter-add of the N rows into the K slots.
+    # Each lookup's slot: binary search of its id among the sorted distinct ids.
     slot = jnp.searchsorted(indices, flat_ids, method="scan").astype(jnp.int32)
     slot = jnp.where(flat_ids == _MASKED_ID, size, slot)
-    values = jax.ops.segment_sum(flat_grads, slot, num_segments=size, mode="drop")
-    return SparseRows(indices=indices, values=values)
+    return indices, slot.reshape(ids.shape)
+
+
+def gather_rows(table: jax.Array, indices: jax.Array) -> jax.Array:
+    """table[indices] for the sorted distinct ``indices`` of `distinct_slots`; 0 for unused
+    (out-of-range) slots."""
+    return _gather(table, indices)
 
 
 def _gather(table: jax.Array, indices: jax.Array) -> jax.Array:
@@ -259,22 +324,43 @@ def _learning_rate(learning_rate: ScalarOrSchedule, count: jax.Array) -> jax.Arr
     return learning_rate(count) if callable(learning_rate) else learning_rate
 
 
-def _check_positive(name: str, value: Any, allow_zero: bool = False) -> None:
+def _concrete(value: Any) -> float | None:
+    """``value`` as a Python float when it is known at trace time; None when it is traced (an
+    injected hyperparameter under jit, `optax.inject_hyperparams`) or a schedule."""
     if callable(value):
+        return None
+    try:
+        return float(value)
+    except (TypeError, jax.errors.ConcretizationTypeError):
+        return None
+
+
+def _check_positive(name: str, value: Any, allow_zero: bool = False) -> None:
+    number = _concrete(value)
+    if number is None:  # a schedule or a traced array: the caller's guarantee
         return
-    ok = value >= 0 if allow_zero else value > 0
+    ok = number >= 0 if allow_zero else number > 0
     if not ok:
         allowed = ">= 0" if allow_zero else "> 0"
         raise ValueError(f"{name} must be {allowed}, got {value!r}")
 
 
-def _check_decay(name: str, value: float) -> None:
-    if not 0.0 <= value < 1.0:
+def _check_decay(name: str, value: Any) -> None:
+    number = _concrete(value)
+    if number is not None and not 0.0 <= number < 1.0:
         raise ValueError(f"{name} must be in [0, 1), got {value!r}")
 
 
-def _log(decay: float) -> float:
-    return math.log(decay) if decay > 0 else -math.inf
+def _is_zero(value: Any) -> bool:
+    """True only for a value known to be 0 at trace time (a traced one may not be)."""
+    return _concrete(value) == 0.0
+
+
+def _log(decay: Any) -> Any:
+    number = _concrete(decay)
+    if number is None:
+        return jnp.log(jnp.asarray(decay, jnp.float32))
+    return math.log(number) if number > 0 else -math.inf
 
 
 class LazyAdamState(NamedTuple):
@@ -287,11 +373,11 @@ class LazyAdamState(NamedTuple):
 
 def lazy_adam(
     learning_rate: ScalarOrSchedule,
-    b1: float = 0.9,
-    b2: float = 0.999,
-    eps: float = 1e-8,
+    b1: float | jax.Array = 0.9,
+    b2: float | jax.Array = 0.999,
+    eps: float | jax.Array = 1e-8,
     *,
-    weight_decay: float = 0.0,
+    weight_decay: float | jax.Array = 0.0,
     eps_mode: str = "optax",
 ) -> optax.GradientTransformation:
     """Lazy Adam for tables with `SparseRows` gradients (formulas in the module docstring).
@@ -328,14 +414,16 @@ def lazy_adam(
             nu=optax.tree.zeros_like(params),
         )
 
+    decays = not _is_zero(weight_decay)
+
     def update_fn(updates, state, params=None):
         leaves, treedef = jax.tree.flatten(updates, is_leaf=is_sparse)
         _check_sparse_leaves(leaves, "lazy_adam")
-        if weight_decay and params is None:
+        if decays and params is None:
             raise ValueError("lazy_adam with weight_decay > 0 needs params in update()")
         mu = treedef.flatten_up_to(state.mu)
         nu = treedef.flatten_up_to(state.nu)
-        tables = treedef.flatten_up_to(params) if weight_decay else [None] * len(leaves)
+        tables = treedef.flatten_up_to(params) if decays else [None] * len(leaves)
         count = optax.safe_increment(state.count)
         step_size = -1.0 * _learning_rate(learning_rate, state.count)
         correction1 = 1 - b1**count  # as optax computes them
@@ -356,7 +444,7 @@ def lazy_adam(
                 exact2 = -jnp.expm1(count * _log(b2))
                 scale = jnp.sqrt(exact2) / exact1
                 u = scale.astype(m_rows.dtype) * (m_rows / (jnp.sqrt(v_rows) + eps))
-            if weight_decay:
+            if decays:
                 u = u + weight_decay * _gather(table, idx)
             delta = jnp.asarray(step_size, dtype=u.dtype) * u
             new_updates.append(SparseRows(idx, delta))
@@ -434,7 +522,7 @@ class LazySgdState(NamedTuple):
 
 
 def lazy_sgd(
-    learning_rate: ScalarOrSchedule, momentum: float = 0.0
+    learning_rate: ScalarOrSchedule, momentum: float | jax.Array = 0.0
 ) -> optax.GradientTransformation:
     """Lazy SGD with momentum for tables with `SparseRows` gradients.
 
@@ -445,9 +533,10 @@ def lazy_sgd(
     """
     _check_positive("learning_rate", learning_rate)
     _check_decay("momentum", momentum)
+    with_momentum = not _is_zero(momentum)  # a traced momentum keeps its buffers
 
     def init_fn(params):
-        trace = optax.tree.zeros_like(params) if momentum else None
+        trace = optax.tree.zeros_like(params) if with_momentum else None
         return LazySgdState(count=jnp.zeros([], jnp.int32), trace=trace)
 
     def update_fn(updates, state, params=None):
@@ -455,15 +544,15 @@ def lazy_sgd(
         leaves, treedef = jax.tree.flatten(updates, is_leaf=is_sparse)
         _check_sparse_leaves(leaves, "lazy_sgd")
         step_size = -1.0 * _learning_rate(learning_rate, state.count)
-        traces = treedef.flatten_up_to(state.trace) if momentum else [None] * len(leaves)
+        traces = treedef.flatten_up_to(state.trace) if with_momentum else [None] * len(leaves)
         new_updates, new_traces = [], []
         for grad, buf in zip(leaves, traces):
             idx, g = grad.indices, grad.values
-            if momentum:
+            if with_momentum:
                 g = g + momentum * _gather(buf, idx)
                 new_traces.append(_scatter_set(buf, idx, g))
             new_updates.append(SparseRows(idx, jnp.asarray(step_size, dtype=g.dtype) * g))
-        trace = treedef.unflatten(new_traces) if momentum else None
+        trace = treedef.unflatten(new_traces) if with_momentum else None
         return (
             treedef.unflatten(new_updates),
             LazySgdState(optax.safe_increment(state.count), trace),
@@ -475,7 +564,7 @@ def lazy_sgd(
 # --------------------------------------------------------------------------------------------
 # Composition with dense optax
 # --------------------------------------------------------------------------------------------
-def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
+def clip_by_global_norm(max_norm: float | jax.Array) -> optax.GradientTransformation:
     """optax.clip_by_global_norm over a gradient tree holding arrays and `SparseRows`.
 
     ||g|| = sqrt(sum over dense leaves of sum g^2 + sum over SparseRows of sum values^2)
@@ -585,6 +674,47 @@ def _set_path(tree: dict, path: tuple[str, ...], value: Any) -> dict:
     return out
 
 
+def table_gradients(
+    tables: Sequence[TablePath],
+    dense_grads: Mapping[str, Any],
+    ids: Mapping[TablePath, jax.Array],
+    row_grads: Mapping[TablePath, jax.Array],
+    masks: Mapping[TablePath, jax.Array] | None = None,
+    sizes: Mapping[TablePath, int] | None = None,
+) -> dict:
+    """The full gradient tree: ``dense_grads`` plus `sparse_gradient` (a `SparseRows`) at each
+    table's path (``params[name]["embedding"]`` for a name).
+
+    Args:
+      tables: the tables' names or full paths; the keys of ``ids``, ``row_grads``, ``masks``.
+      dense_grads: gradients of the other parameters.
+      ids: {table: int [B, T'] looked-up row ids}.
+      row_grads: {table: [B, T', D] dL/d(table[ids])}.
+      masks: optional {table: bool [B, T']}; False = padding, the row is not touched.
+      sizes: optional {table: K}, Python ints >= the table's distinct unmasked ids in this
+        batch (`distinct_rows`, rounded up by `row_bucket`): the `SparseRows` then has K slots
+        and the lazy optimizer gathers and scatters K rows instead of N = B T'. Default N.
+    """
+    for name, tree in (("ids", ids), ("row_grads", row_grads), ("masks", masks)):
+        if not (isinstance(tree, Mapping) or (name == "masks" and tree is None)):
+            allowed = "a dict {table: array}" + (" or None" if name == "masks" else "")
+            raise TypeError(f"{name} must be {allowed}, got {type(tree).__name__}")
+    missing = [t for t in tables if t not in ids or t not in row_grads]
+    if missing:
+        raise ValueError(
+            f"ids and row_grads need an entry for every table {tuple(tables)}; missing "
+            f"{missing} (ids has {list(ids)}, row_grads has {list(row_grads)})"
+        )
+    grads = dict(dense_grads)
+    for table, path in zip(tables, _table_paths(tables)):
+        mask = None if masks is None else masks.get(table)
+        size = None if sizes is None else sizes.get(table)
+        grads = _set_path(
+            grads, path, sparse_gradient(ids[table], row_grads[table], mask, size=size)
+        )
+    return grads
+
+
 @dataclasses.dataclass(frozen=True)
 class SparseEmbeddingOptimizer:
     """Dense optax for most parameters, a lazy optimizer for the embedding tables.
@@ -629,21 +759,7 @@ class SparseEmbeddingOptimizer:
         masks: Mapping[TablePath, jax.Array] | None = None,
     ) -> dict:
         """The full gradient tree: ``dense_grads`` plus a `SparseRows` at each table's path."""
-        for name, tree in (("ids", ids), ("row_grads", row_grads), ("masks", masks)):
-            if not (isinstance(tree, Mapping) or (name == "masks" and tree is None)):
-                allowed = "a dict {table: array}" + (" or None" if name == "masks" else "")
-                raise TypeError(f"{name} must be {allowed}, got {type(tree).__name__}")
-        missing = [t for t in self.tables if t not in ids or t not in row_grads]
-        if missing:
-            raise ValueError(
-                f"ids and row_grads need an entry for every table {self.tables}; missing "
-                f"{missing} (ids has {list(ids)}, row_grads has {list(row_grads)})"
-            )
-        grads = dict(dense_grads)
-        for table, path in zip(self.tables, _table_paths(self.tables)):
-            mask = None if masks is None else masks.get(table)
-            grads = _set_path(grads, path, sparse_gradient(ids[table], row_grads[table], mask))
-        return grads
+        return table_gradients(self.tables, dense_grads, ids, row_grads, masks)
 
     def step(
         self,
@@ -670,35 +786,3 @@ class SparseEmbeddingOptimizer:
         grads = self.gradients(dense_grads, ids, row_grads, masks)
         updates, opt_state = self.transform(tx).update(grads, opt_state, params)
         return apply_updates(params, updates), opt_state
-
-
-def make_sparse_optimizer(
-    optim: Mapping[str, Any],
-    learning_rate: ScalarOrSchedule,
-    tables: Sequence[TablePath],
-) -> SparseEmbeddingOptimizer:
-    """The lazy counterpart of the config's dense optimizer, for the embedding tables.
-
-    optimizer "adam" / "adamw" -> lazy_adam(lr, b1, b2, eps) (optax's eps placement, like the
-    dense Adam; no weight decay on tables, as jaxnn.train.optim's decay mask), "sgd" ->
-    lazy_sgd(lr, momentum). ``grad_clip_norm`` > 0 clips dense and sparse gradients together.
-
-    Args:
-      optim: the ``config.optim`` section (keys optimizer, b1, b2, eps, momentum,
-        grad_clip_norm).
-      learning_rate: the same float or schedule as the dense optimizer's.
-      tables: the embedding tables (``model.table_names()``).
-    """
-    name = optim["optimizer"]
-    if name in ("adam", "adamw"):
-        sparse_tx = lazy_adam(
-            learning_rate, b1=float(optim["b1"]), b2=float(optim["b2"]), eps=float(optim["eps"])
-        )
-    elif name == "sgd":
-        sparse_tx = lazy_sgd(learning_rate, momentum=float(optim["momentum"]))
-    else:
-        raise ValueError(
-            f"optim.optimizer={name!r}; allowed with sparse embeddings: adam, adamw, sgd"
-        )
-    clip = float(optim.get("grad_clip_norm", 0.0) or 0.0)
-    return SparseEmbeddingOptimizer(tables=tuple(tables), sparse_tx=sparse_tx, clip_norm=clip)

@@ -9,6 +9,10 @@ Train step t, on a batch of B examples with labels y_b and weights w_b (0 on pad
     L       = L_task + lambda * sum_i w_i^2               only with weight_decay_mode "l2" (§3)
     g       = dL / dparams;  then Optax (clipping, Adam/AdamW/SGD, schedule: jaxnn.train.optim)
 
+The hyperparameters are arrays: lambda, the learning rate and the optimizer's constants are read
+from ``state.opt_state.hyperparams`` (``optax.inject_hyperparams``), the dropout rate is an
+optional call-time argument; so ``jax.vmap`` of this very step trains K trials at once.
+
 With ``model.dtype = "float16"`` the state carries a dynamic loss scale s: the step
 differentiates s * L, divides the gradients by s, and skips the update (params and optimizer
 state unchanged, s halved) when they are not finite (jaxnn.train.precision).
@@ -40,7 +44,7 @@ import optax
 from jaxnn.metrics import confusion_matrix
 from jaxnn.ops import softmax_cross_entropy
 from jaxnn.train import sparse as sparse_lib
-from jaxnn.train.optim import l2_loss
+from jaxnn.train.optim import get_hyperparams, l2_loss
 from jaxnn.train.precision import all_finite
 from jaxnn.train.state import NO_NONFINITE, TrainState
 
@@ -106,20 +110,45 @@ def make_train_step(
     model: nn.Module,
     tx: optax.GradientTransformation,
     *,
-    l2_weight_decay: float = 0.0,
-    sparse: sparse_lib.SparseEmbeddingOptimizer | None = None,
-) -> Callable[[TrainState, Batch], TrainState]:
-    """The (unjitted) train step of ``model`` (see module docstring).
+    l2_weight_decay: bool = False,
+    sparse_embeddings: bool = False,
+) -> Callable[..., TrainState]:
+    """The (unjitted) train step ``step(state, batch, dropout_rate=None) -> state`` of ``model``.
 
     Args:
       model: a jaxnn.models classifier.
-      tx: the dense Optax optimizer (`jaxnn.train.optim.make_optimizer`); with ``sparse`` it
-        covers every parameter except the sparse tables.
-      l2_weight_decay: lambda of the l2 form (0 for none or for decoupled decay).
-      sparse: the lazy sparse optimizer of the embedding tables, or None (all dense).
+      tx: the optimizer of `jaxnn.train.optim.make_optimizer` (hyperparameters injected: the
+        learning rate, weight decay, ... are arrays in ``state.opt_state.hyperparams``); with
+        ``sparse_embeddings`` made with ``tables=model.table_names()``.
+      l2_weight_decay: add the l2 form's lambda * sum w^2 to the loss (`l2_loss`), lambda read
+        from ``state.opt_state.hyperparams["weight_decay"]`` (weight_decay_mode "l2").
+      sparse_embeddings: the embedding tables get no dense gradient: the step hands their
+        `jaxnn.train.sparse.SparseRows` gradients to ``tx`` (lazy updates).
+
+    With ``sparse_embeddings`` the step also takes ``table_rows``: None = one gradient slot per
+    lookup (N = B T'; no host work); or a tuple of Python ints, one per table in
+    ``model.table_names()`` order, each >= the batch's distinct unmasked ids of that table
+    (`jaxnn.train.sparse.distinct_rows`, rounded by `row_bucket`; a static argument under
+    jit). The step then gathers those K distinct rows once, expands them to the lookups
+    inside the loss and differentiates w.r.t. the K rows, so the lazy optimizer reads and
+    writes K rows of the table and its moments, not N: the same numbers, less traffic.
+
+    The returned step's ``dropout_rate``: None uses the model's own rate (its ``dropout_rate``
+    attribute, from the config); a float32 scalar array is passed to the model at call time
+    (``model.apply(..., dropout_rate=rate)``), so that K trials with different rates are one
+    program under ``jax.vmap`` (jaxnn.tune.trials). Everything a tuner varies is then an
+    array: ``jax.vmap(step, in_axes=(0, None, 0))(states, batch, rates)`` trains K trials.
     """
 
-    def dense_step(state: TrainState, batch: Batch) -> TrainState:
+    def _l2(state, params):
+        if not l2_weight_decay:
+            return 0.0
+        return l2_loss(params, get_hyperparams(state.opt_state)["weight_decay"])
+
+    def _rate(dropout_rate):
+        return {} if dropout_rate is None else {"dropout_rate": dropout_rate}
+
+    def dense_step(state: TrainState, batch: Batch, dropout_rate=None) -> TrainState:
         key = jax.random.fold_in(state.rng, state.step)
         labels, weights = batch["labels"], batch["weights"]
 
@@ -134,9 +163,10 @@ def make_train_step(
                 train=True,
                 rngs={"dropout": key},
                 mutable=["batch_stats"],
+                **_rate(dropout_rate),
             )
             task, loss_sum, weight = _task_loss(logits, labels, weights)
-            total = task + l2_loss(params, l2_weight_decay) if l2_weight_decay else task
+            total = task + _l2(state, params)
             return _scaled(state, total), (task, loss_sum, weight, logits, new_vars)
 
         grads, (task, loss_sum, weight, logits, new_vars) = jax.grad(loss_fn, has_aux=True)(
@@ -152,7 +182,9 @@ def make_train_step(
             metrics=_update_metrics(state, task, loss_sum, weight, logits, labels, weights),
         )
 
-    def sparse_step(state: TrainState, batch: Batch) -> TrainState:
+    def sparse_step(
+        state: TrainState, batch: Batch, dropout_rate=None, table_rows=None
+    ) -> TrainState:
         key = jax.random.fold_in(state.rng, state.step)
         labels, weights = batch["labels"], batch["weights"]
         features = model.apply({}, batch["tokens"], batch["mask"], method="feature_ids")
@@ -160,7 +192,24 @@ def make_train_step(
         dense_params = {k: v for k, v in state.params.items() if k not in tables}
         ids = {name: features[name][0] for name in tables}
         masks = {name: features[name][1] for name in tables}
-        rows = {name: state.params[name]["embedding"][ids[name]] for name in tables}
+        if table_rows is None:  # one slot per lookup: rows are the looked-up rows [B, T', D]
+            rows = {name: state.params[name]["embedding"][ids[name]] for name in tables}
+            expand = lambda rows: rows
+        else:  # the distinct rows [K, D] (K = table_rows), gathered once, expanded by slot
+            distinct = {
+                name: sparse_lib.distinct_slots(ids[name], masks[name], size=size)
+                for name, size in zip(tables, table_rows, strict=True)
+            }
+            rows = {
+                name: sparse_lib.gather_rows(state.params[name]["embedding"], distinct[name][0])
+                for name in tables
+            }
+
+            def expand(rows):
+                return {
+                    name: r.at[distinct[name][1]].get(mode="fill", fill_value=0)
+                    for name, r in rows.items()
+                }
 
         def loss_fn(dense_params, rows):
             variables = {"params": dense_params}
@@ -168,15 +217,16 @@ def make_train_step(
                 variables["batch_stats"] = state.batch_stats
             logits, new_vars = model.apply(
                 variables,
-                rows,
+                expand(rows),
                 masks,
                 train=True,
                 rngs={"dropout": key},
                 mutable=["batch_stats"],
                 method="classify",
+                **_rate(dropout_rate),
             )
             task, loss_sum, weight = _task_loss(logits, labels, weights)
-            total = task + l2_loss(dense_params, l2_weight_decay) if l2_weight_decay else task
+            total = task + _l2(state, dense_params)
             return _scaled(state, total), (task, loss_sum, weight, logits, new_vars)
 
         (dense_grads, row_grads), (task, loss_sum, weight, logits, new_vars) = jax.grad(
@@ -185,15 +235,21 @@ def make_train_step(
         (dense_grads, row_grads), finite = _unscale(state, (dense_grads, row_grads))
 
         def update():
-            return sparse.step(
-                tx, state.params, state.opt_state, dense_grads, ids, row_grads, masks
-            )
+            if table_rows is None:
+                grads = sparse_lib.table_gradients(tables, dense_grads, ids, row_grads, masks)
+            else:  # the gradient of the distinct rows is the table's, row-sparse
+                grads = dict(dense_grads) | {
+                    n: {"embedding": sparse_lib.SparseRows(distinct[n][0], row_grads[n])}
+                    for n in tables
+                }
+            updates, opt_state = tx.update(grads, state.opt_state, state.params)
+            return sparse_lib.apply_updates(state.params, updates), opt_state
 
         return _finish(state, finite, update, new_vars).replace(
             metrics=_update_metrics(state, task, loss_sum, weight, logits, labels, weights),
         )
 
-    return dense_step if sparse is None else sparse_step
+    return sparse_step if sparse_embeddings else dense_step
 
 
 def zero_eval_metrics(num_classes: int) -> dict[str, jax.Array]:

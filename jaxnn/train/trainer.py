@@ -151,23 +151,25 @@ def build_steps(
     """
     optim = config["optim"]
     schedule = make_schedule(optim, total_steps)
-    sparse = None
+    sparse = None  # the tables' lazy updates are part of tx (make_optimizer's tables)
+    tables = ()
     if optim["sparse_embeddings"] and not supports_sparse_embeddings(model):
         log.info(
             "%s has no sparse-embedding interface (jaxnn.models.registry): dense updates",
             type(model).__name__,
         )
     elif optim["sparse_embeddings"]:
-        sparse = sparse_lib.make_sparse_optimizer(optim, schedule, tables=model.table_names())
-    tx = make_optimizer(optim, total_steps, clip=sparse is None)
-    l2 = optim["weight_decay"] if weight_decay_mode(optim) == "l2" else 0.0
+        tables = model.table_names()
+    tx = make_optimizer(optim, total_steps, tables=tables)
+    l2 = weight_decay_mode(optim) == "l2" and optim["weight_decay"] > 0
     rep, bat = replicated(mesh), batch_sharding(mesh)
     init = _make_init(config, model, tx, sparse)
     abstract = jax.eval_shape(lambda: init(init_length))  # shapes only: nothing computed
     shardings = state_sharding(abstract, mesh)
     variables = _variables_sharding(shardings, bool(abstract.batch_stats))
+    step = make_train_step(model, tx, l2_weight_decay=l2, sparse_embeddings=bool(tables))
     train_step = jax.jit(
-        under_mesh(make_train_step(model, tx, l2_weight_decay=l2, sparse=sparse), mesh),
+        under_mesh(step, mesh),
         in_shardings=(shardings, bat),
         out_shardings=shardings,
         donate_argnums=0,

@@ -3,8 +3,9 @@
 - `jaxnn.tune.space`: the hyperparameters, their valid ranges and config paths; stages.
 - `jaxnn.tune.study`: trials in an Optuna study (resume, several processes, heartbeats).
 - `jaxnn.tune.tuner`: `ProgressiveTuner` and `run_search` (random search, TPE).
-- `jaxnn.tune.bow`: `BowTrialRunner`, which trains same-shape trials of the bag-of-words model
-  together in one vmapped, jitted program.
+- `jaxnn.tune.trials`: `TrialGroup`, same-shape trials of any model trained together: ``jax.vmap``
+  of the ordinary train step (hyperparameters are arrays).
+- `jaxnn.tune.runners`: `VmappedTrialRunner` (groups of `TrialGroup`) and `FitTrialRunner`.
 - `jaxnn.tune.report`: tune_results.json, the Markdown table and the stage plots.
 
 Run: ``python -m jaxnn.tune --config=configs/tune_bbc.py --workdir=runs/tune_bbc``.

@@ -21,8 +21,8 @@ from ml_collections import config_flags
 
 from jaxnn.launch import configure_process
 from jaxnn.launch.flags import define_process_flags
-from jaxnn.tune.bow import make_runner
 from jaxnn.tune.report import comparison_markdown
+from jaxnn.tune.runners import make_runner
 from jaxnn.tune.tuner import ProgressiveTuner, run_search, split_config
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "tuning config file (get_config()).")

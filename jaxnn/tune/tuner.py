@@ -120,7 +120,7 @@ class TuneOptions:
       compare: searches to run against progressive ("random", "tpe").
       compare_trials: their trial budget; 0 = as many as the progressive search used.
       seed: sampler seed of the baselines.
-      engine: the trial runner of the CLI: "vmapped" (bow, same-shape trials together) or "fit"
+      engine: the trial runner of the CLI: "vmapped" (same-shape trials together) or "fit"
         (jaxnn.train.fit, any model).
     """
 
@@ -265,8 +265,8 @@ class ProgressiveTuner:
       config: a tuning config (training fields + a ``tune`` section), e.g. configs/tune_bbc.py.
       workdir: where tune.db (by default), tune_results.json, tune_results.md and the stage plots
         go.
-      runner: the `TrialRunner` (jaxnn.tune.bow.BowTrialRunner for real runs; any pure function
-        in tests).
+      runner: the `TrialRunner` (jaxnn.tune.runners.VmappedTrialRunner for real runs; any pure
+        function in tests).
       storage: a database URL overriding ``tune.storage``.
       plots: write the stage plots (False skips matplotlib; JSON and Markdown are always written).
     """

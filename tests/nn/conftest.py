@@ -34,15 +34,6 @@ def make_random_variables(module, *args, seed=0, **kwargs):
     return jax.tree_util.tree_map_with_path(fill, shapes)
 
 
-@pytest.fixture(autouse=True)
-def highest_matmul_precision():
-    """Every test here runs its float32 matmuls at full float32 precision: the comparisons
-    with flax at ~1e-5 are float32 exactness checks, and XLA:GPU's default float32 dot is TF32
-    (TPU's bf16 passes). bf16 tests state tolerances derived from bf16's epsilon."""
-    with jax.default_matmul_precision("highest"):
-        yield
-
-
 @pytest.fixture
 def random_variables():
     return make_random_variables

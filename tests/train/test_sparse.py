@@ -25,7 +25,6 @@ from jaxnn.train.sparse import (
     lazy_adagrad,
     lazy_adam,
     lazy_sgd,
-    make_sparse_optimizer,
     sparse_gradient,
     sparse_labels,
 )
@@ -494,23 +493,44 @@ class TestComposition:
         with pytest.raises(TypeError, match="SparseRows"):
             tx.update(jnp.ones((4, 2)), tx.init(table), table)
 
-    def test_make_sparse_optimizer_from_config(self):
-        optim = {
-            "optimizer": "adam",
-            "b1": 0.9,
-            "b2": 0.999,
-            "eps": 1e-8,
-            "momentum": 0.9,
-            "grad_clip_norm": 1.0,
-        }
-        opt = make_sparse_optimizer(optim, 1e-3, ("embed", "bigram_embed"))
-        assert opt.tables == ("embed", "bigram_embed") and opt.clip_norm == 1.0
-        state = opt.sparse_tx.init(jnp.zeros((3, 2)))
-        assert isinstance(state, sparse.LazyAdamState)
-        sgd = make_sparse_optimizer({**optim, "optimizer": "sgd"}, 1e-3, ("embed",))
-        assert isinstance(sgd.sparse_tx.init(jnp.zeros((3, 2))), sparse.LazySgdState)
-        with pytest.raises(ValueError, match=r"optim\.optimizer='lion'"):
-            make_sparse_optimizer({**optim, "optimizer": "lion"}, 1e-3, ("embed",))
+    def test_injected_hyperparameters_equal_python_floats(self):
+        """optax.inject_hyperparams(lazy_adam / lazy_sgd): traced learning rate, b1, b2, eps,
+        momentum under jit give the same steps as the same Python floats."""
+        rng = np.random.default_rng(0)
+        table = jnp.asarray(rng.normal(size=(6, 3)), jnp.float32)
+        ids = jnp.asarray([[0, 2, 2, 5]])
+        for plain, injected in (
+            (
+                lazy_adam(0.05, b1=0.8, b2=0.99, eps=1e-6),
+                optax.inject_hyperparams(lazy_adam)(0.05, b1=0.8, b2=0.99, eps=1e-6),
+            ),
+            (lazy_sgd(0.05, momentum=0.5), optax.inject_hyperparams(lazy_sgd)(0.05, momentum=0.5)),
+        ):
+            a, b = table, table
+            sa, sb = plain.init(a), injected.init(b)
+            update_a = jax.jit(plain.update)
+            update_b = jax.jit(injected.update)
+            for _ in range(3):
+                g = sparse_gradient(ids, jnp.asarray(rng.normal(size=(1, 4, 3)), jnp.float32))
+                u, sa = update_a(g, sa, a)
+                a = apply_updates(a, u)
+                u, sb = update_b(g, sb, b)
+                b = apply_updates(b, u)
+                _close(a, b, rtol=1e-6, atol=1e-7)
+
+    @pytest.mark.parametrize(
+        ("name", "kind"), [("adam", sparse.LazyAdamState), ("sgd", sparse.LazySgdState)]
+    )
+    def test_make_optimizer_gives_the_tables_lazy_states(self, name, kind):
+        from jaxnn.train.config import base_config
+        from jaxnn.train.optim import make_optimizer
+
+        optim = {**base_config().optim.to_dict(), "grad_clip_norm": 1.0, "optimizer": name}
+        params = {"embed": {"embedding": jnp.zeros((3, 2))}, "dense": {"kernel": jnp.ones((2, 2))}}
+        state = make_optimizer(optim, 10, tables=("embed",)).init(params)
+        leaves = jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, kind))
+        assert any(isinstance(x, kind) for x in leaves)
+        assert float(state.hyperparams["grad_clip_norm"]) == 1.0
 
     def test_bad_arguments(self):
         with pytest.raises(ValueError, match="eps_mode"):
@@ -559,3 +579,32 @@ class TestInPlace:
         assert donated.temp_size_in_bytes < table_bytes / 4
         # the check can fail: without donation the same step copies all three arrays
         assert analysis(()).alias_size_in_bytes == 0
+
+
+def test_row_bucket_covers_the_count_with_few_sizes():
+    from jaxnn.train.sparse import row_bucket
+
+    sizes = {row_bucket(c) for c in range(1, 5000)}
+    for c in range(0, 5000):
+        k = row_bucket(c)
+        assert k >= c and (c <= 8 or k <= c * 1.25), (c, k)
+    assert len(sizes) < 60  # about 4 per doubling, not one per count
+    assert row_bucket(20000, 16384) == 16384
+    with pytest.raises(ValueError, match="count"):
+        row_bucket(-1)
+
+
+def test_distinct_slots_rebuild_the_lookup():
+    from jaxnn.train.sparse import distinct_rows, distinct_slots
+
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, 30, size=(4, 9))
+    mask = rng.random((4, 9)) < 0.8
+    k = distinct_rows(ids, mask)
+    assert k == np.unique(ids[mask]).size
+    indices, slot = distinct_slots(jnp.asarray(ids), jnp.asarray(mask), size=k + 2)
+    indices, slot = np.asarray(indices), np.asarray(slot)
+    np.testing.assert_array_equal(indices[:k], np.unique(ids[mask]))
+    assert np.all(indices[k:] >= np.iinfo(np.int32).max - (k + 2))
+    np.testing.assert_array_equal(indices[slot[mask]], ids[mask])
+    assert np.all(slot[~mask] == k + 2)

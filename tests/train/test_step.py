@@ -215,3 +215,80 @@ def test_batchnorm_running_statistics_update_in_the_step(tiny_config):
     state = trainer.train_step(state, shard_batch(_first_batch(trainer), trainer.mesh))
     changed = jax.tree.map(lambda a, b: bool(np.any(a != np.asarray(b))), before, state.batch_stats)
     assert all(jax.tree.leaves(changed))
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_call_time_dropout_rate_equals_the_static_rate(tiny_config, sparse):
+    """The step's ``dropout_rate`` array, on a model built with rate 0, draws the very masks of
+    a model built with that rate (same key): hyperparameters are data."""
+    from jaxnn.models import get_model
+    from jaxnn.train.step import make_train_step
+
+    config = _config(tiny_config, model__dropout=0.4, model__hidden_size=8)
+    config.optim.sparse_embeddings = sparse
+    data = load_data(config)
+    trainer = Trainer(config, data)
+    state = trainer.init_state()
+    batch = {k: jnp.asarray(v) for k, v in _first_batch(trainer).items()}
+    cfg0 = {**trainer.config, "model": {**trainer.config["model"], "dropout": 0.0}}
+    model0 = get_model(cfg0, vocab_size=len(data.vocab), num_classes=data.num_classes)
+    kw = {"sparse_embeddings": sparse}
+    static = jax.jit(make_train_step(trainer.model, trainer.tx, **kw))(state, batch)
+    traced = jax.jit(make_train_step(model0, trainer.tx, **kw))(state, batch, jnp.float32(0.4))
+    plain = jax.jit(make_train_step(model0, trainer.tx, **kw))(state, batch)
+    zero = jax.jit(make_train_step(trainer.model, trainer.tx, **kw))(state, batch, jnp.float32(0.0))
+    close = lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    jax.tree.map(close, traced.params, static.params)
+    jax.tree.map(close, traced.metrics, static.metrics)
+    jax.tree.map(close, zero.params, plain.params)  # a traced 0 keeps everything
+    assert float(static.metrics["loss_sum"]) != float(plain.metrics["loss_sum"])
+
+
+def test_sparse_step_on_distinct_rows_equals_one_slot_per_lookup(tiny_config):
+    """``table_rows`` (the step differentiates the batch's distinct rows, K slots, instead of
+    one slot per lookup) changes no number: params, moments and metrics equal the default's,
+    with dropout; a K with unused slots (larger than the distinct rows) changes nothing."""
+    from jaxnn.train import sparse as sparse_lib
+    from jaxnn.train.step import make_train_step
+
+    config = _config(tiny_config, model__dropout=0.3, model__hidden_size=8)
+    config.optim.sparse_embeddings = True
+    trainer = Trainer(config, load_data(config))
+    batch = {k: jnp.asarray(v) for k, v in _first_batch(trainer).items()}
+    features = trainer.model.apply({}, batch["tokens"], batch["mask"], method="feature_ids")
+    tables = trainer.model.table_names()
+    exact = tuple(sparse_lib.distinct_rows(*map(np.asarray, features[n])) for n in tables)
+    assert all(0 < k < batch["tokens"].size for k in exact)
+    step = jax.jit(
+        make_train_step(trainer.model, trainer.tx, sparse_embeddings=True), static_argnums=3
+    )
+    reference = step(trainer.init_state(), batch)
+    for rows in (exact, tuple(k + 5 for k in exact)):
+        state = step(trainer.init_state(), batch, None, rows)
+        close = lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+        jax.tree.map(close, state.params, reference.params)
+        jax.tree.map(close, state.opt_state, reference.opt_state)
+        jax.tree.map(close, state.metrics, reference.metrics)
+
+
+def test_l2_weight_decay_is_read_from_the_optimizer_state(tiny_config):
+    """lambda of the l2 form is the injected hyperparameter: set_hyperparams changes the step as
+    the reference loss with that lambda does."""
+    from jaxnn.train.optim import set_hyperparams
+    from jaxnn.train.step import make_train_step
+
+    config = _config(tiny_config, optim__weight_decay=0.0, optim__sparse_embeddings=False)
+    config.optim.optimizer = "sgd"
+    config.optim.momentum = 0.0
+    trainer = Trainer(config, load_data(config))
+    state = trainer.init_state()
+    state = state.replace(opt_state=set_hyperparams(state.opt_state, weight_decay=0.03))
+    batch = {k: jnp.asarray(v) for k, v in _first_batch(trainer).items()}
+    step = jax.jit(make_train_step(trainer.model, trainer.tx, l2_weight_decay=True))
+    new = step(state, batch)
+    params0 = jax.tree.map(np.array, state.params)
+    grads = jax.grad(_reference_loss)(params0, batch, 0.03)
+    expected = jax.tree.map(lambda p, g: p - 0.05 * g, params0, grads)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6), new.params, expected
+    )

@@ -1,4 +1,4 @@
-"""jaxnn/tune/bow.py: the real-data runner groups same-shape trials and evaluates test on demand."""
+"""jaxnn/tune/runners.py: the real-data runner groups same-shape trials, tests on demand."""
 
 import csv
 
@@ -6,7 +6,7 @@ import pytest
 
 from jaxnn.analysis.synthetic import xor_corpus
 from jaxnn.train.config import base_config
-from jaxnn.tune.bow import BowTrialRunner, make_runner
+from jaxnn.tune.runners import VmappedTrialRunner, make_runner
 from jaxnn.tune.space import apply_assignment
 
 
@@ -41,7 +41,7 @@ def test_runner_groups_same_shape_trials_and_reports_validation_only(corpus_csv)
         apply_assignment(cfg, {"learning_rate": 3e-2, "weight_decay": 1e-4}),
         apply_assignment(cfg, {"hidden_size": 16}),  # another shape: its own program
     ]
-    runner = BowTrialRunner()
+    runner = VmappedTrialRunner()
     results = runner.run(configs)
     assert len(runner._trainers) == 2
     for result in results:

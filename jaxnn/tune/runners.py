@@ -1,12 +1,12 @@
-"""Trial runners on real data: `BowTrialRunner` (vmapped groups) and `FitTrialRunner` (jaxnn.train).
+"""Trial runners on real data: `VmappedTrialRunner` (vmapped groups) and `FitTrialRunner` (fit).
 
 Both follow `jaxnn.tune.tuner.TrialRunner`: ``run(configs)`` trains on the train split and reports
 per-epoch validation metrics; ``evaluate_test(config)`` trains once more and evaluates the best
 epoch's parameters on the test split (the tuner calls it once, at the end).
 
-- ``engine="vmapped"`` (`BowTrialRunner`): the bow model in `jaxnn.tune.vmapped`; the trials of a
-  group whose configs differ only in learning_rate, dropout and weight_decay train together in one
-  vmapped program; any other group runs one trial at a time with the same code.
+- ``engine="vmapped"`` (`VmappedTrialRunner`): any model; the trials whose configs differ only in
+  learning_rate, dropout and weight_decay train together, ``jax.vmap`` of the ordinary train step
+  (`jaxnn.tune.trials.TrialGroup`); a config that changes shapes starts another group.
 - ``engine="fit"`` (`FitTrialRunner`): `jaxnn.train.fit` per trial, any model (no vmapping).
 
 One engine per tuning run: the runner's ``name`` is part of each trial's key, so results of the two
@@ -25,10 +25,10 @@ import ml_collections
 
 from jaxnn.train import NonFiniteLossError, fit, load_data, load_test, validate_config
 from jaxnn.train.loop import best_variables
+from jaxnn.tune.trials import TrialGroup, shared_signature
 from jaxnn.tune.tuner import TrialResult
-from jaxnn.tune.vmapped import VmappedBowTrainer, shared_signature
 
-__all__ = ["BowTrialRunner", "FitTrialRunner", "make_runner"]
+__all__ = ["FitTrialRunner", "VmappedTrialRunner", "make_runner"]
 
 log = logging.getLogger("jaxnn.tune")
 
@@ -44,19 +44,19 @@ class _DataCache:
         return self._data[key]
 
 
-class BowTrialRunner:
-    """Vmapped bow trials (see module docstring). ``max_group``: trials per vmapped program."""
+class VmappedTrialRunner:
+    """Vmapped trials (see module docstring). ``max_group``: trials per vmapped program."""
 
-    name = "vmapped-bow"
+    name = "vmapped"
 
     def __init__(self, *, max_group: int = 8):
         self.max_group = max_group
         self._data = _DataCache()
-        self._trainers: dict[str, VmappedBowTrainer] = {}
+        self._trainers: dict[str, TrialGroup] = {}
 
-    def _trainer(self, cfg: dict, signature: str) -> VmappedBowTrainer:
+    def _trainer(self, cfg: dict, signature: str) -> TrialGroup:
         if signature not in self._trainers:
-            self._trainers[signature] = VmappedBowTrainer(cfg, self._data.get(cfg), vmap=True)
+            self._trainers[signature] = TrialGroup(cfg, self._data.get(cfg), vmap=True)
         return self._trainers[signature]
 
     def run(self, configs: Sequence[ml_collections.ConfigDict]) -> list[TrialResult]:
@@ -88,7 +88,7 @@ class BowTrialRunner:
     def evaluate_test(self, config: ml_collections.ConfigDict) -> dict[str, float]:
         cfg = validate_config(config)
         data = self._data.get(cfg)
-        trainer = VmappedBowTrainer(cfg, data, vmap=True)
+        trainer = TrialGroup(cfg, data, vmap=True)
         out = trainer.fit(
             {
                 n: [v]
@@ -102,7 +102,7 @@ class BowTrialRunner:
         )
         if out.failure[0] is not None:
             raise FloatingPointError(f"the final config failed: {out.failure[0]}")
-        test = trainer.evaluate(out.best_params, load_test(cfg, data))[0]
+        test = trainer.evaluate(out.best_variables, load_test(cfg, data))[0]
         return {**test, "best_epoch": float(out.best_epoch[0])}
 
 
@@ -137,10 +137,10 @@ class FitTrialRunner:
         return {k: metrics[k] for k in ("loss", "accuracy", "macro_f1")}
 
 
-def make_runner(engine: str, *, max_group: int = 8) -> BowTrialRunner | FitTrialRunner:
-    """``engine``: "vmapped" (bow only, same-shape trials together) or "fit" (jaxnn.train)."""
+def make_runner(engine: str, *, max_group: int = 8) -> VmappedTrialRunner | FitTrialRunner:
+    """``engine``: "vmapped" (same-shape trials together, any model) or "fit" (jaxnn.train)."""
     if engine == "vmapped":
-        return BowTrialRunner(max_group=max_group)
+        return VmappedTrialRunner(max_group=max_group)
     if engine == "fit":
         return FitTrialRunner()
     raise ValueError(f"tune.engine={engine!r}; allowed: 'vmapped', 'fit'")
