@@ -23,6 +23,9 @@ Usage:
   python benchmarks/mutation.py --list                # names, claims, whether each applies
   python benchmarks/mutation.py --full                # the whole fast suite per mutation
   python benchmarks/mutation.py --commit-results      # also benchmarks/results/mutation.{json,md}
+  python benchmarks/mutation.py --only skip-weight-decay --update-results
+      # re-run a few after a change to their files: their rows of benchmarks/results/mutation.*
+      # are replaced and a note says when, at which commit, and by which command
 
 Results go to runs/benchmarks/mutation/ (JSON + Markdown) by default.
 """
@@ -53,7 +56,9 @@ class Mutation:
     """One patch: replace ``old`` (which must occur exactly once in ``file``) by ``new``.
 
     ``tests`` are the pytest paths (files or node ids) that should catch it; ``claim`` is the
-    property the mutation breaks, in words.
+    property the mutation breaks, in words. ``also``: more (file, old, new) patches applied
+    with the first, for one break that spans several files (every attention kernel, say);
+    each old text must occur exactly once in its file, too.
     """
 
     name: str
@@ -62,15 +67,23 @@ class Mutation:
     old: str
     new: str
     tests: tuple[str, ...]
+    also: tuple[tuple[str, str, str], ...] = ()
+
+    def patches(self) -> tuple[tuple[str, str, str], ...]:
+        return ((self.file, self.old, self.new), *self.also)
+
+    def files(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(file for file, _, _ in self.patches()))
 
 
 MUTATIONS: tuple[Mutation, ...] = (
     Mutation(
         "swap-model",
         "get_model builds the model the config names",
-        "jaxnn/models/__init__.py",
-        '    if name == "bow":\n        return BowClassifier(',
-        '    if name in ("bow", "transformer"):\n        return BowClassifier(',
+        "jaxnn/models/registry.py",
+        '    spec = resolve(model["name"])\n    return spec.build(',
+        '    spec = resolve("bow" if model["name"] == "transformer" else model["name"])\n'
+        "    return spec.build(",
         ("tests/models", "tests/train/test_config.py", "tests/train/test_precision_policy.py"),
     ),
     Mutation(
@@ -101,7 +114,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         "resume-restarts-the-epoch",
         "a run killed mid-epoch resumes at the checkpointed batch, bitwise",
         "jaxnn/train/loop.py",
-        '                start=meta["batch_in_epoch"],',
+        '                start=run.meta["batch_in_epoch"],',
         "                start=0,",
         ("tests/train/test_resume_mid_epoch.py", "tests/train/test_loop.py"),
     ),
@@ -115,11 +128,46 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "attention-scores-in-input-dtype",
-        "attention scores and their softmax are float32 for half-precision q, k, v",
-        "jaxnn/ops/attention.py",
+        "attention scores and their softmax are float32 for half-precision q, k, v "
+        '(kernels "reference" and "chunked")',
+        "jaxnn/ops/attention/reference.py",
         "    qf, kf, vf = (x.astype(jnp.float32) for x in (q, k, v))\n",
         "    qf, kf, vf = q, k, v\n",
-        ("tests/ops/test_attention.py", "tests/train/test_precision_policy.py"),
+        (
+            "tests/ops/test_attention.py",
+            "tests/nn/test_attention.py",
+            "tests/train/test_precision_policy.py",
+        ),
+        also=(
+            (
+                "jaxnn/ops/attention/reference.py",
+                "logits + jnp.asarray(bias).astype(jnp.float32)",
+                "logits + jnp.asarray(bias).astype(logits.dtype)",
+            ),
+            # the blocked kernel: its inputs, and so its block logits, in q's dtype
+            (
+                "jaxnn/ops/attention/chunked.py",
+                "    q_t = _pad_axis(jnp.swapaxes(q.astype(jnp.float32) * scale, 1, 2)",
+                "    q_t = _pad_axis(jnp.swapaxes(q * scale, 1, 2)",
+            ),
+            (
+                "jaxnn/ops/attention/chunked.py",
+                "    k_t = _pad_axis(jnp.swapaxes(k.astype(jnp.float32), 1, 2)",
+                "    k_t = _pad_axis(jnp.swapaxes(k, 1, 2)",
+            ),
+            (
+                "jaxnn/ops/attention/chunked.py",
+                "    v_t = _pad_axis(jnp.swapaxes(v.astype(jnp.float32), 1, 2)",
+                "    v_t = _pad_axis(jnp.swapaxes(v, 1, 2)",
+            ),
+            (
+                "jaxnn/ops/attention/chunked.py",
+                '    s = jnp.einsum("bnqh,bnhk->bnqk", q_blk, kt_blk, '
+                "preferred_element_type=jnp.float32)",
+                '    s = jnp.einsum("bnqh,bnhk->bnqk", q_blk, kt_blk, '
+                "preferred_element_type=q_blk.dtype)",
+            ),
+        ),
     ),
     Mutation(
         "norm-statistics-in-input-dtype",
@@ -140,11 +188,18 @@ MUTATIONS: tuple[Mutation, ...] = (
     ),
     Mutation(
         "drop-attention-scale",
-        "attention scores are divided by sqrt(head_dim)",
-        "jaxnn/ops/attention.py",
+        'attention scores are divided by sqrt(head_dim) (kernels "reference" and "chunked")',
+        "jaxnn/ops/attention/reference.py",
         "    scale = 1.0 / math.sqrt(head_dim)\n    qf, kf, vf",
         "    scale = 1.0\n    qf, kf, vf",
         ("tests/ops/test_attention.py", "tests/models/test_transformer_reference.py"),
+        also=(
+            (
+                "jaxnn/ops/attention/chunked.py",
+                "    scale = 1.0 / math.sqrt(head_dim)\n    # One transposition",
+                "    scale = 1.0\n    # One transposition",
+            ),
+        ),
     ),
     Mutation(
         "padding-mask-off-by-one",
@@ -206,13 +261,18 @@ MUTATIONS: tuple[Mutation, ...] = (
 
 
 def applicability(root: Path, mutation: Mutation) -> str | None:
-    """None when the patch applies to the tree at ``root``, else why not."""
-    path = root / mutation.file
-    if not path.is_file():
-        return f"{mutation.file} does not exist (moved?)"
-    count = path.read_text(encoding="utf-8").count(mutation.old)
-    if count != 1:
-        return f"the old text occurs {count} times in {mutation.file} (must be exactly once)"
+    """None when every patch applies to the tree at ``root``, else why not."""
+    texts: dict[str, str] = {}
+    for number, (file, old, new) in enumerate(mutation.patches(), start=1):
+        where = f" (patch {number})" if mutation.also else ""
+        path = root / file
+        if not path.is_file():
+            return f"{file} does not exist (moved?){where}"
+        text = texts.setdefault(file, path.read_text(encoding="utf-8"))
+        count = text.count(old)
+        if count != 1:
+            return f"the old text occurs {count} times in {file} (must be exactly once){where}"
+        texts[file] = text.replace(old, new, 1)
     return None
 
 
@@ -222,9 +282,10 @@ def copy_project(destination: Path) -> Path:
 
 
 def apply(root: Path, mutation: Mutation) -> None:
-    path = root / mutation.file
-    text = path.read_text(encoding="utf-8")
-    path.write_text(text.replace(mutation.old, mutation.new, 1), encoding="utf-8")
+    for file, old, new in mutation.patches():
+        path = root / file
+        text = path.read_text(encoding="utf-8")
+        path.write_text(text.replace(old, new, 1), encoding="utf-8")
 
 
 def run_tests(root: Path, tests: list[str], args: argparse.Namespace) -> tuple[int, float, str]:
@@ -259,6 +320,16 @@ def _scope(root: Path, mutations: list[Mutation], args: argparse.Namespace) -> l
     return sorted({t for m in mutations for t in _existing(root, m.tests)})
 
 
+def failed_tests(output: str) -> list[str]:
+    """The node ids pytest's short summary names as FAILED or ERROR."""
+    names = []
+    for line in output.splitlines():
+        for tag in ("FAILED ", "ERROR "):
+            if line.startswith(tag):
+                names.append(line[len(tag) :].split(" - ")[0].strip())
+    return names
+
+
 def verdict(code: int) -> str:
     if code in (1, 2):
         return "caught"
@@ -269,6 +340,36 @@ def verdict(code: int) -> str:
     return "error"
 
 
+def git_commit(root: Path) -> str:
+    """HEAD's short hash at ``root`` ("+changes" when jaxnn/, tests/ or this script differ)."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True
+        ).stdout.strip()
+        paths = ["jaxnn", "tests", "benchmarks/mutation.py"]
+        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", *paths], cwd=root)
+    except OSError:
+        return "unknown"
+    return (head or "unknown") + ("+changes" if dirty.returncode else "")
+
+
+def merge_update(old: dict, new: dict) -> dict:
+    """``old`` results with the rows of ``new``'s mutations replaced, and a note of the update."""
+    rows = {r["name"]: r for r in old["mutations"]}
+    rows.update({r["name"]: r for r in new["mutations"]})
+    order = [m.name for m in MUTATIONS if m.name in rows]
+    order += [name for name in rows if name not in order]
+    merged = dict(old, mutations=[rows[name] for name in order])
+    names = ", ".join(r["name"] for r in new["mutations"])
+    note = (
+        f"Re-run {new['date']} at commit {new['commit']} (`{new['command']}`, baseline: "
+        f"{new['baseline']}, {new['wall_s']:.0f} s): {names}; the other rows are from the run "
+        "above."
+    )
+    merged["notes"] = [*old.get("notes", []), note]
+    return merged
+
+
 def write_reports(results: dict, out_dir: Path, stem: str) -> tuple[Path, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path, md_path = out_dir / f"{stem}.json", out_dir / f"{stem}.md"
@@ -276,24 +377,28 @@ def write_reports(results: dict, out_dir: Path, stem: str) -> tuple[Path, Path]:
     rows = results["mutations"]
     applicable = [r for r in rows if r["verdict"] != "not applicable"]
     caught = [r for r in applicable if r["verdict"] == "caught"]
+    wall = f" · wall time {results['wall_s']:.0f} s" if "wall_s" in results else ""
     lines = [
         "# Mutation check: which small breaks of jaxnn the fast suite catches",
         "",
         f"Command: `{results['command']}`  ",
-        f"Date: {results['date']} · host: {results['host']} · python {results['python']}  ",
+        f"Date: {results['date']} · commit {results.get('commit', 'unknown')} · host: "
+        f"{results['host']} · python {results['python']}{wall}  ",
         f"Tests per mutation: {results['scope']}; baseline: {results['baseline']}  ",
         "",
         f"**Score: {len(caught)} of {len(applicable)} applicable mutations caught** "
         f"({len(rows) - len(applicable)} not applicable).",
         "",
-        "| mutation | claim it breaks | file | verdict | tests run | s |",
-        "|---|---|---|---|---|---|",
+        "| mutation | claim it breaks | file | verdict | first failing test | tests run | s |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         tests = ", ".join(f"`{t}`" for t in r["tests"]) or "-"
         note = f" ({r['reason']})" if r.get("reason") else ""
+        files = ", ".join(f"`{f}`" for f in r["file"].split())
+        by = ", ".join(f"`{t}`" for t in r.get("caught_by") or ()) or "-"
         lines.append(
-            f"| {r['name']} | {r['claim']} | `{r['file']}` | **{r['verdict']}**{note} | "
+            f"| {r['name']} | {r['claim']} | {files} | **{r['verdict']}**{note} | {by} | "
             f"{tests} | {r['seconds']:.0f} |"
         )
     if results.get("notes"):
@@ -321,7 +426,16 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="also write benchmarks/results/mutation.{json,md}",
     )
+    parser.add_argument(
+        "--update-results",
+        action="store_true",
+        help="replace only the rows of the mutations run in benchmarks/results/mutation.*",
+    )
     args = parser.parse_args(argv)
+    committed = ROOT / "benchmarks" / "results" / "mutation.json"
+    if args.update_results and not committed.is_file():
+        print(f"error: --update-results needs {committed}; run with --commit-results first")
+        return 2
 
     names = {m.name for m in MUTATIONS}
     unknown = sorted(set(args.only or ()) - names)
@@ -334,7 +448,8 @@ def main(argv: list[str] | None = None) -> int:
         for m in chosen:
             why = applicability(ROOT, m)
             print(f"{m.name:40s} {'applies' if why is None else 'NOT APPLICABLE: ' + why}")
-            print(f"{'':40s} {m.claim}; tests: {' '.join(m.tests)}")
+            print(f"{'':40s} {m.claim}; files: {' '.join(m.files())}")
+            print(f"{'':40s} tests: {' '.join(m.tests)}")
         return 0
 
     results = {
@@ -351,9 +466,11 @@ def main(argv: list[str] | None = None) -> int:
             if args.tests
             else "the tests named per mutation"
         ),
+        "commit": git_commit(ROOT),
         "baseline": "skipped",
         "mutations": [],
     }
+    run_start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="jaxnn-mutation-") as tmp:
         tmp = Path(tmp)
         if not args.no_baseline:
@@ -373,7 +490,8 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(base)
         for m in chosen:
             row = {**asdict(m), "tests": list(m.tests), "seconds": 0.0, "reason": None}
-            del row["old"], row["new"]
+            del row["old"], row["new"], row["also"]
+            row["file"] = " ".join(m.files())
             why = applicability(ROOT, m)
             if why is not None:
                 row.update(verdict="not applicable", reason=why)
@@ -390,20 +508,30 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             code, seconds, output = run_tests(copy, tests, args)
             row.update(tests=tests, seconds=seconds, exit_code=code, verdict=verdict(code))
-            if row["verdict"] != "caught":
+            if row["verdict"] == "caught":
+                row["caught_by"] = failed_tests(output)
+            else:
                 row["output_tail"] = output[-1500:]
-            print(f"{m.name}: {row['verdict']} (exit {code}, {seconds:.0f} s)", flush=True)
+            by = f" by {', '.join(row['caught_by'])}" if row.get("caught_by") else ""
+            print(f"{m.name}: {row['verdict']}{by} (exit {code}, {seconds:.0f} s)", flush=True)
             results["mutations"].append(row)
             shutil.rmtree(copy)
             write_reports(results, args.out, "mutation-partial")  # progress of a long run
 
+    results["wall_s"] = time.perf_counter() - run_start
     (args.out / "mutation-partial.json").unlink(missing_ok=True)
     (args.out / "mutation-partial.md").unlink(missing_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
     json_path, md_path = write_reports(results, args.out, f"mutation-{stamp}")
     print(f"wrote {json_path} and {md_path}")
-    if args.commit_results:
-        json_path, md_path = write_reports(results, ROOT / "benchmarks" / "results", "mutation")
+    if args.commit_results or args.update_results:
+        committed_results = results
+        if args.update_results:
+            old = json.loads(committed.read_text(encoding="utf-8"))
+            committed_results = merge_update(old, results)
+        json_path, md_path = write_reports(
+            committed_results, ROOT / "benchmarks" / "results", "mutation"
+        )
         print(f"wrote {json_path} and {md_path}")
     applicable = [r for r in results["mutations"] if r["verdict"] != "not applicable"]
     caught = sum(r["verdict"] == "caught" for r in applicable)
