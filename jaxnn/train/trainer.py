@@ -56,6 +56,7 @@ __all__ = [
     "mesh_from_config",
     "metrics_from_confusion",
     "snapshot",
+    "training_batches",
 ]
 
 log = logging.getLogger("jaxnn.train")
@@ -198,6 +199,29 @@ def init_train_state(
     return jax.block_until_ready(jax.jit(lambda: init(length), out_shardings=shardings)())
 
 
+
+def training_batches(
+    config: Mapping[str, Any], data: Prepared
+) -> tuple[tuple[int, ...], BatchIterator, int]:
+    """(length buckets, the shuffled training batches, steps per epoch) of a run: whole batches
+    only (``remainder="drop"``), reshuffled from (seed, epoch), grouped by length within pools;
+    ``train.max_steps_per_epoch`` (when set) caps the steps. Shared by `Trainer` and the
+    tuner's vmapped trials, so both walk the same batches."""
+    d, t = config["data"], config["train"]
+    buckets = default_buckets(data.max_len, min(d["smallest_bucket"], data.max_len))
+    batches = BatchIterator(
+        data.train,
+        batch_size=t["batch_size"],
+        shuffle=True,
+        seed=config["seed"],
+        remainder="drop",
+        buckets=buckets,
+        sort_pool=d["sort_pool"],
+    )
+    full = batches.num_batches()
+    steps = min(full, t["max_steps_per_epoch"]) if t["max_steps_per_epoch"] else full
+    return buckets, batches, steps
+
 class Trainer:
     """Everything one config needs to train on one dataset: model, optimizer, mesh, steps.
 
@@ -230,21 +254,8 @@ class Trainer:
         self.mesh = mesh if validated else mesh_from_config(cfg, mesh)
         self.num_classes = data.num_classes
         self.model = get_model(cfg, vocab_size=len(data.vocab), num_classes=self.num_classes)
-        d, t = cfg["data"], cfg["train"]
-        self.buckets = default_buckets(data.max_len, min(d["smallest_bucket"], data.max_len))
-        self.train_batches = BatchIterator(
-            data.train,
-            batch_size=t["batch_size"],
-            shuffle=True,
-            seed=cfg["seed"],
-            remainder="drop",
-            buckets=self.buckets,
-            sort_pool=d["sort_pool"],
-        )
-        full = self.train_batches.num_batches()
-        self.steps_per_epoch = (
-            min(full, t["max_steps_per_epoch"]) if t["max_steps_per_epoch"] else full
-        )
+        t = cfg["train"]
+        self.buckets, self.train_batches, self.steps_per_epoch = training_batches(cfg, data)
         self.total_steps = self.steps_per_epoch * t["num_epochs"]
         steps = build_steps(
             cfg,

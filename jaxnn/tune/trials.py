@@ -43,8 +43,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxnn.data import BatchIterator, eval_batches
-from jaxnn.data.batches import default_buckets
+from jaxnn.data import eval_batches
 from jaxnn.metrics import accuracy, macro_f1
 from jaxnn.models import get_model
 from jaxnn.ops import softmax
@@ -54,6 +53,7 @@ from jaxnn.train.optim import HYPERPARAMETERS, make_optimizer, set_hyperparams
 from jaxnn.train.precision import DynamicLossScale
 from jaxnn.train.state import NO_NONFINITE, TrainState, zero_train_metrics
 from jaxnn.train.step import make_eval_step, make_train_step, zero_eval_metrics
+from jaxnn.train.trainer import training_batches
 
 __all__ = ["VMAP_FIELDS", "GroupResult", "TrialGroup", "shared_signature"]
 
@@ -133,22 +133,9 @@ class TrialGroup:
                 f"trials_per_program must be an int >= 0 (0 = all), got {trials_per_program!r}"
             )
         self.trials_per_program = int(trials_per_program)
-        d, t, o = cfg["data"], cfg["train"], cfg["optim"]
+        t, o = cfg["train"], cfg["optim"]
         self.num_classes = data.num_classes
-        self.buckets = default_buckets(data.max_len, min(d["smallest_bucket"], data.max_len))
-        self.train_batches = BatchIterator(
-            data.train,
-            batch_size=t["batch_size"],
-            shuffle=True,
-            seed=cfg["seed"],
-            remainder="drop",
-            buckets=self.buckets,
-            sort_pool=d["sort_pool"],
-        )
-        full = self.train_batches.num_batches()
-        self.steps_per_epoch = (
-            min(full, t["max_steps_per_epoch"]) if t["max_steps_per_epoch"] else full
-        )
+        self.buckets, self.train_batches, self.steps_per_epoch = training_batches(cfg, data)
         self.num_epochs = int(t["num_epochs"])
         self.total_steps = self.steps_per_epoch * self.num_epochs
         self.model = self._model(cfg["model"]["dropout"])
