@@ -1,4 +1,4 @@
-"""Train a text classifier and report validation and test accuracy and macro F1.
+r"""Train a text classifier and report validation and test accuracy and macro F1.
 
     python train.py                                      configs/default.py into runs/<new>
     python train.py --config=configs/imdb_bow.py --workdir=runs/x --config.optim.learning_rate=3e-4

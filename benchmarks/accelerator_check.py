@@ -649,7 +649,10 @@ def write_report(report: dict[str, Any], out_dir: Path, stem: str) -> tuple[Path
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="a small subset, on the CPU too")
-    parser.add_argument("--out", default=None, help="report folder (default benchmarks/results)")
+    parser.add_argument("--out", default=None, help="report folder (default runs/benchmarks)")
+    parser.add_argument(
+        "--commit-results", action="store_true", help="write the report into benchmarks/results"
+    )
     parser.add_argument("--log-dir", default=str(DEFAULT_LOGS), help="each step's full output")
     parser.add_argument("--budget-s", type=float, default=BUDGET_S, help="the whole check's wall")
     parser.add_argument(
@@ -661,7 +664,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.budget_s <= 0:
         parser.error(f"--budget-s={args.budget_s}; allowed: seconds > 0")
-    out = Path(args.out) if args.out else (DEFAULT_QUICK_OUT if args.quick else RESULTS)
+    out = Path(args.out) if args.out else (RESULTS if args.commit_results else DEFAULT_QUICK_OUT)
     args.out_dir = out
     log_dir = Path(args.log_dir)
     started = time.perf_counter()

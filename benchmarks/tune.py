@@ -33,6 +33,9 @@ import jax
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from output import COMMITTED, add_output_flags, output_dir  # noqa: E402  (benchmarks/output.py)
 
 from jaxnn.launch import configure_process  # noqa: E402
 from jaxnn.launch.cpu_vector_width import cpu_vector_width  # noqa: E402
@@ -41,7 +44,7 @@ from jaxnn.train import load_data  # noqa: E402
 from jaxnn.train.config import config_from_file, validate_config  # noqa: E402
 from jaxnn.tune.trials import TrialGroup  # noqa: E402
 
-RESULTS = ROOT / "benchmarks" / "results"
+RESULTS = COMMITTED  # main() points it at runs/benchmarks/ unless --commit-results
 
 LEARNING_RATES = [1e-3, 3e-3, 1e-2, 3e-2]
 DROPOUTS = [0.0, 0.3]
@@ -123,7 +126,10 @@ def main() -> None:
     parser.add_argument("--corpus", default="bbc_news")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=3)
+    add_output_flags(parser)
     args = parser.parse_args()
+    global RESULTS
+    RESULTS = output_dir(args)
     cfg = base_config(args.corpus, args.epochs)
     data = load_data(cfg)
     load_before = os.getloadavg()
