@@ -24,6 +24,7 @@ from typing import Any
 import ml_collections
 
 from jaxnn.train import NonFiniteLossError, fit, load_data, load_test, validate_config
+from jaxnn.train.config import config_to_dict
 from jaxnn.train.loop import best_variables
 from jaxnn.tune.trials import TrialGroup, shared_signature
 from jaxnn.tune.tuner import TrialResult
@@ -33,12 +34,19 @@ __all__ = ["FitTrialRunner", "VmappedTrialRunner", "make_runner"]
 log = logging.getLogger("jaxnn.tune")
 
 
+
+def _without_progress_bar(config: ml_collections.ConfigDict) -> Any:
+    """The validated (frozen) config of a trial, with the per-epoch progress bar off."""
+    plain = ml_collections.ConfigDict(config_to_dict(config))
+    plain.train.progress_bar = False
+    return validate_config(plain)
+
 class _DataCache:
     def __init__(self):
         self._data: dict[str, Any] = {}
 
     def get(self, cfg: dict) -> Any:
-        key = json.dumps(cfg["data"], sort_keys=True)
+        key = json.dumps(config_to_dict(cfg)["data"], sort_keys=True)
         if key not in self._data:
             self._data[key] = load_data(cfg)
         return self._data[key]
@@ -117,8 +125,7 @@ class FitTrialRunner:
     def run(self, configs: Sequence[ml_collections.ConfigDict]) -> list[TrialResult]:
         results = []
         for config in configs:
-            cfg = validate_config(config)
-            cfg["train"]["progress_bar"] = False
+            cfg = _without_progress_bar(config)
             start = time.perf_counter()
             try:
                 out = fit(cfg, self._data.get(cfg))
@@ -129,8 +136,7 @@ class FitTrialRunner:
         return results
 
     def evaluate_test(self, config: ml_collections.ConfigDict) -> dict[str, float]:
-        cfg = validate_config(config)
-        cfg["train"]["progress_bar"] = False
+        cfg = _without_progress_bar(config)
         data = self._data.get(cfg)
         out = fit(cfg, data)
         metrics = out.trainer.evaluate(best_variables(out, None), load_test(cfg, data))

@@ -48,7 +48,7 @@ from jaxnn.metrics import accuracy, macro_f1
 from jaxnn.models import get_model
 from jaxnn.ops import softmax
 from jaxnn.train import sparse as sparse_lib
-from jaxnn.train.config import validate_config, weight_decay_mode
+from jaxnn.train.config import config_to_dict, validate_config, weight_decay_mode
 from jaxnn.train.optim import HYPERPARAMETERS, make_optimizer, set_hyperparams
 from jaxnn.train.precision import DynamicLossScale
 from jaxnn.train.state import NO_NONFINITE, TrainState, zero_train_metrics
@@ -63,7 +63,7 @@ VMAP_FIELDS = (("optim", "learning_rate"), ("model", "dropout"), ("optim", "weig
 
 def shared_signature(config: Mapping) -> str:
     """The config with `VMAP_FIELDS` blanked: trials with equal signatures share one program."""
-    plain = json.loads(json.dumps(config, default=list))
+    plain = config_to_dict(config)  # a RunConfig, a ConfigDict or nested dicts
     for section, name in VMAP_FIELDS:
         plain[section][name] = None
     return json.dumps(plain, sort_keys=True)

@@ -56,3 +56,24 @@ def test_runner_groups_same_shape_trials_and_reports_validation_only(corpus_csv)
     assert test["best_epoch"] in (1.0, 2.0)
     with pytest.raises(ValueError, match=r"tune\.engine='jit'"):
         make_runner("jit")
+
+
+def test_fit_runner_trains_each_trial_through_jaxnn_train_and_tests_on_demand(corpus_csv):
+    """The "fit" engine: every trial is an ordinary `jaxnn.train.fit` run of its own config."""
+    cfg = base_config()
+    cfg.data.corpus = str(corpus_csv)
+    cfg.data.max_len = 16
+    cfg.data.min_freq = 1
+    cfg.model.embed_dim = 8
+    cfg.train.batch_size = 32
+    cfg.train.num_epochs = 1
+    cfg.train.max_steps_per_epoch = 3
+    configs = [apply_assignment(cfg, {"learning_rate": lr}) for lr in (1e-2, 3e-2)]
+    runner = make_runner("fit")
+    results = runner.run(configs)
+    assert [r.status for r in results] == ["complete", "complete"]
+    assert [[row["epoch"] for row in r.history] for r in results] == [[1], [1]]
+    assert results[0].history[0]["train_loss"] != results[1].history[0]["train_loss"]
+    assert not any(key.startswith("test") for r in results for key in r.history[0])
+    test = runner.evaluate_test(configs[0])
+    assert 0.0 <= test["accuracy"] <= 1.0 and 0.0 <= test["macro_f1"] <= 1.0
