@@ -26,7 +26,6 @@ from jaxnn.data.prepare import EncodedSplit, Prepared
 from jaxnn.data.sharded import ShardedSplit
 from jaxnn.metrics import accuracy, macro_f1, precision_recall_f1
 from jaxnn.models import get_model, supports_sparse_embeddings
-from jaxnn.train import sparse as sparse_lib
 from jaxnn.train.config import validate_config, weight_decay_mode
 from jaxnn.train.distributed import (
     batch_sharding,
@@ -52,6 +51,7 @@ __all__ = [
     "Steps",
     "Trainer",
     "build_steps",
+    "fresh_state",
     "init_train_state",
     "mesh_from_config",
     "metrics_from_confusion",
@@ -85,45 +85,46 @@ class Steps:
 
     schedule: Any
     tx: Any
-    sparse: sparse_lib.SparseEmbeddingOptimizer | None
     train_step: Callable
     eval_step: Callable
     state_sharding: Any = None
     init: Callable | None = None
 
 
-def _make_init(
-    config: Mapping[str, Any], model: Any, tx: Any, sparse: Any
-) -> Callable[[int], TrainState]:
-    """``init(length) -> TrainState``: parameters from key(seed), fresh optimizer state, and a
-    dynamic loss scale for float16 (parameter shapes do not depend on ``length``)."""
-    key = jax.random.PRNGKey(config["seed"])
+def fresh_state(
+    config: Mapping[str, Any], model: Any, tx: Any, key: jax.Array, length: int
+) -> TrainState:
+    """A new `TrainState`: parameters drawn from ``key``'s first split (the dropout stream gets
+    the second), ``tx``'s fresh optimizer state, and a dynamic loss scale for float16.
+
+    ``length`` is the token length of the dummy batch whose shapes give the parameter shapes
+    (they do not depend on it). Shared by `build_steps` and the tuner's vmapped trials.
+    """
     init_key, dropout_key = jax.random.split(key)
     optim = config["optim"]
-    half = config["model"]["dtype"] == "float16"
-
-    def init(length: int) -> TrainState:
-        tokens = jnp.zeros((1, length), jnp.int32)
-        mask = jnp.ones((1, length), bool)
-        variables = model.init(init_key, tokens, mask, train=False)
-        params = variables["params"]
-        opt_state = sparse.init(tx, params) if sparse is not None else tx.init(params)
-        loss_scale = None
-        if half:
-            loss_scale = DynamicLossScale.create(
-                optim["initial_loss_scale"], period=optim["loss_scale_period"]
-            )
-        return TrainState(
-            step=jnp.zeros((), jnp.int32),
-            params=params,
-            batch_stats=variables.get("batch_stats", {}),
-            opt_state=opt_state,
-            rng=dropout_key,
-            metrics=zero_train_metrics(),
-            loss_scale=loss_scale,
+    tokens = jnp.zeros((1, length), jnp.int32)
+    variables = model.init(init_key, tokens, jnp.ones((1, length), bool), train=False)
+    params = variables["params"]
+    loss_scale = None
+    if config["model"]["dtype"] == "float16":
+        loss_scale = DynamicLossScale.create(
+            optim["initial_loss_scale"], period=optim["loss_scale_period"]
         )
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        batch_stats=variables.get("batch_stats", {}),
+        opt_state=tx.init(params),
+        rng=dropout_key,
+        metrics=zero_train_metrics(),
+        loss_scale=loss_scale,
+    )
 
-    return init
+
+def _make_init(config: Mapping[str, Any], model: Any, tx: Any) -> Callable[[int], TrainState]:
+    """``init(length) -> TrainState``: `fresh_state` from key(config.seed)."""
+    key = jax.random.PRNGKey(config["seed"])
+    return lambda length: fresh_state(config, model, tx, key, length)
 
 
 def _variables_sharding(state_sharding: TrainState, has_batch_stats: bool) -> dict[str, Any]:
@@ -152,7 +153,6 @@ def build_steps(
     """
     optim = config["optim"]
     schedule = make_schedule(optim, total_steps)
-    sparse = None  # the tables' lazy updates are part of tx (make_optimizer's tables)
     tables = ()
     if optim["sparse_embeddings"] and not supports_sparse_embeddings(model):
         log.info(
@@ -164,7 +164,7 @@ def build_steps(
     tx = make_optimizer(optim, total_steps, tables=tables)
     l2 = weight_decay_mode(optim) == "l2" and optim["weight_decay"] > 0
     rep, bat = replicated(mesh), batch_sharding(mesh)
-    init = _make_init(config, model, tx, sparse)
+    init = _make_init(config, model, tx)
     abstract = jax.eval_shape(lambda: init(init_length))  # shapes only: nothing computed
     shardings = state_sharding(abstract, mesh)
     variables = _variables_sharding(shardings, bool(abstract.batch_stats))
@@ -184,7 +184,7 @@ def build_steps(
     # several CPU devices of one process (jaxnn.launch.cpu_devices): each step waits for its result,
     # or XLA's in-process all-reduce can deadlock (waits_for_each_call)
     train_step, eval_step = (waits_for_each_call(f, mesh) for f in (train_step, eval_step))
-    return Steps(schedule, tx, sparse, train_step, eval_step, shardings, init)
+    return Steps(schedule, tx, train_step, eval_step, shardings, init)
 
 
 def init_train_state(
@@ -192,12 +192,11 @@ def init_train_state(
 ) -> TrainState:
     """Parameters from key(seed) and a fresh optimizer state, laid out on ``mesh`` as the steps
     expect (``steps.state_sharding``: replicated, or FSDP-split)."""
-    init = steps.init or _make_init(config, model, steps.tx, steps.sparse)
+    init = steps.init or _make_init(config, model, steps.tx)
     shardings = steps.state_sharding
     if shardings is None:
         shardings = state_sharding(jax.eval_shape(lambda: init(length)), mesh)
     return jax.block_until_ready(jax.jit(lambda: init(length), out_shardings=shardings)())
-
 
 
 def training_batches(
@@ -221,6 +220,7 @@ def training_batches(
     full = batches.num_batches()
     steps = min(full, t["max_steps_per_epoch"]) if t["max_steps_per_epoch"] else full
     return buckets, batches, steps
+
 
 class Trainer:
     """Everything one config needs to train on one dataset: model, optimizer, mesh, steps.
@@ -266,7 +266,7 @@ class Trainer:
             init_length=self.buckets[0],
         )
         self.steps = steps
-        self.schedule, self.tx, self.sparse = steps.schedule, steps.tx, steps.sparse
+        self.schedule, self.tx = steps.schedule, steps.tx
         self.train_step, self.eval_step = steps.train_step, steps.eval_step
 
     # --- state ---------------------------------------------------------------------------------

@@ -50,10 +50,9 @@ from jaxnn.ops import softmax
 from jaxnn.train import sparse as sparse_lib
 from jaxnn.train.config import config_to_dict, validate_config, weight_decay_mode
 from jaxnn.train.optim import HYPERPARAMETERS, make_optimizer, set_hyperparams
-from jaxnn.train.precision import DynamicLossScale
-from jaxnn.train.state import NO_NONFINITE, TrainState, zero_train_metrics
+from jaxnn.train.state import NO_NONFINITE, zero_train_metrics
 from jaxnn.train.step import make_eval_step, make_train_step, zero_eval_metrics
-from jaxnn.train.trainer import training_batches
+from jaxnn.train.trainer import fresh_state, training_batches
 
 __all__ = ["VMAP_FIELDS", "GroupResult", "TrialGroup", "shared_signature"]
 
@@ -182,30 +181,13 @@ class TrialGroup:
 
     # -- the programs ---------------------------------------------------------------------------
     def _init_fn(self, model: Any):
-        """``init(seed, hyper) -> TrainState``, as jaxnn.train derives it from config.seed."""
-        o = self.cfg["optim"]
-        half = self.cfg["model"]["dtype"] == "float16"
+        """``init(seed, hyper) -> TrainState``, as jaxnn.train derives it from config.seed
+        (`jaxnn.train.trainer.fresh_state`), with this trial's hyperparameters injected."""
         length = self.buckets[0]
 
         def init(seed, hyper):
-            init_key, dropout_key = jax.random.split(jax.random.PRNGKey(seed))
-            tokens = jnp.zeros((1, length), jnp.int32)
-            variables = model.init(init_key, tokens, jnp.ones((1, length), bool), train=False)
-            params = variables["params"]
-            loss_scale = None
-            if half:
-                loss_scale = DynamicLossScale.create(
-                    o["initial_loss_scale"], period=o["loss_scale_period"]
-                )
-            return TrainState(
-                step=jnp.zeros((), jnp.int32),
-                params=params,
-                batch_stats=variables.get("batch_stats", {}),
-                opt_state=set_hyperparams(self.tx.init(params), **hyper),
-                rng=dropout_key,
-                metrics=zero_train_metrics(),
-                loss_scale=loss_scale,
-            )
+            state = fresh_state(self.cfg, model, self.tx, jax.random.PRNGKey(seed), length)
+            return state.replace(opt_state=set_hyperparams(state.opt_state, **hyper))
 
         return init
 
