@@ -1,4 +1,4 @@
-"""Benchmark jaxnn.data on the full IMDB corpus (issue 3, §5).
+"""Benchmark jaxnn.data on the full IMDB corpus.
 
 Measures, each as the median of --repeats runs in this one process:
   - tokenize + build vocabulary + encode all 49,582 IMDB reviews (train, validation and test):

@@ -1,4 +1,4 @@
-"""Bias-variance sweep of the bow model on BBC News (study guide §5).
+"""Bias-variance sweep of the bow model on BBC News.
 
     python -m jaxnn.analysis.bias_variance --config=configs/bias_variance_bbc.py \
         --workdir=runs/bias_variance_bbc

@@ -1,4 +1,4 @@
-"""Bias-variance sweep of the bow model on IMDB over embed_dim (study guide §5).
+"""Bias-variance sweep of the bow model on IMDB over embed_dim.
 
     python -m jaxnn.analysis.bias_variance --config=configs/bias_variance_imdb.py \
         --workdir=runs/bias_variance_imdb

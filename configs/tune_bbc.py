@@ -1,10 +1,10 @@
-"""Progressive tuning of the bow model on BBC News (study guide §12-§13).
+"""Progressive tuning of the bow model on BBC News.
 
     python -m jaxnn.tune --config=configs/tune_bbc.py --workdir=runs/tune_bbc
     python -m jaxnn.tune --config=configs/tune_bbc.py --workdir=runs/tune_bbc --search=compare
 
 The training part is jaxnn.train's schema (base_config); ``tune`` holds the candidates of each
-stage (tried in the study guide's order, whatever the order here), the selection metric (on
+stage (tried in jaxnn.tune.space.TUNING_ORDER, whatever the order here), the selection metric (on
 validation only) and where the Optuna study lives.
 """
 

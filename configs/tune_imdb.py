@@ -1,4 +1,4 @@
-"""Progressive tuning of the bow model on IMDB (study guide §12-§13).
+"""Progressive tuning of the bow model on IMDB.
 
     python -m jaxnn.tune --config=configs/tune_imdb.py --workdir=runs/tune_imdb
 

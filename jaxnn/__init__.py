@@ -1,4 +1,4 @@
-"""jaxnn: the neural-network study guide as fast, tested JAX code.
+"""jaxnn: neural-network building blocks, text classifiers and training as fast, tested JAX code.
 
 Layers, lowest first (imports point down only):
   jaxnn.ops      pure functions: activations, softmax, dropout, norms, pooling, attention, losses

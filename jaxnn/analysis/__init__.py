@@ -1,4 +1,4 @@
-"""Analyses built on jaxnn.train: the bias-variance picture of study guide §5.
+"""Analyses built on jaxnn.train: the bias-variance picture of under- and overfitting.
 
 - `jaxnn.analysis.bias_variance`: K bootstrap models trained in one vmapped program; squared
   bias, variance (E[(ŷ(x) − E[ŷ(x)])²]) and expected loss on held-out data, swept over capacity

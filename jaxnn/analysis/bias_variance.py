@@ -1,4 +1,4 @@
-"""Bias and variance of a classifier, measured (study guide §5), and the under/overfitting curve.
+"""Bias and variance of a classifier, measured, and the under/overfitting curve.
 
 K models train on K bootstrap resamples of the training split, all in one vmapped, jitted
 program (`jaxnn.tune.trials`: ``jax.vmap`` of the ordinary train step; a resample is a vector
@@ -7,7 +7,7 @@ also gets its own init and dropout seed). On the held-out examples x (the valida
 with ŷ_k(x) the probability vector [C] of model k, y(x) the one-hot label and E the mean over
 the K models:
 
-    variance(x)      = E[ ||ŷ(x) − E[ŷ(x)]||² ]          (study guide Var formula, summed over C)
+    variance(x)      = E[ ||ŷ(x) − E[ŷ(x)]||² ]          (summed over C)
     bias²(x)         = ||E[ŷ(x)] − y(x)||²                (squared bias against the labels; it
                                                            includes the labels' own noise)
     expected loss(x) = E[ ||ŷ(x) − y(x)||² ]  =  bias²(x) + variance(x)      (exactly)
@@ -16,9 +16,10 @@ each averaged over the held-out examples; also the models' mean 0-1 error on the
 ("validation error") and the error of the averaged prediction E[ŷ].
 
 `sweep` repeats this for several capacities (``hidden_size`` or ``embed_dim``) and records every
-epoch, which gives the picture of §5: small models underfit (high bias, low variance), large
-unregularized ones overfit (low bias, high variance). Early stopping would choose, for each
-capacity, the epoch with the lowest validation error; the plot marks it and the best capacity.
+epoch, which gives the picture of under- and overfitting: small models underfit (high bias, low
+variance), large unregularized ones overfit (low bias, high variance). Early stopping would
+choose, for each capacity, the epoch with the lowest validation error; the plot marks it and the
+best capacity.
 
 Run: ``python -m jaxnn.analysis.bias_variance --config=configs/bias_variance_bbc.py
 --workdir=runs/bias_variance_bbc`` (with --host_allocator, --cpu_vector_width, --cpu_devices

@@ -1,4 +1,4 @@
-"""Epochs of fixed-shape batches (study guide §4) and a background prefetch thread.
+"""Epochs of fixed-shape batches and a background prefetch thread.
 
 Batch size B = examples per forward/backward pass; an epoch = one pass over every example.
 

@@ -1,11 +1,11 @@
-"""Vocabulary with <pad> = 0 and <unk> = 1, encoding to int32, and the unknown-word ratio (§15).
+"""Vocabulary with <pad> = 0 and <unk> = 1, encoding to int32, and the unknown-word ratio.
 
-Study guide §15: a word that was not in the training vocabulary maps to ``<unk>``; track
+A word that was not in the training vocabulary maps to ``<unk>``; track
 
     unk_ratio = (number of <unk> ids) / (number of real, non-pad tokens)
 
-The guide's snippet ``tokens.count("")`` counts empty strings, which a tokenizer never produces,
-so it always reports 0; here the count is of id ``UNK_ID`` in the encoded tokens.
+The count is of id ``UNK_ID`` in the encoded tokens (counting empty-string tokens,
+``tokens.count("")``, would always give 0: a tokenizer never produces them).
 
 Shapes: N texts, L = max_len, V = len(vocab).
 """
@@ -377,7 +377,7 @@ def encode_with_oov_counts(
 
 
 def unk_stats(texts: Sequence[str], vocab: Vocabulary, *, max_len: int | None = None) -> UnkStats:
-    """Unknown-word statistics of ``texts`` under ``vocab`` (study guide §15, done right).
+    """Unknown-word statistics of ``texts`` under ``vocab``.
 
     ratio = (#tokens mapped to <unk>) / (#real tokens), plus the number of distinct
     out-of-vocabulary words. With ``max_len`` only the first max_len tokens of each text count

@@ -1,4 +1,4 @@
-"""Metrics (study guide §14): pure functions over confusion matrices, jit-safe.
+"""Metrics: pure functions over confusion matrices, jit-safe.
 
     cm = confusion_matrix(labels, predictions, num_classes, weights)   [C, C], rows = true class
     accuracy(cm), macro_f1(cm), precision_recall_f1(cm) -> (precision [C], recall [C], f1 [C])

@@ -1,5 +1,4 @@
-"""Classification metrics from a confusion matrix (study guide §14): accuracy, precision, recall,
-F1 per class, macro F1.
+"""Confusion-matrix metrics: accuracy, per-class precision, recall and F1, and macro F1.
 
 Everything is computed from one confusion matrix M [C, C] (C classes), rows = true class,
 columns = predicted class, M[i, j] = total weight of the examples of class i predicted as j:
@@ -122,7 +121,7 @@ def _float(cm: jax.Array) -> jax.Array:
 
 
 def accuracy(cm: jax.Array) -> jax.Array:
-    """Accuracy = trace(M) / sum(M): correct predictions over all predictions (§14).
+    """Accuracy = trace(M) / sum(M): correct predictions over all predictions.
 
     Args:
       cm: [C, C] confusion matrix (`confusion_matrix`, possibly summed over batches).

@@ -2,7 +2,7 @@
 
 Every model maps tokens int32 [B, L] and mask bool [B, L] to logits float32 [B, C]:
 ``model.apply(variables, tokens, mask, train=...)``. `predict_proba` turns logits into class
-probabilities with softmax (study guide §8): p_c = exp(z_c) / sum_j exp(z_j).
+probabilities with softmax: p_c = exp(z_c) / sum_j exp(z_j).
 
 Built-ins: `BowClassifier` ("bow"), `TransformerClassifier` ("transformer"). Your own model:
 ``jaxnn.models.register("cnn", CnnClassifier, config_cls=CnnConfig)`` or

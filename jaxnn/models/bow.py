@@ -5,14 +5,14 @@ hashed trigram ids c_1..c_{n-2}), the bag of its K features (all of them, or wit
 ``binary_features`` each distinct id once per table, NBSVM's binarized counts):
 
     s      = sum_i E[x_i] + sum_j G[b_j] + sum_k H[c_k]                          [B, D]
-    pooled = s / K         (pooling "mean", study guide §7)
+    pooled = s / K         (pooling "mean")
            = s / sqrt(K)   (pooling "sqrt": the sum scaled by 1/sqrt(K))
     logits = MLP(pooled)                                                         [B, C]
 
 E is the token table [V, D], G the hashed bigram table [bigram_buckets, D], H the hashed
 trigram table [trigram_buckets, D] (fastText's trick: an n-gram is looked up at row
 `hashed_ngram_ids` = mix(ids) mod buckets, so a table has a fixed size whatever the number of
-distinct n-grams). Dropout (§3) acts on the embedded vectors before pooling; the head has
+distinct n-grams). Dropout acts on the embedded vectors before pooling; the head has
 ``num_hidden_layers`` hidden layers of ``hidden_size`` units with ``activation``
 (hidden_size = 0: a linear head, as in fastText).
 

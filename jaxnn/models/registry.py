@@ -51,7 +51,7 @@ with ``__call__ == classify(lookup(feature_ids(tokens, mask)), masks)``. A model
 trains with dense updates (one log line says so): see `supports_sparse_embeddings`.
 
 Built-ins: "bow" and "transformer" are registered below the same way; their hyperparameters are
-the keys of ``config.model`` itself (the study guide's names, shared with the tuner's search
+the keys of ``config.model`` itself (the names shared with the tuner's search
 space), which is what ``section=""`` means.
 """
 

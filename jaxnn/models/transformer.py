@@ -1,16 +1,16 @@
 """Transformer encoder classifier: embeddings + positions -> N pre-LN blocks -> pooling -> head.
 
     x_0    = E[tokens] + P[0..T-1]                                       [B, T, D]
-    x_0    = dropout(x_0)                                                (§3)
-    x_l    = TransformerEncoderBlock_l(x_{l-1}, mask)   l = 1..N          pre-LN blocks (§6, §9)
-    pooled = pool(norm(x_N), mask)     mean (§7), max or first token      [B, D]
+    x_0    = dropout(x_0)
+    x_l    = TransformerEncoderBlock_l(x_{l-1}, mask)   l = 1..N          pre-LN blocks
+    pooled = pool(norm(x_N), mask)     mean, max or first token           [B, D]
     logits = Dense(dropout(pooled))                                      [B, C]
 
 Each block (jaxnn.nn.TransformerEncoderBlock) is x + Attn(Norm(x)), then x + MLP(Norm(x)), with
 multi-head scaled dot-product attention softmax(QK^T / sqrt(d_k)) V over the non-padding keys,
 the chosen activation in the feed-forward layer, and LayerNorm, BatchNorm or RMSNorm. BatchNorm
 keeps running statistics in the "batch_stats" collection (updated by the train step). Softmax
-(§8) of the logits gives the class probabilities (`jaxnn.models.predict_proba`).
+of the logits gives the class probabilities (`jaxnn.models.predict_proba`).
 
 Like `BowClassifier`, the model splits into `feature_ids` (no parameters) and `classify` (from
 the looked-up token vectors), so the token table can be updated sparsely.

@@ -1,10 +1,10 @@
 """jaxnn.nn: thin flax.linen modules over jaxnn.ops; they own parameters and RNG streams only.
 
-Dropout                                   "dropout" RNG stream            §3
-MLP                                       Dense + activation + dropout    §1, §2
-LayerNorm, RMSNorm, BatchNorm, make_norm, apply_norm                      §6
-MeanPool, MaxPool, FirstTokenPool, get_pool                               §7
-MultiHeadAttention, TransformerEncoderBlock                               §9
+Dropout                                   "dropout" RNG stream
+MLP                                       Dense + activation + dropout
+LayerNorm, RMSNorm, BatchNorm, make_norm, apply_norm
+MeanPool, MaxPool, FirstTokenPool, get_pool
+MultiHeadAttention, TransformerEncoderBlock
 """
 
 from jaxnn.nn.attention import MultiHeadAttention

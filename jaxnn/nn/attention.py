@@ -1,4 +1,4 @@
-"""Multi-head self-attention (study guide §9, §10) over jaxnn.ops.dot_product_attention."""
+"""Multi-head self-attention over jaxnn.ops.dot_product_attention."""
 
 from __future__ import annotations
 

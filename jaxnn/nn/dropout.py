@@ -11,7 +11,7 @@ __all__ = ["Dropout"]
 
 
 class Dropout(nn.Module):
-    """Inverted dropout (study guide §3): zero each element with probability ``rate``.
+    """Inverted dropout: zero each element with probability ``rate``.
 
     Survivors are scaled by 1 / (1 - rate) so the expectation is unchanged; identity when
     ``deterministic`` (evaluation) or rate = 0. Randomness comes from the "dropout" stream.

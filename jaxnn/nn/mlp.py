@@ -20,7 +20,7 @@ class MLP(nn.Module):
 
         h_0 = x,  h_{l+1} = dropout(act(h_l W_l + b_l))  for l < L - 1,  out = h_{L-1} W + b
 
-    Without the activation the whole stack is one linear map (study guide §2); the
+    Without the activation the whole stack is one linear map; the
     activation is chosen by name from ``jaxnn.ops.ACTIVATIONS``.
 
     Attributes:

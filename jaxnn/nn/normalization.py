@@ -1,4 +1,4 @@
-"""LayerNorm, RMSNorm and BatchNorm modules (study guide §6) over jaxnn.ops.normalization.
+"""LayerNorm, RMSNorm and BatchNorm modules over jaxnn.ops.normalization.
 
 The modules declare parameters ("scale" = ones, "bias" = zeros, float32) and, for BatchNorm,
 the running statistics in the "batch_stats" collection ("mean" = zeros, "var" = ones); the

@@ -1,4 +1,4 @@
-"""Pooling modules (study guide §7): parameter-free wrappers of jaxnn.ops.pooling.
+"""Pooling modules: parameter-free wrappers of jaxnn.ops.pooling.
 
 All take ``(x, mask)`` with x [B, T, D] and mask [B, T] (True = real token) and return [B, D].
 """

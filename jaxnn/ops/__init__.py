@@ -1,16 +1,16 @@
-"""jaxnn.ops: the study guide's math as pure functions (no state, no Flax; jit/vmap/grad-safe).
+"""jaxnn.ops: the math of the layers as pure functions (no state, no Flax; jit/vmap/grad-safe).
 
 Shape letters: B batch, T query/sequence length, S key length, N heads, H head dim,
 D model dim, F features, V vocabulary, C classes.
 
-  activations  relu, sigmoid, tanh, gelu, identity, get_activation       §1, §2
-  softmax      softmax, log_softmax, standardize                         §8
-  dropout      dropout                                                   §3
-  normalization layer_norm, rms_norm, batch_norm                         §6
-  pooling      mean_pool, max_pool, first_token_pool                     §7
-  attention    dot_product_attention, ATTENTION_IMPLEMENTATIONS          §9
+  activations  relu, sigmoid, tanh, gelu, identity, get_activation
+  softmax      softmax, log_softmax, standardize
+  dropout      dropout
+  normalization layer_norm, rms_norm, batch_norm
+  pooling      mean_pool, max_pool, first_token_pool
+  attention    dot_product_attention, ATTENTION_IMPLEMENTATIONS
                (a package: checks, reference, chunked, backends, dispatch)
-  losses       softmax_cross_entropy, l2_penalty                         §3
+  losses       softmax_cross_entropy, l2_penalty
 """
 
 from jaxnn.ops.activations import (

@@ -1,4 +1,4 @@
-"""Activation functions (study guide §1, §2): the non-linearity between layers.
+"""Activation functions: the non-linearity between layers.
 
 Without an activation, a stack of Dense layers is one Dense layer (W2 (W1 x + b1) + b2 =
 (W2 W1) x + (W2 b1 + b2)); each function here breaks that collapse. All are element-wise:

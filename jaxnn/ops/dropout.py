@@ -1,4 +1,4 @@
-"""Dropout (study guide §3): "dropout = 0.3" zeroes 30% of the units at each training pass.
+"""Dropout: "dropout = 0.3" zeroes 30% of the units at each training pass.
 
     keep_i ~ Bernoulli(1 - rate) independently,   y_i = keep_i · x_i / (1 - rate)
 

@@ -1,8 +1,8 @@
-"""Losses: softmax cross-entropy for classification and the L2 penalty of weight decay (§3).
+"""Losses: softmax cross-entropy for classification and the L2 penalty of weight decay.
 
 softmax_cross_entropy(z, y) = -Σ_c q_c log softmax(z)_c,  q = (1 - ε) onehot(y) + ε / C
 l2_penalty(params)          = Σ_i w_i²
-Loss_total = Loss_task + λ Σ_i w_i²                              (study guide §3)
+Loss_total = Loss_task + λ Σ_i w_i²                              (weight decay as an L2 term)
 """
 
 from __future__ import annotations

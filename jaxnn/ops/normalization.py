@@ -1,4 +1,4 @@
-"""Normalization (study guide §6): per-sample (LayerNorm, RMSNorm) and per-batch (BatchNorm).
+"""Normalization: per-sample (LayerNorm, RMSNorm) and per-batch (BatchNorm).
 
 Feature axis is the last axis, size F; every other axis indexes positions ("samples").
 

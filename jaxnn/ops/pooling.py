@@ -1,4 +1,4 @@
-"""Pooling a variable-length sequence into one vector (study guide §7).
+"""Pooling a variable-length sequence into one vector.
 
     mean_pool:        pooled = (1/n) Σ_{t: mask_t} x_t       n = number of unmasked tokens
     max_pool:         pooled_d = max_{t: mask_t} x_{t,d}

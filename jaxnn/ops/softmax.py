@@ -1,4 +1,4 @@
-"""Softmax (study guide §8) and z-scoring, the normalization softmax is *not*.
+"""Softmax and z-scoring, the normalization softmax is *not*.
 
     softmax(z)_i     = e^{z_i} / Σ_j e^{z_j}                      outputs in (0, 1), sum 1
     log_softmax(z)_i = z_i - log Σ_j e^{z_j}

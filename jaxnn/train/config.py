@@ -2,8 +2,8 @@
 
 A config file in configs/ returns an ``ml_collections.ConfigDict`` from ``get_config()``,
 starting from `base_config`, the complete schema: every key a run may set, with the value used
-when a config file does not set it. The keys (and the study guide's names for the
-hyperparameters, §12) are the same for every model:
+when a config file does not set it. The keys of the tunable hyperparameters (the names the tuner
+uses, jaxnn.tune.space) are the same for every model:
 
     optim.learning_rate   model.dropout     model.hidden_size   train.batch_size
     optim.weight_decay    model.embed_dim   optim.optimizer     model.activation

@@ -11,13 +11,13 @@ metrics.jsonl has one JSON object per line, of two kinds:
     {"kind": "epoch", "epoch", "step", "wall_time", "learning_rate",
      "train_loss", "train_accuracy",                     running means over the epoch's steps
      "val_loss", "val_accuracy", "val_macro_f1",         on the validation split
-     "train_unk_ratio", "val_unk_ratio"}                 unknown-word ratio (§15)
+     "train_unk_ratio", "val_unk_ratio"}                 unknown-word ratio
 
 (`epoch_records` keeps the epoch lines; lines without "kind" are epoch lines of older runs.)
 TensorBoard receives the same scalars (tensorboardX, no TensorFlow needed): the step lines
 under "train_step/...", the epoch lines under "train/...", "val/...". learning_curves.png plots
 the per-step training loss with the per-epoch validation points on one step axis: the picture
-of over- and underfitting (§5).
+of over- and underfitting.
 """
 
 from __future__ import annotations

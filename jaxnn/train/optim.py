@@ -16,9 +16,9 @@ What changes the program's structure stays a Python decision of the config: the 
 name, the weight-decay form, and whether clipping (``grad_clip_norm > 0``) and momentum
 (``momentum > 0``) are on.
 
-Weight decay (study guide §3) comes in the two forms the field uses (`weight_decay_mode`):
+Weight decay comes in the two forms the field uses (`weight_decay_mode`):
 
-- ``l2``: the guide's formula, Loss_total = Loss_task + lambda * sum_i w_i^2, added to the loss
+- ``l2``: the L2 term in the loss, Loss_total = Loss_task + lambda * sum_i w_i^2, added to the loss
   by the train step (`l2_loss`, the one function of this form), so its gradient 2 lambda w flows
   through Adam's moments. lambda is read from ``opt_state.hyperparams["weight_decay"]``.
 - ``decoupled``: AdamW (Loshchilov & Hutter 2019): w <- w - lr_t * (adam_update + lambda * w),
@@ -99,7 +99,7 @@ def decay_mask(params: Any) -> Any:
 
 
 def l2_loss(params: Any, weight_decay: float | jax.Array) -> jax.Array:
-    """lambda * sum of w^2 over the kernels of ``params`` (the guide's L2 term), float32 scalar.
+    """lambda * sum of w^2 over the kernels of ``params`` (the L2 term), float32 scalar.
 
     ``weight_decay`` (lambda) may be a traced array (one per trial under ``jax.vmap``); 0 gives
     exactly 0 and a zero gradient."""

@@ -38,7 +38,8 @@ The pieces, from the gradient to the table:
 
    eps: optax.adam (like torch.optim.Adam and Kingma & Ba's Algorithm 1) adds eps to
    sqrt(v^); torch.optim.SparseAdam adds it to sqrt(v) before the bias correction (Kingma &
-   Ba's "more efficient" form, §2). They differ when sqrt(v) is not >> eps; ``eps_mode`` picks.
+   Ba's "more efficient" form, their Section 2). They differ when sqrt(v) is not >> eps;
+   ``eps_mode`` picks.
 
    Decoupled weight decay (AdamW-style, -lr_t weight_decay E_r) is applied to touched rows
    only: a row not seen for s steps is not shrunk by (1 - lr weight_decay)^s, so the decay is

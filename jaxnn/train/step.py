@@ -6,7 +6,7 @@ Train step t, on a batch of B examples with labels y_b and weights w_b (0 on pad
                                                          run draws the same ones
     z_b     = model(tokens_b, mask_b, train=True)        [B, C] logits
     L_task  = sum_b w_b * CE(z_b, y_b) / max(sum_b w_b, 1),   CE(z, y) = -log softmax(z)_y
-    L       = L_task + lambda * sum_i w_i^2               only with weight_decay_mode "l2" (§3)
+    L       = L_task + lambda * sum_i w_i^2               only with weight_decay_mode "l2"
     g       = dL / dparams;  then Optax (clipping, Adam/AdamW/SGD, schedule: jaxnn.train.optim)
 
 The hyperparameters are arrays: lambda, the learning rate and the optimizer's constants are read

@@ -1,4 +1,4 @@
-"""Progressive hyperparameter tuning in the study guide's order (§12-§13), logged in Optuna.
+"""Progressive hyperparameter tuning, one or two hyperparameters at a time, logged in Optuna.
 
 - `jaxnn.tune.space`: the hyperparameters, their valid ranges and config paths; stages.
 - `jaxnn.tune.study`: trials in an Optuna study (resume, several processes, heartbeats).
@@ -11,12 +11,12 @@
 Run: ``python -m jaxnn.tune --config=configs/tune_bbc.py --workdir=runs/tune_bbc``.
 """
 
-from jaxnn.tune.space import HYPERPARAMETERS, STUDY_GUIDE_ORDER, Stage, build_stages
+from jaxnn.tune.space import HYPERPARAMETERS, TUNING_ORDER, Stage, build_stages
 from jaxnn.tune.tuner import ProgressiveTuner, TrialResult, TrialRunner, run_search
 
 __all__ = [
     "HYPERPARAMETERS",
-    "STUDY_GUIDE_ORDER",
+    "TUNING_ORDER",
     "ProgressiveTuner",
     "Stage",
     "TrialResult",

@@ -1,13 +1,13 @@
-"""The search space of the progressive tuner: the study guide's hyperparameters and their stages.
+"""The search space of the progressive tuner: the tunable hyperparameters and their stages.
 
-Study guide §12 tunes progressively, highest impact first:
+The tuner visits hyperparameters progressively, in `TUNING_ORDER`, highest expected impact first:
 
     1 learning_rate  2 dropout  3 hidden_size  4 batch_size  5 weight_decay  6 embed_dim
     7 optimizer      8 activation
 
-A `Stage` varies one hyperparameter (or two, where the config pairs them, §13: "change 1-2
-hyperparameters at a time") over its candidates while every other one keeps the best value found
-so far. Each hyperparameter lives at a dotted path of the training config (`HYPERPARAMETERS`);
+A `Stage` varies one hyperparameter (or two, where the config pairs them; one or two at a time
+keeps each stage's effect readable) over its candidates while every other one keeps the best value
+found so far. Each hyperparameter lives at a dotted path of the training config (`HYPERPARAMETERS`);
 ``learning_rate``, ``dropout`` and ``weight_decay`` change no array shape, so the candidates of a
 stage made only of them can train together in one vmapped program (``shares_shapes``).
 
@@ -30,7 +30,7 @@ from jaxnn.train.config import ACTIVATIONS, OPTIMIZERS
 
 __all__ = [
     "HYPERPARAMETERS",
-    "STUDY_GUIDE_ORDER",
+    "TUNING_ORDER",
     "Hyperparameter",
     "Stage",
     "apply_assignment",
@@ -49,7 +49,7 @@ class Hyperparameter:
     """One tunable hyperparameter.
 
     Attributes:
-      name: the study guide's name (§12).
+      name: the hyperparameter's name, a key of the tuning config's candidates.
       path: dotted path in the training ConfigDict, e.g. "optim.learning_rate".
       kind: "float", "int" or "choice".
       low, high: bounds for float/int kinds; ``low_open`` / ``high_open`` exclude the bound.
@@ -78,7 +78,7 @@ class Hyperparameter:
         return f"{kind} in {lo}{self.low:g}, {high}{hi}"
 
 
-STUDY_GUIDE_ORDER = (
+TUNING_ORDER = (
     "learning_rate",
     "dropout",
     "hidden_size",
@@ -88,6 +88,14 @@ STUDY_GUIDE_ORDER = (
     "optimizer",
     "activation",
 )
+"""The order in which the progressive tuner visits hyperparameters, one stage each.
+
+Highest expected impact first: the learning rate, since nothing else can be judged while training
+diverges or stalls; then regularization, capacity and gradient noise (dropout, hidden size, batch
+size, weight decay, embedding width); last the discrete choices (optimizer, activation), which
+usually move the validation metric least once the rest is tuned. Each stage starts from the best
+values found by the stages before it.
+"""
 
 HYPERPARAMETERS: dict[str, Hyperparameter] = {
     h.name: h
@@ -114,13 +122,13 @@ HYPERPARAMETERS: dict[str, Hyperparameter] = {
         Hyperparameter("activation", "model.activation", "choice", choices=ACTIVATIONS),
     )
 }
-assert tuple(HYPERPARAMETERS) == STUDY_GUIDE_ORDER
+assert tuple(HYPERPARAMETERS) == TUNING_ORDER
 
 
 def _unknown(name: object) -> ValueError:
     return ValueError(
-        f"unknown hyperparameter {name!r}; allowed (study guide §12 order): "
-        f"{list(STUDY_GUIDE_ORDER)}"
+        f"unknown hyperparameter {name!r}; allowed (in tuning order): "
+        f"{list(TUNING_ORDER)}"
     )
 
 
@@ -159,7 +167,7 @@ class Stage:
     """One step of the progressive search.
 
     Attributes:
-      params: the 1 or 2 hyperparameter names this stage varies, in study-guide order.
+      params: the 1 or 2 hyperparameter names this stage varies, in `TUNING_ORDER`.
       candidates: the value tuples tried (one value per name in ``params``); for a pair, the grid
         product of both candidate lists.
     """
@@ -195,7 +203,7 @@ def _as_list(name: str, values: object) -> list:
 def build_stages(
     candidates: Mapping[str, Sequence[Value]], pairs: Sequence[Sequence[str]] = ()
 ) -> list[Stage]:
-    """Validate candidates and order them into stages (study guide §12 order).
+    """Validate candidates and order them into stages (`TUNING_ORDER`).
 
     Args:
       candidates: {hyperparameter name: candidate values}; hyperparameters not named here are not
@@ -210,7 +218,7 @@ def build_stages(
     """
     if not isinstance(candidates, Mapping) or not candidates:
         raise ValueError(
-            f"candidates must name at least one hyperparameter of {list(STUDY_GUIDE_ORDER)}, "
+            f"candidates must name at least one hyperparameter of {list(TUNING_ORDER)}, "
             f"got {candidates!r}"
         )
     checked: dict[str, tuple[Value, ...]] = {}
@@ -233,11 +241,11 @@ def build_stages(
                 raise ValueError(f"pair {pair!r} names {name!r}, which has no candidates")
             if name in paired:
                 raise ValueError(f"{name!r} appears in two pairs: {paired[name]} and {pair}")
-        ordered = tuple(sorted(pair, key=STUDY_GUIDE_ORDER.index))
+        ordered = tuple(sorted(pair, key=TUNING_ORDER.index))
         for name in pair:
             paired[name] = ordered
     stages, done = [], set()
-    for name in STUDY_GUIDE_ORDER:
+    for name in TUNING_ORDER:
         if name not in checked or name in done:
             continue
         params = paired.get(name, (name,))

@@ -1,4 +1,4 @@
-"""The progressive tuner (study guide §12-§13) and the searches it is compared with.
+"""The progressive tuner and the searches it is compared with.
 
     current = the training config's values
     for stage in stages (learning_rate, dropout, hidden_size, batch_size, weight_decay, embed_dim,
@@ -111,7 +111,7 @@ class TuneOptions:
     """The ``tune`` section of a tuning config, checked.
 
     Attributes:
-      metric: "macro_f1" or "accuracy" (validation, §13-§14).
+      metric: "macro_f1" or "accuracy", measured on the validation split.
       stages: from ``candidates`` and ``pairs`` (`build_stages`).
       storage: database URL; "" means ``sqlite:///<workdir>/tune.db``.
       study_name: the progressive study's name (baselines append "-random" / "-tpe").

@@ -1,5 +1,5 @@
 """jaxnn/analysis/bias_variance.py: the decomposition against a NumPy transcription, bootstrap
-resamples, bad configs, and the study guide's table (§5) on a problem with a known answer."""
+resamples, bad configs, and the under/overfitting table on a problem with a known answer."""
 
 import math
 
@@ -116,7 +116,8 @@ XOR = {
 
 @pytest.fixture(scope="module")
 def table():
-    """The §5 table measured: a linear head (cannot express XOR) vs a wide unregularized MLP."""
+    """Under- vs overfitting measured: a linear head (cannot express XOR) vs a wide unregularized
+    MLP."""
     data = prepare(xor_corpus(**XOR), max_len=16, cache=False)
     cfg = analysis_config(capacities=[0, 256], num_models=8, seed=0)
     cfg.model.embed_dim = 16

@@ -1,4 +1,4 @@
-"""Tests for jaxnn/data/vocab.py: vocabulary, encoding, unknown-word ratio (study guide §15)."""
+"""Tests for jaxnn/data/vocab.py: vocabulary, encoding, unknown-word ratio."""
 
 import json
 import warnings
@@ -97,7 +97,7 @@ def test_unk_ratio_on_a_text_with_known_ratio():
     assert stats.ratio == pytest.approx(5 / 8)
     assert stats.num_oov_types == 4  # dog, on, mat, "."
     assert stats.top_oov[0] == ("dog", 2)
-    # The study guide's snippet counts "" and would say 0 here.
+    # Counting empty-string tokens instead would say 0 here.
     tokens = [w for t in ["The dog sat on", "the dog mat."] for w in tokenize(t)]
     assert tokens.count("") / len(tokens) == 0.0
     assert stats.ratio > 0

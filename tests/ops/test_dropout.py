@@ -130,7 +130,7 @@ def test_missing_rng_and_non_scalar_rate_raise():
 @settings(max_examples=25, deadline=None)
 @given(rate=st.floats(0.05, 0.95), seed=st.integers(0, 2**31 - 1))
 def test_property_zero_fraction_and_mean(rate, seed):
-    """Study guide §3: rate = 0.3 zeroes 30% of units; the mean is preserved in expectation."""
+    """rate = 0.3 zeroes 30% of units; the mean is preserved in expectation."""
     n = 20_000
     # eager on purpose: a jit with a static rate would compile once per example
     y = np.asarray(dropout(jnp.ones((n,)), rate, jax.random.key(seed)), np.float64)

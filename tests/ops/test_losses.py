@@ -123,8 +123,8 @@ def test_l2_penalty_gradient_is_2w_on_selected_leaves():
     np.testing.assert_array_equal(grads["head"][0], 0.0)
 
 
-def test_total_loss_of_the_study_guide():
-    """§3: Loss_total = Loss_task + λ Σ w², and its gradient adds 2λw (optax's add_decayed_weights
+def test_total_loss_is_task_loss_plus_l2_penalty():
+    """Loss_total = Loss_task + λ Σ w², and its gradient adds 2λw (optax's add_decayed_weights
     adds λw to the gradient, i.e. the same thing with λ/2)."""
     lam = 0.01
     w = {"kernel": jnp.asarray(RNG.normal(size=(5, 5)), jnp.float32)}

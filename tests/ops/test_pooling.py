@@ -24,7 +24,7 @@ def _np_mean_pool(x, mask):
     for b in range(x.shape[0]):
         rows = x[b][mask[b]]
         if len(rows):
-            out[b] = rows.sum(0) / len(rows)  # study guide §7: (1/n) Σ embedding_i
+            out[b] = rows.sum(0) / len(rows)  # (1/n) Σ embedding_i
     return out
 
 

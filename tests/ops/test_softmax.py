@@ -143,7 +143,7 @@ def test_standardize_matches_numpy(maybe_jit):
 
 
 def test_softmax_is_not_z_scoring():
-    """Study guide §8: softmax normalizes logits into probabilities, which is not z-scoring."""
+    """Softmax normalizes logits into probabilities, which is not z-scoring."""
     z = jnp.asarray([2.0, 1.0, 0.1, -1.0])
     p, s = softmax(z), standardize(z)
     # softmax: a distribution (positive, sums to 1), mean 1/C, not variance 1

@@ -34,7 +34,7 @@ def test_shipped_config_is_valid(name):
     assert out.model.name in config_lib.model_names()
 
 
-def test_study_guide_hyperparameter_names_exist():
+def test_tuned_hyperparameter_names_exist():
     config = base_config()
     for path in [
         "optim.learning_rate",

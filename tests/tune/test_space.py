@@ -1,4 +1,4 @@
-"""jaxnn/tune/space.py: stages in the study guide's order, candidate checks, config paths."""
+"""jaxnn/tune/space.py: stages in tuning order, candidate checks, config paths."""
 
 import math
 
@@ -8,7 +8,7 @@ import pytest
 from jaxnn.train.config import base_config
 from jaxnn.tune.space import (
     HYPERPARAMETERS,
-    STUDY_GUIDE_ORDER,
+    TUNING_ORDER,
     apply_assignment,
     build_stages,
     check_config_paths,
@@ -16,7 +16,7 @@ from jaxnn.tune.space import (
     read_assignment,
 )
 
-GUIDE_LIST = [  # study guide §12, transcribed
+EXPECTED_ORDER = [  # written out independently of jaxnn.tune.space
     "learning_rate",
     "dropout",
     "hidden_size",
@@ -28,12 +28,12 @@ GUIDE_LIST = [  # study guide §12, transcribed
 ]
 
 
-def test_order_is_the_study_guides():
-    assert list(STUDY_GUIDE_ORDER) == GUIDE_LIST
-    assert list(HYPERPARAMETERS) == GUIDE_LIST
+def test_order_is_the_tuning_order():
+    assert list(TUNING_ORDER) == EXPECTED_ORDER
+    assert list(HYPERPARAMETERS) == EXPECTED_ORDER
 
 
-def test_stages_sorted_into_guide_order_whatever_the_input_order():
+def test_stages_sorted_into_tuning_order_whatever_the_input_order():
     stages = build_stages(
         {"activation": ["relu", "gelu"], "learning_rate": [1e-3, 1e-2], "embed_dim": [16, 32]}
     )
@@ -112,7 +112,7 @@ def test_every_path_exists_in_the_training_schema():
     config = base_config()
     for h in HYPERPARAMETERS.values():
         get_path(config, h.path)  # raises KeyError if the schema moved
-    check_config_paths(config, STUDY_GUIDE_ORDER)
+    check_config_paths(config, TUNING_ORDER)
     small = ml_collections.ConfigDict({"optim": {"learning_rate": 1e-3}})
     with pytest.raises(ValueError, match=r"'dropout' is tuned but .*model\.dropout"):
         check_config_paths(small, ["learning_rate", "dropout"])

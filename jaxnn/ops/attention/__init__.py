@@ -1,4 +1,4 @@
-"""Scaled dot-product attention (study guide §9).
+"""Scaled dot-product attention.
 
     Attention(Q, K, V) = softmax(Q Kᵀ / √d_k + bias) V
 
@@ -101,7 +101,7 @@ def dot_product_attention(
     return_weights: bool = False,
     implementation: str = "auto",
 ) -> jax.Array | tuple[jax.Array, jax.Array]:
-    """Scaled dot-product attention, softmax(Q Kᵀ / √H + bias) V (study guide §9).
+    """Scaled dot-product attention, softmax(Q Kᵀ / √H + bias) V.
 
     Args:
       q: queries [B, T, N, H].

@@ -1,4 +1,6 @@
-"""The study guide's claims (../shared/seed-study-guide.txt), checked on jaxnn's own layers."""
+"""Claims of the README's concept map, checked on jaxnn's own layers: stacked linear layers
+collapse to one, a ReLU MLP fits XOR where a linear one cannot, ReLU is not linear, and the
+dropout rate is the fraction of units zeroed."""
 
 import jax
 import jax.numpy as jnp
@@ -12,7 +14,7 @@ from jaxnn.ops import dropout, identity, relu, softmax_cross_entropy
 
 
 def test_two_dense_layers_without_activation_are_one_dense_layer():
-    """§1/§2: W2 (W1 x + b1) + b2 = (W1 W2)ᵀ... one linear map: a stack collapses to one layer."""
+    """W2 (W1 x + b1) + b2 = (W1 W2)ᵀ... one linear map: a stack collapses to one layer."""
     mlp = MLP((7, 3), activation="identity")
     x = jax.random.normal(jax.random.key(0), (16, 5))
     rng = np.random.default_rng(1)
@@ -73,7 +75,7 @@ def _train_xor(activation: str, seeds: jax.Array, steps: int = 300) -> np.ndarra
 
 
 def test_relu_mlp_fits_xor_but_a_linear_one_cannot():
-    """§2: non-linearity lets a model learn a boundary no linear model can (XOR)."""
+    """Non-linearity lets a model learn a boundary no linear model can (XOR)."""
     seeds = jnp.arange(4)
     relu_accuracy = _train_xor("relu", seeds)
     linear_accuracy = _train_xor("identity", seeds)
@@ -83,7 +85,7 @@ def test_relu_mlp_fits_xor_but_a_linear_one_cannot():
 
 
 def test_relu_is_not_linear():
-    """§2: ReLU is piecewise linear but not linear."""
+    """ReLU is piecewise linear but not linear."""
     a, b = jnp.float32(1.0), jnp.float32(-1.0)
     assert float(relu(a + b)) == 0.0 and float(relu(a) + relu(b)) == 1.0  # additivity fails
     assert float(relu(-2.0 * a)) != -2.0 * float(relu(a))  # homogeneity fails for c < 0
@@ -112,7 +114,7 @@ def test_property_relu_additivity_and_homogeneity(a, b, c):
 
 
 def test_dropout_rate_is_the_fraction_zeroed():
-    """§3: "dropout = 0.3 means 30% of neurons are randomly set to zero"."""
+    """Dropout = 0.3 means 30% of the units are set to zero, at random."""
     rate, n = 0.3, 100_000
     y = dropout(jnp.ones((n,)), rate, jax.random.key(0))
     assert abs(float(jnp.mean(y == 0)) - rate) < 4 * np.sqrt(rate * (1 - rate) / n)
