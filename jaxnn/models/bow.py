@@ -21,7 +21,12 @@ batch touches; jaxnn.train.sparse):
 
     feature_ids(tokens, mask)          -> {table name: (ids [B, T'], mask [B, T'])}  (no params)
     classify(vectors, masks, train)    -> logits, vectors[name] = table[name][ids]   [B, T', D]
-    __call__(tokens, mask, train)      =  classify(lookup(feature_ids(...)))
+    classify_rows(rows, slots, masks, train) = classify(rows[slots]), never forming [B, T', D]
+    __call__(tokens, mask, train)      =  classify_rows(tables, ids, masks)
+
+classify_rows sums a text's vectors without materializing them (`jaxnn.ops.embedding_bag_sum`):
+under ``jax.vmap`` over trials (jaxnn.tune) the [B, T', D] vectors would be K times larger, far
+beyond a CPU's caches.
 
 Shapes: B batch, T tokens, D embed_dim, F hidden_size, V vocabulary, C classes. A row with no
 real token (all padding) pools to the zero vector and gets the head's bias as logits.
@@ -37,9 +42,17 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxnn.nn import MLP, Dropout
-from jaxnn.ops import mean_pool
+from jaxnn.nn.dropout import static_rate
+from jaxnn.ops import embedding_bag_sum, mean_pool
+from jaxnn.ops.dropout import keep_threshold, traced_keep_threshold, uniform_bits16
 
-__all__ = ["POOLINGS", "BowClassifier", "hashed_bigram_ids", "hashed_ngram_ids", "unique_ids"]
+__all__ = [
+    "POOLINGS",
+    "BowClassifier",
+    "hashed_bigram_ids",
+    "hashed_ngram_ids",
+    "unique_ids",
+]
 
 POOLINGS = ("mean", "sqrt")
 
@@ -238,10 +251,73 @@ class BowClassifier(nn.Module):
         if self.dtype is not None:
             x = x.astype(self.dtype)
         x = self.embed_dropout(x, deterministic=not train, rate=dropout_rate)
-        pooled = mean_pool(x, m)
+        count = jnp.sum(m, axis=1, keepdims=True, dtype=jnp.float32)
+        return self._head(mean_pool(x, m), count, train=train, dropout_rate=dropout_rate)
+
+    def classify_rows(
+        self,
+        rows: dict[str, jax.Array],
+        slots: dict[str, jax.Array],
+        masks: dict[str, jax.Array],
+        *,
+        train: bool,
+        dropout_rate: float | jax.Array | None = None,
+    ) -> jax.Array:
+        """`classify` of the vectors ``rows[name][slots[name]]``, never forming them whole.
+
+        Args:
+          rows: {table: [U, D]} the rows the lookups read: a batch's distinct rows
+            (`jaxnn.train.sparse.distinct_slots`), or a whole table.
+          slots: {table: int [B, T']} each lookup's row in ``rows`` (any value where the mask
+            is False).
+          masks: {table: bool [B, T']}.
+          train, dropout_rate: as in `classify` (the same dropout draws).
+
+        The sum of a text's vectors is `jaxnn.ops.embedding_bag_sum` (a counts matrix product
+        for a batch's few distinct rows, a blocked gather and sum otherwise and with dropout,
+        whose draws are made once for the joined [B, T', D] as `classify` makes them).
+        """
+        names = self.table_names()
+        rate = self.dropout_rate if dropout_rate is None else dropout_rate
+        count = sum(jnp.sum(masks[n], axis=1, keepdims=True, dtype=jnp.float32) for n in names)
+        total = self._summed(rows, slots, masks, train=train, rate=rate)
+        pooled = (total / jnp.maximum(count, 1.0)).astype(self.dtype or jnp.float32)
+        return self._head(pooled, count, train=train, dropout_rate=dropout_rate)
+
+    def _summed(self, rows, slots, masks, *, train, rate) -> jax.Array:
+        """float32 [B, D]: sum over t of dropout(x)[b, t], x = the tables' vectors joined along
+        T' as `classify` joins them (its dropout draws); see `classify_rows`."""
+        names = self.table_names()
+        static = static_rate(rate)
+        dropout = train and static != 0.0
+        if dropout and static == 1.0:  # everything dropped
+            batch = masks[names[0]].shape[0]
+            return jnp.zeros((batch, self.embed_dim), jnp.float32)
+        if dropout:
+            key = self.embed_dropout.make_rng("dropout")
+            widths = [masks[n].shape[1] for n in names]
+            bits = uniform_bits16(key, (masks[names[0]].shape[0], sum(widths), self.embed_dim))
+            offsets = np.cumsum([0, *widths])
+            if static is not None:
+                threshold, scale = keep_threshold(static)
+            else:
+                threshold, scale = traced_keep_threshold(rate)
+            threshold, scale = jnp.asarray(threshold, jnp.int32), jnp.asarray(scale, jnp.float32)
+        total = 0.0
+        for i, n in enumerate(names):
+            r, m = rows[n], masks[n]  # summed in float32 (`classify` rounds x to dtype first)
+            slot = jnp.where(m, slots[n], r.shape[0])  # U: nothing
+            if dropout:
+                keep = (bits[:, offsets[i] : offsets[i + 1]], threshold, scale)
+                total = total + embedding_bag_sum(r, slot, dropout=keep)
+            else:
+                total = total + embedding_bag_sum(r, slot)
+        return total
+
+    def _head(self, pooled, count, *, train, dropout_rate):
+        """logits float32 [B, C] from the mean of a text's K = ``count`` [B, 1] vectors."""
         if self.pooling == "sqrt":  # sum / sqrt(K) = mean * sqrt(K)
-            count = jnp.sum(m, axis=1, keepdims=True).astype(pooled.dtype)
-            pooled = pooled * jnp.sqrt(count)
+            pooled = pooled * jnp.sqrt(count).astype(pooled.dtype)
         head = self.head(pooled, deterministic=not train, dropout_rate=dropout_rate)
         return head.astype(jnp.float32)
 
@@ -260,6 +336,7 @@ class BowClassifier(nn.Module):
         """tokens int [B, T], mask bool [B, T] -> logits float32 [B, C]; ``dropout_rate``
         (None = the attribute) as in `classify`."""
         features = self.feature_ids(tokens, mask)
-        vectors = self.lookup(features)
+        tables = {n: getattr(self, n).embedding for n in features}
+        ids = {n: i for n, (i, _) in features.items()}
         masks = {n: m for n, (_, m) in features.items()}
-        return self.classify(vectors, masks, train=train, dropout_rate=dropout_rate)
+        return self.classify_rows(tables, ids, masks, train=train, dropout_rate=dropout_rate)

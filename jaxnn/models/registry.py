@@ -48,7 +48,15 @@ table; it needs four methods:
     classify(vectors, masks, *, train) -> logits [B, C]       (everything after the lookup)
 
 with ``__call__ == classify(lookup(feature_ids(tokens, mask)), masks)``. A model without them
-trains with dense updates (one log line says so): see `supports_sparse_embeddings`.
+trains with dense updates (one log line says so): see `supports_sparse_embeddings`. A fifth
+method is optional:
+
+    classify_rows(rows, slots, masks, *, train) -> logits [B, C]     rows {name: [U, D]},
+                                                                     slots {name: int [B, T']}
+
+``classify`` of ``rows[name][slots[name]]``: when the train step works on a batch's distinct
+rows (``table_rows``) it calls this instead of expanding the rows to [B, T', D] itself, so a
+model can pool without forming the looked-up vectors (the bag-of-words model does).
 
 Built-ins: "bow" and "transformer" are registered below the same way; their hyperparameters are
 the keys of ``config.model`` itself (the names shared with the tuner's search

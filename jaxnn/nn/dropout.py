@@ -7,7 +7,7 @@ import jax
 
 from jaxnn import ops
 
-__all__ = ["Dropout"]
+__all__ = ["Dropout", "static_rate"]
 
 
 class Dropout(nn.Module):
@@ -41,15 +41,16 @@ class Dropout(nn.Module):
         rate = self.rate if rate is None else rate
         if deterministic:
             return ops.dropout(x, rate, None, deterministic=True)  # checks a static rate
-        static = _concrete(rate)
+        static = static_rate(rate)
         if static == 0.0:
             return ops.dropout(x, static, None)
         rng = None if static == 1.0 else self.make_rng("dropout")
         return ops.dropout(x, rate, rng)
 
 
-def _concrete(rate: float | jax.Array) -> float | None:
-    """``rate`` as a float when known at trace time, else None (a traced array)."""
+def static_rate(rate: float | jax.Array) -> float | None:
+    """``rate`` as a float when it is known at trace time, else None (a traced array): a
+    model can skip work that a rate of 0 makes useless."""
     try:
         return float(rate)
     except (TypeError, jax.errors.ConcretizationTypeError):

@@ -8,6 +8,7 @@ D model dim, F features, V vocabulary, C classes.
   dropout      dropout
   normalization layer_norm, rms_norm, batch_norm
   pooling      mean_pool, max_pool, first_token_pool
+  embedding_bag embedding_bag_sum (a text's looked-up rows summed, never formed whole)
   attention    dot_product_attention, ATTENTION_IMPLEMENTATIONS
                (a package: checks, reference, chunked, backends, dispatch)
   losses       softmax_cross_entropy, l2_penalty
@@ -26,6 +27,7 @@ from jaxnn.ops.activations import (
 from jaxnn.ops.attention import IMPLEMENTATIONS as ATTENTION_IMPLEMENTATIONS
 from jaxnn.ops.attention import dot_product_attention
 from jaxnn.ops.dropout import dropout
+from jaxnn.ops.embedding_bag import embedding_bag_sum
 from jaxnn.ops.losses import l2_penalty, softmax_cross_entropy
 from jaxnn.ops.normalization import batch_norm, layer_norm, rms_norm
 from jaxnn.ops.pooling import first_token_pool, max_pool, mean_pool
@@ -37,6 +39,7 @@ __all__ = [
     "batch_norm",
     "dot_product_attention",
     "dropout",
+    "embedding_bag_sum",
     "first_token_pool",
     "gelu",
     "gelu_tanh",

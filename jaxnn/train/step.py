@@ -129,8 +129,9 @@ def make_train_step(
     lookup (N = B T'; no host work); or a tuple of Python ints, one per table in
     ``model.table_names()`` order, each >= the batch's distinct unmasked ids of that table
     (`jaxnn.train.sparse.distinct_rows`, rounded by `row_bucket`; a static argument under
-    jit). The step then gathers those K distinct rows once, expands them to the lookups
-    inside the loss and differentiates w.r.t. the K rows, so the lazy optimizer reads and
+    jit). The step then gathers those K distinct rows once, hands them with each lookup's slot
+    to the model's ``classify_rows`` (or, for a model without it, expands them to the lookups
+    for ``classify``) and differentiates w.r.t. the K rows, so the lazy optimizer reads and
     writes K rows of the table and its moments, not N: the same numbers, less traffic.
 
     The returned step's ``dropout_rate``: None uses the model's own rate (its ``dropout_rate``
@@ -194,8 +195,8 @@ def make_train_step(
         masks = {name: features[name][1] for name in tables}
         if table_rows is None:  # one slot per lookup: rows are the looked-up rows [B, T', D]
             rows = {name: state.params[name]["embedding"][ids[name]] for name in tables}
-            expand = lambda rows: rows
-        else:  # the distinct rows [K, D] (K = table_rows), gathered once, expanded by slot
+            inputs, method = lambda rows: (rows, masks), "classify"
+        else:  # the distinct rows [K, D] (K = table_rows), gathered once, and each lookup's slot
             distinct = {
                 name: sparse_lib.distinct_slots(ids[name], masks[name], size=size)
                 for name, size in zip(tables, table_rows, strict=True)
@@ -204,12 +205,17 @@ def make_train_step(
                 name: sparse_lib.gather_rows(state.params[name]["embedding"], distinct[name][0])
                 for name in tables
             }
-
-            def expand(rows):
-                return {
-                    name: r.at[distinct[name][1]].get(mode="fill", fill_value=0)
-                    for name, r in rows.items()
-                }
+            slots = {name: distinct[name][1] for name in tables}
+            if callable(getattr(model, "classify_rows", None)):  # pools from the rows itself
+                inputs, method = lambda rows: (rows, slots, masks), "classify_rows"
+            else:  # expand the rows to the lookups [B, T', D]
+                inputs, method = (
+                    lambda rows: (
+                        {n: r.at[slots[n]].get(mode="fill", fill_value=0) for n, r in rows.items()},
+                        masks,
+                    ),
+                    "classify",
+                )
 
         def loss_fn(dense_params, rows):
             variables = {"params": dense_params}
@@ -217,12 +223,11 @@ def make_train_step(
                 variables["batch_stats"] = state.batch_stats
             logits, new_vars = model.apply(
                 variables,
-                expand(rows),
-                masks,
+                *inputs(rows),
                 train=True,
                 rngs={"dropout": key},
                 mutable=["batch_stats"],
-                method="classify",
+                method=method,
                 **_rate(dropout_rate),
             )
             task, loss_sum, weight = _task_loss(logits, labels, weights)

@@ -248,3 +248,97 @@ def test_unknown_pooling_is_refused():
         BowClassifier(vocab_size=50, num_classes=2, pooling="max").init(
             jax.random.key(0), tokens, mask, train=False
         )
+
+
+# -- classify_rows: the same function from a batch's distinct rows --------------------------------
+def _distinct_inputs(model, params, tokens, mask, extra_slots=3):
+    """(rows, slots, masks) as the sparse train step builds them (jaxnn.train.sparse), with a few
+    unused slots past the distinct rows."""
+    from jaxnn.train import sparse as sparse_lib
+
+    features = model.apply({}, tokens, mask, method="feature_ids")
+    rows, slots, masks = {}, {}, {}
+    for name, (ids, m) in features.items():
+        size = sparse_lib.distinct_rows(np.asarray(ids), np.asarray(m)) + extra_slots
+        indices, slot = sparse_lib.distinct_slots(ids, m, size=size)
+        rows[name] = sparse_lib.gather_rows(params[name]["embedding"], indices)
+        slots[name], masks[name] = slot, m
+    return rows, slots, masks
+
+
+@pytest.mark.parametrize(
+    ("rate", "hidden", "bigrams", "trigrams", "binary", "pooling", "dtype"),
+    [
+        (0.0, 0, 0, 0, False, "mean", None),  # counts @ rows
+        (0.0, 6, 32, 16, True, "sqrt", None),
+        (0.3, 0, 0, 0, False, "mean", None),  # blocked dropout sum
+        (0.3, 6, 32, 16, False, "sqrt", None),
+        (0.5, 0, 32, 0, True, "mean", jnp.bfloat16),
+        (1.0, 0, 32, 0, False, "mean", None),  # everything dropped
+        ("traced", 6, 32, 0, False, "mean", None),  # a rate known only at run time
+    ],
+)
+def test_classify_rows_equals_classify_of_the_looked_up_vectors(
+    rate, hidden, bigrams, trigrams, binary, pooling, dtype
+):
+    """classify_rows(rows, slots) = classify(rows[slots]): logits and the rows' gradients, in
+    training (same dropout draws) and evaluation, jitted and not."""
+    tokens, mask = _batch(seed=3, batch=6, length=13, vocab=9)
+    traced = rate == "traced"
+    model = BowClassifier(
+        vocab_size=9,
+        num_classes=3,
+        embed_dim=8,
+        hidden_size=hidden,
+        dropout_rate=0.0 if traced else rate,
+        bigram_buckets=bigrams,
+        trigram_buckets=trigrams,
+        binary_features=binary,
+        pooling=pooling,
+        dtype=dtype,
+    )
+    params = model.init(jax.random.key(0), tokens, mask, train=False)["params"]
+    rows, slots, masks = _distinct_inputs(model, params, tokens, mask)
+    dense = {k: v for k, v in params.items() if k not in rows}
+    rngs = {"dropout": jax.random.key(7)}
+    tol = dict(rtol=2e-2, atol=2e-2) if dtype is not None else dict(rtol=1e-5, atol=1e-6)
+
+    for train in (True, False):
+        call_rate = {"dropout_rate": jnp.float32(0.3)} if traced else {}
+
+        def reference(rows, train=train, call_rate=call_rate):
+            vectors = {n: r.at[slots[n]].get(mode="fill", fill_value=0) for n, r in rows.items()}
+            return model.apply(
+                {"params": dense},
+                vectors,
+                masks,
+                train=train,
+                rngs=rngs,
+                method="classify",
+                **call_rate,
+            )
+
+        def from_rows(rows, train=train, call_rate=call_rate):
+            return model.apply(
+                {"params": dense},
+                rows,
+                slots,
+                masks,
+                train=train,
+                rngs=rngs,
+                method="classify_rows",
+                **call_rate,
+            )
+
+        want = reference(rows)
+        for fn in (from_rows, jax.jit(from_rows)):
+            np.testing.assert_allclose(fn(rows), want, **tol)
+        loss = lambda f: lambda r: jnp.sum(jnp.sin(f(r)) * jnp.arange(3.0))
+        want_grad = jax.grad(loss(reference))(rows)
+        got_grad = jax.jit(jax.grad(loss(from_rows)))(rows)
+        for name in rows:
+            np.testing.assert_allclose(got_grad[name], want_grad[name], **tol)
+    if rate == 1.0:  # all dropped: the head's bias for every text
+        np.testing.assert_allclose(
+            from_rows(rows, train=True), np.broadcast_to(dense["head"]["Dense_0"]["bias"], (6, 3))
+        )

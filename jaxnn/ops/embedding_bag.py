@@ -1,0 +1,161 @@
+"""Sum of each text's looked-up embedding rows, without forming the looked-up vectors.
+
+    out[b] = sum_t rows[slot[b, t]]                                          [B, D]
+    out[b] = sum_t keep[b, t] * scale * rows[slot[b, t]]       (dropout on the vectors)
+
+for rows [U, D] (a table, or a batch's distinct rows) and slot int [B, T] (U or more: padding,
+nothing looked up): PyTorch's ``F.embedding_bag(mode="sum")``. A bag-of-words model pools this
+way. The plain form ``rows[slot].sum(1)`` writes the [B, T, D] vectors first, and under
+``jax.vmap`` over K trials (jaxnn.tune) [B, T, K, D], many times a CPU's caches. Two forms here:
+
+- counts: ``counts [B, U] @ rows`` with counts[b, u] = #{t : slot[b, t] = u}, when U is at most
+  a few times T (a batch's distinct rows, jaxnn.train.sparse.distinct_slots). The counts depend
+  on the batch only (under vmap: made once for all trials); the rows' gradient is
+  counts^T @ g, written [U, D] row-major.
+- blocked: a scan over blocks of texts (on a CPU about 2^16 looked-up elements per block and
+  trial, so a block stays in the caches; elsewhere one block), gathering and summing forward
+  and scattering the gradient block by block. Dropout, whose mask differs per element, always
+  takes this form.
+
+Both are float32 and exact sums (the counts product at full precision: a TF32 or bf16 pass
+would round the rows). Gradients flow to ``rows`` only.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+__all__ = ["embedding_bag_sum"]
+
+# The counts form while U <= this x T: its B U D multiply-adds then cost less than the blocked
+# form's B T D gathered elements (a dense product runs many times faster per element).
+COUNTS_MAX_ROWS_PER_LOOKUP = 8
+
+# Looked-up elements per block of the blocked form on a CPU (per trial under vmap).
+BLOCK_ELEMENTS = 1 << 16
+
+
+def embedding_bag_sum(
+    rows: jax.Array,
+    slot: jax.Array,
+    *,
+    dropout: tuple[jax.Array, jax.Array, jax.Array] | None = None,
+) -> jax.Array:
+    """float32 [B, D]: each text's sum of ``rows[slot[b, t]]`` over t (see the module docstring).
+
+    Args:
+      rows: [U, D] floating.
+      slot: int [B, T]; a value >= U (e.g. U on padding) looks up nothing. Negative values are
+        not allowed.
+      dropout: optional (bits uint16 [B, T, D], threshold int32 scalar, scale float32 scalar):
+        each looked-up element is kept where bits >= threshold and scaled by ``scale``, the
+        rule of `jaxnn.ops.dropout.dropout` for those draws (`uniform_bits16`,
+        `keep_threshold`; threshold and scale may be traced, e.g. one per trial).
+
+    Returns:
+      float32 [B, D]. Differentiable w.r.t. ``rows`` (jit, grad, vmap).
+    """
+    rows = jnp.asarray(rows, jnp.float32)
+    slot = jnp.asarray(slot, jnp.int32)
+    if rows.ndim != 2 or slot.ndim != 2:
+        raise ValueError(f"rows must be [U, D] and slot [B, T]; got {rows.shape}, {slot.shape}")
+    if dropout is not None:
+        bits, threshold, scale = dropout
+        bits = jnp.asarray(bits)
+        if bits.shape != (*slot.shape, rows.shape[1]):
+            raise ValueError(
+                f"dropout bits must have shape [B, T, D] = {(*slot.shape, rows.shape[1])}; "
+                f"got {bits.shape}"
+            )
+        return _blocked_sum(
+            rows, slot, bits, jnp.asarray(threshold, jnp.int32), jnp.asarray(scale, jnp.float32)
+        )
+    if rows.shape[0] <= COUNTS_MAX_ROWS_PER_LOOKUP * slot.shape[1]:
+        b, u = slot.shape[0], rows.shape[0]
+        counts = jnp.zeros((b, u + 1), jnp.float32)
+        counts = counts.at[jnp.arange(b)[:, None], jnp.minimum(slot, u)].add(1.0)[:, :u]
+        return _counts_product(counts, rows)
+    return _blocked_sum(rows, slot, None, None, None)
+
+
+# -- the counts form ------------------------------------------------------------------------------
+@jax.custom_vjp
+def _counts_product(counts: jax.Array, rows: jax.Array) -> jax.Array:
+    """counts [B, U] @ rows [U, D] at full float32 precision. The rows' gradient is written as
+    counts^T @ g [U, D]: the form autodiff derives is a [D, U] product transposed afterwards,
+    which under vmap leaves an optimizer's element-wise update reading it across the grain. The
+    counts get a zero gradient (they are data)."""
+    return jnp.dot(counts, rows, precision=jax.lax.Precision.HIGHEST)
+
+
+def _counts_product_fwd(counts, rows):
+    return _counts_product(counts, rows), counts
+
+
+def _counts_product_bwd(counts, g):
+    return jnp.zeros_like(counts), jnp.dot(counts.T, g, precision=jax.lax.Precision.HIGHEST)
+
+
+_counts_product.defvjp(_counts_product_fwd, _counts_product_bwd)
+
+
+# -- the blocked form -----------------------------------------------------------------------------
+def _block_rows(batch: int, per_row: int) -> int:
+    """Texts per block: the whole batch off the CPU; on a CPU the largest divisor of ``batch``
+    with at most `BLOCK_ELEMENTS` elements per block."""
+    if jax.default_backend() != "cpu":
+        return batch
+    most = max(1, BLOCK_ELEMENTS // max(per_row, 1))
+    return max(c for c in range(1, min(batch, most) + 1) if batch % c == 0)
+
+
+def _blocks(slot, bits, d):
+    b, t = slot.shape
+    c = _block_rows(b, t * d)
+    slot_blocks = slot.reshape(b // c, c, t)
+    bit_blocks = None if bits is None else bits.reshape(b // c, c, t, d)
+    return c, slot_blocks, bit_blocks
+
+
+def _kept(values, bits, threshold):
+    return values if bits is None else jnp.where(bits.astype(jnp.int32) >= threshold, values, 0.0)
+
+
+@jax.custom_vjp
+def _blocked_sum(rows, slot, bits, threshold, scale):
+    return _blocked_sum_fwd(rows, slot, bits, threshold, scale)[0]
+
+
+def _blocked_sum_fwd(rows, slot, bits, threshold, scale):
+    _, slot_blocks, bit_blocks = _blocks(slot, bits, rows.shape[1])
+
+    def block(_, xs):
+        s, u = xs
+        x = rows.at[s].get(mode="fill", fill_value=0)  # [c, T, D]
+        return None, jnp.sum(_kept(x, u, threshold), axis=1)
+
+    _, sums = jax.lax.scan(block, None, (slot_blocks, bit_blocks))
+    out = sums.reshape(slot.shape[0], rows.shape[1])
+    if bits is not None:
+        out = out * scale
+    return out, (rows.shape, slot, bits, threshold, scale)
+
+
+def _blocked_sum_bwd(res, g):
+    shape, slot, bits, threshold, scale = res
+    c, slot_blocks, bit_blocks = _blocks(slot, bits, shape[1])
+    if bits is not None:
+        g = g * scale
+    g_blocks = g.reshape(slot_blocks.shape[0], c, 1, shape[1])
+
+    def block(acc, xs):
+        s, u, gb = xs
+        contrib = _kept(jnp.broadcast_to(gb, (*s.shape, shape[1])), u, threshold)  # [c, T, D]
+        return acc.at[s].add(contrib, mode="drop"), None
+
+    acc, _ = jax.lax.scan(block, jnp.zeros(shape, jnp.float32), (slot_blocks, bit_blocks, g_blocks))
+    return acc, None, None, None, None
+
+
+_blocked_sum.defvjp(_blocked_sum_fwd, _blocked_sum_bwd)

@@ -1,0 +1,134 @@
+"""jaxnn/ops/embedding_bag.py against a NumPy transcription and PyTorch's F.embedding_bag."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxnn.ops import embedding_bag
+from jaxnn.ops.embedding_bag import embedding_bag_sum
+
+
+def _inputs(seed=0, b=12, t=7, d=4, u=10):
+    rng = np.random.default_rng(seed)
+    rows = rng.normal(size=(u, d)).astype(np.float32)
+    slot = rng.integers(0, u + 1, size=(b, t)).astype(np.int32)  # u = padding
+    slot[0] = u  # a text with nothing looked up
+    bits = rng.integers(0, 2**16, size=(b, t, d)).astype(np.uint16)
+    g = rng.normal(size=(b, d)).astype(np.float32)
+    return rows, slot, bits, g
+
+
+def _numpy(rows, slot, bits=None, threshold=0, scale=1.0):
+    """sum_t [bits >= threshold] * scale * rows[slot] with slot >= U looking up nothing, and
+    the gradient of sum(out * g) w.r.t. rows, by the formula."""
+    u, d = rows.shape
+    keep = np.broadcast_to((slot < u)[..., None], (*slot.shape, d))
+    if bits is not None:
+        keep = keep & (bits.astype(np.int64) >= threshold)
+    padded = np.concatenate([rows, np.zeros((1, d), np.float32)])
+    vectors = padded[np.minimum(slot, u)]
+    out = np.sum(np.where(keep, vectors * scale, 0.0), axis=1)
+
+    def grad(g):
+        acc = np.zeros((u + 1, d), np.float32)
+        np.add.at(acc, np.minimum(slot, u), np.where(keep, g[:, None, :] * scale, 0.0))
+        return acc[:u]
+
+    return out, grad
+
+
+@pytest.fixture(params=["counts", "blocked", "blocked_one_text"])
+def form(request, monkeypatch):
+    """Force each form: the counts product, blocks of 2 texts, blocks of 1 text."""
+    if request.param == "counts":
+        monkeypatch.setattr(embedding_bag, "COUNTS_MAX_ROWS_PER_LOOKUP", 10**6)
+    else:
+        monkeypatch.setattr(embedding_bag, "COUNTS_MAX_ROWS_PER_LOOKUP", 0)
+        per_text = 7 * 4  # t * d of `_inputs`
+        blocks = 2 if request.param == "blocked" else 1
+        monkeypatch.setattr(embedding_bag, "BLOCK_ELEMENTS", blocks * per_text)
+    return request.param
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_sum_and_gradient_match_numpy(form, jit):
+    rows, slot, _, g = _inputs()
+    want, want_grad = _numpy(rows, slot)
+    fn = jax.jit(embedding_bag_sum) if jit else embedding_bag_sum
+    np.testing.assert_allclose(fn(rows, slot), want, rtol=1e-6, atol=1e-6)
+    grad = jax.grad(lambda r: jnp.sum(fn(r, slot) * g))(rows)
+    np.testing.assert_allclose(grad, want_grad(g), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("traced", [False, True])
+def test_dropout_sum_and_gradient_match_numpy(form, traced):
+    """The kept elements (bits >= threshold), scaled; the threshold and scale may be traced."""
+    rows, slot, bits, g = _inputs(seed=1)
+    threshold, scale = 19661, 1.4285777
+    want, want_grad = _numpy(rows, slot, bits, threshold, scale)
+    if traced:
+        fn = jax.jit(lambda r, th, sc: embedding_bag_sum(r, slot, dropout=(bits, th, sc)))
+    else:
+        fn = lambda r, th, sc: embedding_bag_sum(r, slot, dropout=(bits, th, sc))
+    np.testing.assert_allclose(fn(rows, threshold, scale), want, rtol=1e-6, atol=1e-6)
+    grad = jax.grad(lambda r: jnp.sum(fn(r, threshold, scale) * g))(rows)
+    np.testing.assert_allclose(grad, want_grad(g), rtol=1e-5, atol=1e-6)
+
+
+def test_vmapped_over_rows_and_rates_equals_one_at_a_time(form):
+    """K trials' rows and thresholds under vmap, the slots and draws shared: each trial's
+    result and gradient equal its own call."""
+    rows, slot, bits, g = _inputs(seed=2)
+    stacked = np.stack([rows, 2 * rows + 1, -rows])
+    thresholds = jnp.asarray([0, 19661, 40000], jnp.int32)
+    scales = jnp.asarray([1.0, 1.4285777, 2.5], jnp.float32)
+
+    def one(r, th, sc):
+        return jnp.sum(embedding_bag_sum(r, slot, dropout=(bits, th, sc)) * g)
+
+    values, grads = jax.jit(jax.vmap(jax.value_and_grad(one)))(stacked, thresholds, scales)
+    for k in range(3):
+        want, want_grad = _numpy(stacked[k], slot, bits, int(thresholds[k]), float(scales[k]))
+        np.testing.assert_allclose(values[k], np.sum(want * g), rtol=1e-5)
+        np.testing.assert_allclose(grads[k], want_grad(g), rtol=1e-5, atol=1e-6)
+
+
+def test_counts_form_is_chosen_for_few_rows_and_blocks_for_many():
+    rows, slot, _, _ = _inputs()
+    few = jax.make_jaxpr(lambda r: embedding_bag_sum(r, slot))(rows)
+    assert "dot_general" in str(few) and "scan" not in str(few)
+    many = jnp.zeros((8 * slot.shape[1] + 1, rows.shape[1]))
+    blocked = jax.make_jaxpr(lambda r: embedding_bag_sum(r, slot))(many)
+    assert "scan" in str(blocked)
+
+
+def test_bad_shapes_are_refused():
+    rows, slot, bits, _ = _inputs()
+    with pytest.raises(ValueError, match=r"rows must be \[U, D\] and slot \[B, T\]"):
+        embedding_bag_sum(rows[0], slot)
+    with pytest.raises(ValueError, match=r"bits must have shape \[B, T, D\] = \(12, 7, 4\)"):
+        embedding_bag_sum(rows, slot, dropout=(bits[:, :3], 0, 1.0))
+
+
+def test_matches_torch_embedding_bag_sum():
+    """An independent implementation: torch.nn.functional.embedding_bag(mode="sum"), values and
+    the gradient of the rows (padding given as empty bags entries via offsets)."""
+    torch = pytest.importorskip("torch")
+    rows, slot, _, g = _inputs(seed=3)
+    u = rows.shape[0]
+    flat, offsets = [], []
+    for text in slot:
+        offsets.append(len(flat))
+        flat.extend(int(s) for s in text if s < u)
+    weight = torch.tensor(rows, requires_grad=True)
+    out = torch.nn.functional.embedding_bag(
+        torch.tensor(flat, dtype=torch.long), weight, torch.tensor(offsets), mode="sum"
+    )
+    (out * torch.tensor(g)).sum().backward()
+    got = embedding_bag_sum(rows, slot)
+    grad = jax.grad(lambda r: jnp.sum(embedding_bag_sum(r, slot) * g))(rows)
+    np.testing.assert_allclose(got, out.detach().numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(grad, weight.grad.numpy(), rtol=1e-5, atol=1e-6)
