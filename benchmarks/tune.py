@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from output import COMMITTED, add_output_flags, output_dir  # noqa: E402  (benchmarks/output.py)
 
-from jaxnn.launch import configure_process  # noqa: E402
+from jaxnn.launch import TUNING_DEFAULTS, configure_process  # noqa: E402
 from jaxnn.launch.cpu_vector_width import cpu_vector_width  # noqa: E402
 from jaxnn.launch.host_memory import host_allocator  # noqa: E402
 from jaxnn.train import load_data  # noqa: E402
@@ -228,5 +228,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    configure_process()  # before JAX's first computation; CPU runs only (jaxnn.launch)
+    # before JAX's first computation; CPU runs only (jaxnn.launch): the tuner's defaults
+    configure_process(defaults=TUNING_DEFAULTS)
     main()

@@ -335,13 +335,13 @@ def _main(argv: Sequence[str], process_flags) -> int | None:
 
     from absl import flags
 
-    from jaxnn.launch import configure_process
+    from jaxnn.launch import TUNING_DEFAULTS, configure_process
 
     del argv
     config = flags.FLAGS["config"].value
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     try:  # before JAX's first computation; CPU runs only (jaxnn.launch)
-        configure_process(**process_flags())
+        configure_process(**process_flags(), defaults=TUNING_DEFAULTS)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -17,9 +17,15 @@ logs (third-party log levels). Nothing here imports JAX.
 
 from jaxnn.launch.backend import Backend, expected_backend, installed_plugins
 from jaxnn.launch.logs import quiet_third_party_logs
-from jaxnn.launch.process import AppliedSetting, ProcessSettings, configure_process
+from jaxnn.launch.process import (
+    TUNING_DEFAULTS,
+    AppliedSetting,
+    ProcessSettings,
+    configure_process,
+)
 
 __all__ = [
+    "TUNING_DEFAULTS",
     "AppliedSetting",
     "Backend",
     "ProcessSettings",

@@ -19,7 +19,7 @@ from pathlib import Path
 from absl import app, flags
 from ml_collections import config_flags
 
-from jaxnn.launch import configure_process
+from jaxnn.launch import TUNING_DEFAULTS, configure_process
 from jaxnn.launch.flags import define_process_flags
 from jaxnn.tune.report import comparison_markdown
 from jaxnn.tune.runners import make_runner
@@ -54,7 +54,7 @@ def main(argv: list[str]) -> int | None:
     config = _CONFIG.value
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     try:  # before JAX's first computation; CPU runs only
-        configure_process(**_PROCESS_FLAGS())
+        configure_process(**_PROCESS_FLAGS(), defaults=TUNING_DEFAULTS)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

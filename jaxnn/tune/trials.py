@@ -17,9 +17,9 @@ derives them from ``config.seed``. Trials of one seed share their dropout key: t
 then passes the step counter and key unbatched, so the uniform draws of a dropout mask are
 made once for all K trials (each compares them with its own rate).
 
-On CPU at most ``trials_per_program`` (4) trials share a program: the group, ordered by
-dropout rate, is cut into chunks trained one after another (a chunk of one rate has it built
-into its model); 8 bow trials' activations in one program spill the caches that 4 fit in.
+On CPU at most ``trials_per_program`` trials share a program (8, or 4 without the kept host
+memory of `jaxnn.launch.TUNING_DEFAULTS`): the group, ordered by dropout rate, is cut into
+chunks trained one after another (a chunk of one rate has it built into its model).
 With sparse embedding tables, the distinct rows of each batch are counted on the host once per
 epoch and passed to the step (``table_rows``), so the lazy optimizer touches those rows only.
 
@@ -44,6 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxnn.data import eval_batches
+from jaxnn.launch.host_memory import host_allocator
 from jaxnn.metrics import accuracy, macro_f1
 from jaxnn.models import get_model
 from jaxnn.ops import softmax
@@ -104,6 +105,16 @@ def _where(mask: jax.Array, new: Any, old: Any) -> Any:
     )
 
 
+def _default_trials_per_program() -> int:
+    """All trials in one program off the CPU (0). On a CPU, 8 while freed host memory is kept
+    for reuse (`jaxnn.launch.TUNING_DEFAULTS`), else 4: without it, the pages of 8 trials'
+    temporaries are mapped afresh on every step, and two programs of 4 beat one of 8
+    (benchmarks/results/tune.md)."""
+    if jax.default_backend() != "cpu":
+        return 0
+    return 8 if host_allocator()["mode"] == "keep" else 4
+
+
 class TrialGroup:
     """Trains K trials of one config family (see module docstring).
 
@@ -115,7 +126,7 @@ class TrialGroup:
         each trial's own config, one trial after another (the sequential reference).
       trials_per_program: with ``vmap``, at most this many trials per program (the trials,
         ordered by dropout rate, are cut into chunks trained one after another; a chunk of one
-        rate has it static in its model); 0 = all in one; None = 4 on CPU, else 0.
+        rate has it static in its model); 0 = all in one; None = `_default_trials_per_program`.
     """
 
     def __init__(
@@ -124,9 +135,7 @@ class TrialGroup:
         cfg = validate_config(config)
         self.cfg, self.data, self.vmap = cfg, data, bool(vmap)
         if trials_per_program is None:
-            # on CPU, 8 bow trials in one program spill the caches that 4 fit in (2 programs
-            # of 4 beat 1 of 8: benchmarks/results/tune.md); accelerators take the whole group
-            trials_per_program = 4 if jax.default_backend() == "cpu" else 0
+            trials_per_program = _default_trials_per_program()
         if isinstance(trials_per_program, bool) or int(trials_per_program) < 0:
             raise ValueError(
                 f"trials_per_program must be an int >= 0 (0 = all), got {trials_per_program!r}"
