@@ -158,3 +158,34 @@ def test_bad_hyperparameters_are_named(data):
         group.fit({"dropout": [1.0]}, [0])
     with pytest.raises(ValueError, match=r"shape \(2,\)"):
         group.fit({"learning_rate": [0.1]}, [0, 1])
+
+
+@pytest.mark.parametrize(
+    ("backend", "allocator", "expected"),
+    [("cpu", "keep", 8), ("cpu", "system", 4), ("gpu", "keep", 0), ("tpu", "system", 0)],
+)
+def test_default_trials_per_program_follows_backend_and_host_memory(
+    monkeypatch, backend, allocator, expected
+):
+    """8 trials per program on a CPU whose freed host memory is kept (the tuning entry points'
+    default), 4 without; every trial in one program on an accelerator."""
+    from jaxnn.tune import trials
+
+    monkeypatch.setattr(trials.jax, "default_backend", lambda: backend)
+    monkeypatch.setattr(trials, "host_allocator", lambda: {"mode": allocator})
+    assert trials._default_trials_per_program() == expected
+
+
+def test_tuning_entry_points_default_to_kept_host_memory():
+    """python -m jaxnn.tune, the bias-variance tool and benchmarks/tune.py pass
+    TUNING_DEFAULTS; it is a valid set of defaults and, off the CPU, applies nothing."""
+    from pathlib import Path
+
+    from jaxnn.launch import TUNING_DEFAULTS, Backend, configure_process
+
+    assert TUNING_DEFAULTS == {"host_allocator": "keep"}
+    settings = configure_process(defaults=TUNING_DEFAULTS, backend=Backend("gpu", "given"))
+    assert settings.applied == () and settings.get("host_allocator") is None
+    root = Path(__file__).resolve().parents[2]
+    for path in ("jaxnn/tune/__main__.py", "jaxnn/analysis/bias_variance.py", "benchmarks/tune.py"):
+        assert "defaults=TUNING_DEFAULTS" in (root / path).read_text(), path
