@@ -13,7 +13,8 @@ from absl import flags
 
 HELP = {
     "host_allocator": "CPU runs: 'system' (glibc's defaults) or 'keep' (freed host blocks "
-    "reused: steps with large intermediates). Default: $JAXNN_HOST_ALLOCATOR, else system.",
+    "reused: steps with large intermediates). Default: $JAXNN_HOST_ALLOCATOR, else system "
+    "(keep for the tuner and the bias-variance tool).",
     "cpu_vector_width": "CPU runs: XLA:CPU's vector width, auto (512 on AMD AVX-512), xla, 128, "
     "256 or 512. Default: $JAXNN_CPU_VECTOR_WIDTH, else auto.",
     "cpu_devices": "CPU runs: XLA:CPU devices of this process, 1, a whole number, or cores (one "
