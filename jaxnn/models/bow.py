@@ -21,12 +21,15 @@ batch touches; jaxnn.train.sparse):
 
     feature_ids(tokens, mask)          -> {table name: (ids [B, T'], mask [B, T'])}  (no params)
     classify(vectors, masks, train)    -> logits, vectors[name] = table[name][ids]   [B, T', D]
-    classify_rows(rows, slots, masks, train) = classify(rows[slots]), never forming [B, T', D]
+    classify_rows(rows, slots, masks, train) = classify(rows[slots]), without forming the
+                                         float vectors [B, T', D]
     __call__(tokens, mask, train)      =  classify_rows(tables, ids, masks)
 
-classify_rows sums a text's vectors without materializing them (`jaxnn.ops.embedding_bag_sum`):
-under ``jax.vmap`` over trials (jaxnn.tune) the [B, T', D] vectors would be K times larger, far
-beyond a CPU's caches.
+classify_rows sums a text's vectors with `jaxnn.ops.embedding_bag_sum` (under ``jax.vmap`` over
+trials, jaxnn.tune, the [B, T', D] vectors would be K times larger, far beyond a CPU's caches);
+that op is reverse-mode only, so the model takes grad and vjp but not jvp or jax.hessian. With
+dropout the draws are those of `classify` (uint16 [B, T', D], made once for all trials). An id
+outside its table makes its text's logits NaN.
 
 Shapes: B batch, T tokens, D embed_dim, F hidden_size, V vocabulary, C classes. A row with no
 real token (all padding) pools to the zero vector and gets the head's bias as logits.
@@ -44,7 +47,7 @@ import numpy as np
 from jaxnn.nn import MLP, Dropout
 from jaxnn.nn.dropout import static_rate
 from jaxnn.ops import embedding_bag_sum, mean_pool
-from jaxnn.ops.dropout import keep_threshold, traced_keep_threshold, uniform_bits16
+from jaxnn.ops.dropout import keep_rule, uniform_bits16
 
 __all__ = [
     "POOLINGS",
@@ -280,30 +283,32 @@ class BowClassifier(nn.Module):
         names = self.table_names()
         rate = self.dropout_rate if dropout_rate is None else dropout_rate
         count = sum(jnp.sum(masks[n], axis=1, keepdims=True, dtype=jnp.float32) for n in names)
+        # a real lookup outside the rows makes its text NaN (as jnp.take's fill would), through
+        # the count: data only, so under vmap it is computed once for all trials
+        outside = sum(
+            jnp.sum(masks[n] & ((slots[n] < 0) | (slots[n] >= rows[n].shape[0])), axis=1)
+            for n in names
+        )
+        count = jnp.where(outside[:, None] > 0, jnp.nan, count)
         total = self._summed(rows, slots, masks, train=train, rate=rate)
-        pooled = (total / jnp.maximum(count, 1.0)).astype(self.dtype or jnp.float32)
-        return self._head(pooled, count, train=train, dropout_rate=dropout_rate)
+        return self._head(
+            total / jnp.maximum(count, 1.0), count, train=train, dropout_rate=dropout_rate
+        )
 
     def _summed(self, rows, slots, masks, *, train, rate) -> jax.Array:
         """float32 [B, D]: sum over t of dropout(x)[b, t], x = the tables' vectors joined along
         T' as `classify` joins them (its dropout draws); see `classify_rows`."""
         names = self.table_names()
-        static = static_rate(rate)
-        dropout = train and static != 0.0
-        if dropout and static == 1.0:  # everything dropped
-            batch = masks[names[0]].shape[0]
-            return jnp.zeros((batch, self.embed_dim), jnp.float32)
-        if dropout:
+        batch = masks[names[0]].shape[0]
+        dropout = train and static_rate(rate) != 0.0
+        if dropout:  # `classify`'s draws: the embed_dropout module's key, the joined [B, T', D]
+            threshold, scale = keep_rule(rate)  # checks a static rate as Dropout does
             key = self.embed_dropout.make_rng("dropout")
             widths = [masks[n].shape[1] for n in names]
-            bits = uniform_bits16(key, (masks[names[0]].shape[0], sum(widths), self.embed_dim))
+            bits = uniform_bits16(key, (batch, sum(widths), self.embed_dim))
             offsets = np.cumsum([0, *widths])
-            if static is not None:
-                threshold, scale = keep_threshold(static)
-            else:
-                threshold, scale = traced_keep_threshold(rate)
             threshold, scale = jnp.asarray(threshold, jnp.int32), jnp.asarray(scale, jnp.float32)
-        total = 0.0
+        total = jnp.zeros((batch, self.embed_dim), jnp.float32)
         for i, n in enumerate(names):
             r, m = rows[n], masks[n]  # summed in float32 (`classify` rounds x to dtype first)
             slot = jnp.where(m, slots[n], r.shape[0])  # U: nothing
@@ -315,9 +320,11 @@ class BowClassifier(nn.Module):
         return total
 
     def _head(self, pooled, count, *, train, dropout_rate):
-        """logits float32 [B, C] from the mean of a text's K = ``count`` [B, 1] vectors."""
+        """logits float32 [B, C] from the mean of a text's K = ``count`` [B, 1] vectors (the
+        "sqrt" scaling in float32, then one rounding to the compute dtype)."""
         if self.pooling == "sqrt":  # sum / sqrt(K) = mean * sqrt(K)
-            pooled = pooled * jnp.sqrt(count).astype(pooled.dtype)
+            pooled = pooled.astype(jnp.float32) * jnp.sqrt(count)
+        pooled = pooled.astype(self.dtype or jnp.float32)
         head = self.head(pooled, deterministic=not train, dropout_rate=dropout_rate)
         return head.astype(jnp.float32)
 

@@ -51,12 +51,14 @@ with ``__call__ == classify(lookup(feature_ids(tokens, mask)), masks)``. A model
 trains with dense updates (one log line says so): see `supports_sparse_embeddings`. A fifth
 method is optional:
 
-    classify_rows(rows, slots, masks, *, train) -> logits [B, C]     rows {name: [U, D]},
-                                                                     slots {name: int [B, T']}
+    classify_rows(rows, slots, masks, *, train, dropout_rate=None) -> logits [B, C]
+        rows {name: [U, D]}, slots {name: int [B, T']} (any value where the mask is False)
 
-``classify`` of ``rows[name][slots[name]]``: when the train step works on a batch's distinct
-rows (``table_rows``) it calls this instead of expanding the rows to [B, T', D] itself, so a
-model can pool without forming the looked-up vectors (the bag-of-words model does).
+``classify`` of ``rows[name][slots[name]]``, with the same dropout draws (so a step with and
+without ``table_rows`` gives the same numbers): when the train step works on a batch's
+distinct rows (``table_rows``) it calls this instead of expanding the rows to [B, T', D]
+itself, so a model can pool without forming the looked-up vectors (the bag-of-words model
+does; it sums in float32, so under a bfloat16 or float16 dtype the two agree to rounding).
 
 Built-ins: "bow" and "transformer" are registered below the same way; their hyperparameters are
 the keys of ``config.model`` itself (the names shared with the tuner's search

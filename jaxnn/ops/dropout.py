@@ -31,6 +31,7 @@ __all__ = [
     "counters_fit",
     "dropout",
     "is_threefry_key",
+    "keep_rule",
     "keep_threshold",
     "key_words",
     "traced_keep_threshold",
@@ -202,11 +203,20 @@ def dropout(
         return jnp.zeros_like(x)
     if rng is None:
         raise ValueError(f"rng is None but dropout with rate={rate!r} needs a jax.random key")
-    draws = uniform_bits16(rng, x.shape).astype(jnp.int32)
-    if static is not None:
-        threshold, scale = keep_threshold(static)
-        keep = draws >= threshold
-    else:
-        threshold, scale = traced_keep_threshold(rate)
-        keep = draws >= threshold
+    threshold, scale = keep_rule(rate)
+    keep = uniform_bits16(rng, x.shape).astype(jnp.int32) >= threshold
     return jnp.where(keep, x * scale, 0).astype(x.dtype)
+
+
+def keep_rule(rate: float | jax.Array) -> tuple[int | jax.Array, float | jax.Array]:
+    """(τ, scale) of `dropout` at ``rate``: keep a draw u iff u >= τ, survivors x scale.
+
+    A static rate is checked as `dropout` checks it (ValueError outside [0, 1]; 1 gives
+    τ = 2^16, keep nothing, scale 0); a traced one is clipped (`traced_keep_threshold`). For
+    code that applies the rule to `uniform_bits16` draws itself (e.g. a blocked kernel)."""
+    static = _static_rate(rate)
+    if static is None:
+        return traced_keep_threshold(rate)
+    if static == 1.0:
+        return _LEVELS, 0.0
+    return keep_threshold(static)

@@ -3,22 +3,27 @@
     out[b] = sum_t rows[slot[b, t]]                                          [B, D]
     out[b] = sum_t keep[b, t] * scale * rows[slot[b, t]]       (dropout on the vectors)
 
-for rows [U, D] (a table, or a batch's distinct rows) and slot int [B, T] (U or more: padding,
-nothing looked up): PyTorch's ``F.embedding_bag(mode="sum")``. A bag-of-words model pools this
-way. The plain form ``rows[slot].sum(1)`` writes the [B, T, D] vectors first, and under
-``jax.vmap`` over K trials (jaxnn.tune) [B, T, K, D], many times a CPU's caches. Two forms here:
+for rows [U, D] (a table, or a batch's distinct rows) and slot int [B, T] (U or more, or
+negative: padding, nothing looked up): PyTorch's ``F.embedding_bag(mode="sum")``. A
+bag-of-words model pools this way. The plain form ``rows[slot].sum(1)`` writes the [B, T, D]
+float vectors first, and under ``jax.vmap`` over K trials (jaxnn.tune) [B, T, K, D], many
+times a CPU's caches. Two forms here:
 
 - counts: ``counts [B, U] @ rows`` with counts[b, u] = #{t : slot[b, t] = u}, when U is at most
   a few times T (a batch's distinct rows, jaxnn.train.sparse.distinct_slots). The counts depend
   on the batch only (under vmap: made once for all trials); the rows' gradient is
   counts^T @ g, written [U, D] row-major.
-- blocked: a scan over blocks of texts (on a CPU about 2^16 looked-up elements per block and
-  trial, so a block stays in the caches; elsewhere one block), gathering and summing forward
-  and scattering the gradient block by block. Dropout, whose mask differs per element, always
-  takes this form.
+- blocked: a scan over blocks of texts, gathering and summing forward and scattering the
+  gradient block by block. On a single CPU device a block holds about 2^16 looked-up elements
+  per trial, so it stays in the caches; on an accelerator, or when the step is traced under a
+  mesh of several devices (``jax.sharding.use_abstract_mesh``, as jaxnn.train's steps are),
+  the whole batch is one block, which XLA partitions along B (a loop over blocks of the global
+  batch would run on every device). Dropout, whose mask differs per element, always takes
+  this form.
 
-Both are float32 and exact sums (the counts product at full precision: a TF32 or bf16 pass
-would round the rows). Gradients flow to ``rows`` only.
+Both sum in float32 (the counts product at full precision: a TF32 or bf16 pass would round
+the rows). Gradients flow to ``rows`` only, in reverse mode (grad, vjp): both forms are
+``jax.custom_vjp`` functions, so forward-mode autodiff (jvp, jax.hessian) raises TypeError.
 """
 
 from __future__ import annotations
@@ -46,20 +51,23 @@ def embedding_bag_sum(
 
     Args:
       rows: [U, D] floating.
-      slot: int [B, T]; a value >= U (e.g. U on padding) looks up nothing. Negative values are
-        not allowed.
+      slot: int [B, T]; a value >= U or < 0 (e.g. U on padding) looks up nothing.
       dropout: optional (bits uint16 [B, T, D], threshold int32 scalar, scale float32 scalar):
         each looked-up element is kept where bits >= threshold and scaled by ``scale``, the
         rule of `jaxnn.ops.dropout.dropout` for those draws (`uniform_bits16`,
         `keep_threshold`; threshold and scale may be traced, e.g. one per trial).
 
     Returns:
-      float32 [B, D]. Differentiable w.r.t. ``rows`` (jit, grad, vmap).
+      float32 [B, D]; zeros for a text with nothing looked up. Reverse-mode differentiable
+      w.r.t. ``rows`` (jit, grad, vmap; not jvp).
     """
     rows = jnp.asarray(rows, jnp.float32)
     slot = jnp.asarray(slot, jnp.int32)
     if rows.ndim != 2 or slot.ndim != 2:
         raise ValueError(f"rows must be [U, D] and slot [B, T]; got {rows.shape}, {slot.shape}")
+    if slot.shape[0] == 0 or slot.shape[1] == 0:
+        return jnp.zeros((slot.shape[0], rows.shape[1]), jnp.float32)
+    slot = jnp.where(slot < 0, rows.shape[0], slot)  # padding, in both forms
     if dropout is not None:
         bits, threshold, scale = dropout
         bits = jnp.asarray(bits)
@@ -102,9 +110,11 @@ _counts_product.defvjp(_counts_product_fwd, _counts_product_bwd)
 
 # -- the blocked form -----------------------------------------------------------------------------
 def _block_rows(batch: int, per_row: int) -> int:
-    """Texts per block: the whole batch off the CPU; on a CPU the largest divisor of ``batch``
-    with at most `BLOCK_ELEMENTS` elements per block."""
-    if jax.default_backend() != "cpu":
+    """Texts per block: the whole batch off the CPU or under a mesh of several devices; on one
+    CPU device the largest divisor of ``batch`` with at most `BLOCK_ELEMENTS` elements per
+    block."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if jax.default_backend() != "cpu" or (not mesh.empty and mesh.size > 1):
         return batch
     most = max(1, BLOCK_ELEMENTS // max(per_row, 1))
     return max(c for c in range(1, min(batch, most) + 1) if batch % c == 0)

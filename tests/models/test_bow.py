@@ -342,3 +342,76 @@ def test_classify_rows_equals_classify_of_the_looked_up_vectors(
         np.testing.assert_allclose(
             from_rows(rows, train=True), np.broadcast_to(dense["head"]["Dense_0"]["bias"], (6, 3))
         )
+
+
+def test_classify_rows_whole_tables_take_the_blocked_sum(monkeypatch):
+    """__call__ with the whole tables as rows, forced into the blocked form (as for a large
+    vocabulary): the same logits as classify of the looked-up vectors, with and without
+    dropout, and the tables' gradients."""
+    from jaxnn.ops import embedding_bag
+
+    monkeypatch.setattr(embedding_bag, "COUNTS_MAX_ROWS_PER_LOOKUP", 0)
+    monkeypatch.setattr(embedding_bag, "BLOCK_ELEMENTS", 2 * 13 * 8)
+    tokens, mask = _batch(seed=5, batch=6, length=13, vocab=40)
+    model = BowClassifier(vocab_size=40, num_classes=3, embed_dim=8, bigram_buckets=64)
+    params = model.init(jax.random.key(0), tokens, mask, train=False)["params"]
+    features = model.apply({}, tokens, mask, method="feature_ids")
+    masks = {n: m for n, (_, m) in features.items()}
+    rngs = {"dropout": jax.random.key(2)}
+    for train, rate in ((False, 0.0), (True, 0.4)):
+
+        def reference(params, train=train, rate=rate):
+            vectors = {n: params[n]["embedding"][ids] for n, (ids, _) in features.items()}
+            return model.apply(
+                {"params": params},
+                vectors,
+                masks,
+                train=train,
+                rngs=rngs,
+                method="classify",
+                dropout_rate=rate,
+            )
+
+        def called(params, train=train, rate=rate):
+            return model.apply(
+                {"params": params}, tokens, mask, train=train, rngs=rngs, dropout_rate=rate
+            )
+
+        np.testing.assert_allclose(called(params), reference(params), rtol=1e-5, atol=1e-6)
+        loss = lambda f: lambda p: jnp.sum(jnp.sin(f(p)))
+        jax.tree.map(
+            lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+            jax.grad(loss(called))(params),
+            jax.grad(loss(reference))(params),
+        )
+
+
+@pytest.mark.parametrize("rate", [1.5, -0.2])
+def test_a_dropout_rate_outside_0_1_is_refused(rate):
+    """As the Dropout module refuses it, whichever path sums the vectors."""
+    tokens, mask = _batch()
+    model = BowClassifier(vocab_size=50, num_classes=2, embed_dim=4)
+    variables = model.init(jax.random.key(0), tokens, mask, train=False)
+    with pytest.raises(ValueError, match=r"allowed: a probability in \[0, 1\]"):
+        model.apply(
+            variables,
+            tokens,
+            mask,
+            train=True,
+            dropout_rate=rate,
+            rngs={"dropout": jax.random.key(1)},
+        )
+
+
+def test_an_id_outside_the_table_makes_its_text_nan():
+    """An id >= V is NaN for its text (as a gather's fill makes it), never silently dropped;
+    the other texts are untouched."""
+    tokens, mask = _batch(seed=1, vocab=50)
+    model = BowClassifier(vocab_size=50, num_classes=2, embed_dim=4)
+    variables = model.init(jax.random.key(0), tokens, mask, train=False)
+    good = model.apply(variables, tokens, mask, train=False)
+    bad_tokens = np.array(tokens)
+    bad_tokens[1, 0] = 50  # row 1 is full length: a real token
+    bad = model.apply(variables, bad_tokens, mask, train=False)
+    assert np.all(np.isnan(bad[1]))
+    np.testing.assert_allclose(np.delete(bad, 1, axis=0), np.delete(good, 1, axis=0))

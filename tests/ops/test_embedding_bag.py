@@ -65,7 +65,8 @@ def test_sum_and_gradient_match_numpy(form, jit):
 
 @pytest.mark.parametrize("traced", [False, True])
 def test_dropout_sum_and_gradient_match_numpy(form, traced):
-    """The kept elements (bits >= threshold), scaled; the threshold and scale may be traced."""
+    """The kept elements (bits >= threshold), scaled; the threshold and scale may be traced.
+    (Dropout always takes the blocked form: the "counts" case runs one block of 12 texts.)"""
     rows, slot, bits, g = _inputs(seed=1)
     threshold, scale = 19661, 1.4285777
     want, want_grad = _numpy(rows, slot, bits, threshold, scale)
@@ -132,3 +133,73 @@ def test_matches_torch_embedding_bag_sum():
     grad = jax.grad(lambda r: jnp.sum(embedding_bag_sum(r, slot) * g))(rows)
     np.testing.assert_allclose(got, out.detach().numpy(), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(grad, weight.grad.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_negative_slots_are_padding_in_both_forms(monkeypatch):
+    """A negative slot looks up nothing, whichever form runs (they used to disagree)."""
+    rows, slot, _, _ = _inputs(seed=4)
+    slot[1, :3] = [-1, -2, -7]
+    padded = np.where(slot < 0, rows.shape[0], slot)
+    want, _ = _numpy(rows, padded)
+    for ratio in (10**6, 0):  # counts, blocked
+        monkeypatch.setattr(embedding_bag, "COUNTS_MAX_ROWS_PER_LOOKUP", ratio)
+        np.testing.assert_allclose(embedding_bag_sum(rows, slot), want, rtol=1e-6, atol=1e-6)
+
+
+def test_blocked_gradient_never_forms_the_batch_of_vectors(monkeypatch):
+    """The op's promise: with blocks of 2 texts, no float array of B T D elements (the looked-up
+    vectors, or their cotangent) appears anywhere in the gradient's program."""
+    monkeypatch.setattr(embedding_bag, "COUNTS_MAX_ROWS_PER_LOOKUP", 0)
+    monkeypatch.setattr(embedding_bag, "BLOCK_ELEMENTS", 2 * 7 * 4)
+    rows, slot, bits, g = _inputs()
+    b, t, d = bits.shape
+
+    def loss(r):
+        plain = embedding_bag_sum(r, slot)
+        dropped = embedding_bag_sum(r, slot, dropout=(bits, 19661, 1.43))
+        return jnp.sum((plain + dropped) * g)
+
+    jaxpr = jax.make_jaxpr(jax.grad(loss))(rows)
+
+    def shapes(jaxpr):
+        for eqn in jaxpr.eqns:
+            for var in eqn.outvars:
+                yield var.aval
+            for param in eqn.params.values():
+                inner = getattr(param, "jaxpr", param)
+                if hasattr(inner, "eqns"):
+                    yield from shapes(inner)
+
+    big = [
+        a
+        for a in shapes(jaxpr.jaxpr)
+        if jnp.issubdtype(a.dtype, jnp.floating) and np.prod(a.shape) >= b * t * d
+    ]
+    assert not big, big
+    blocks = [a for a in shapes(jaxpr.jaxpr) if a.shape == (2, t, d)]
+    assert blocks  # the per-block vectors are there instead
+
+
+def test_one_block_under_a_mesh_of_several_devices():
+    """Under a multi-device mesh the whole batch is one block (XLA splits it along B; a loop
+    over the global batch's blocks would run on every device); one device keeps blocks."""
+    from jax.sharding import AbstractMesh
+
+    assert embedding_bag._block_rows(32, 256 * 64) == 4  # this CPU, 2^16 elements a block
+    with jax.sharding.use_abstract_mesh(AbstractMesh((2,), ("data",))):
+        assert embedding_bag._block_rows(32, 256 * 64) == 32
+    with jax.sharding.use_abstract_mesh(AbstractMesh((1,), ("data",))):
+        assert embedding_bag._block_rows(32, 256 * 64) == 4
+
+
+def test_empty_batch_or_texts_give_zeros():
+    rows = np.ones((5, 3), np.float32)
+    assert embedding_bag_sum(rows, np.zeros((0, 4), np.int32)).shape == (0, 3)
+    np.testing.assert_array_equal(embedding_bag_sum(rows, np.zeros((2, 0), np.int32)), 0.0)
+
+
+def test_forward_mode_is_refused_with_a_type_error():
+    """The documented limit of a custom_vjp op."""
+    rows, slot, _, _ = _inputs()
+    with pytest.raises(TypeError, match="custom_vjp"):
+        jax.jvp(lambda r: embedding_bag_sum(r, slot), (rows,), (rows,))

@@ -186,6 +186,29 @@ def test_tuning_entry_points_default_to_kept_host_memory():
     assert TUNING_DEFAULTS == {"host_allocator": "keep"}
     settings = configure_process(defaults=TUNING_DEFAULTS, backend=Backend("gpu", "given"))
     assert settings.applied == () and settings.get("host_allocator") is None
+    import ast
+
     root = Path(__file__).resolve().parents[2]
     for path in ("jaxnn/tune/__main__.py", "jaxnn/analysis/bias_variance.py", "benchmarks/tune.py"):
-        assert "defaults=TUNING_DEFAULTS" in (root / path).read_text(), path
+        calls = [
+            node
+            for node in ast.walk(ast.parse((root / path).read_text()))
+            if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "configure_process"
+        ]
+        assert calls and all(
+            any(
+                k.arg == "defaults" and getattr(k.value, "id", "") == "TUNING_DEFAULTS"
+                for k in call.keywords
+            )
+            for call in calls
+        ), path
+
+
+def test_trial_group_takes_the_default_trials_per_program(data, monkeypatch):
+    from jaxnn.tune import trials
+
+    monkeypatch.setattr(trials, "host_allocator", lambda: {"mode": "keep"})
+    assert TrialGroup(config(), data).trials_per_program == 8
+    monkeypatch.setattr(trials, "host_allocator", lambda: {"mode": "system"})
+    assert TrialGroup(config(), data).trials_per_program == 4
+    assert TrialGroup(config(), data, trials_per_program=3).trials_per_program == 3
