@@ -266,7 +266,7 @@ class BowClassifier(nn.Module):
         train: bool,
         dropout_rate: float | jax.Array | None = None,
     ) -> jax.Array:
-        """`classify` of the vectors ``rows[name][slots[name]]``, never forming them whole.
+        """`classify` of the vectors ``rows[name][slots[name]]``, without forming those vectors.
 
         Args:
           rows: {table: [U, D]} the rows the lookups read: a batch's distinct rows
