@@ -45,9 +45,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxnn.nn import MLP, Dropout
-from jaxnn.nn.dropout import static_rate
 from jaxnn.ops import embedding_bag_sum, mean_pool
-from jaxnn.ops.dropout import keep_rule, uniform_bits16
+from jaxnn.ops.dropout import keep_rule, static_rate, uniform_bits16
 
 __all__ = [
     "POOLINGS",

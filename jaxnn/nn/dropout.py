@@ -6,8 +6,9 @@ import flax.linen as nn
 import jax
 
 from jaxnn import ops
+from jaxnn.ops.dropout import static_rate
 
-__all__ = ["Dropout", "static_rate"]
+__all__ = ["Dropout"]
 
 
 class Dropout(nn.Module):
@@ -41,17 +42,8 @@ class Dropout(nn.Module):
         rate = self.rate if rate is None else rate
         if deterministic:
             return ops.dropout(x, rate, None, deterministic=True)  # checks a static rate
-        static = static_rate(rate)
+        static = static_rate(rate)  # checks a static rate
         if static == 0.0:
             return ops.dropout(x, static, None)
         rng = None if static == 1.0 else self.make_rng("dropout")
         return ops.dropout(x, rate, rng)
-
-
-def static_rate(rate: float | jax.Array) -> float | None:
-    """``rate`` as a float when it is known at trace time, else None (a traced array): a
-    model can skip work that a rate of 0 makes useless."""
-    try:
-        return float(rate)
-    except (TypeError, jax.errors.ConcretizationTypeError):
-        return None

@@ -34,6 +34,7 @@ __all__ = [
     "keep_rule",
     "keep_threshold",
     "key_words",
+    "static_rate",
     "traced_keep_threshold",
     "uniform_bits16",
 ]
@@ -41,8 +42,10 @@ __all__ = [
 _LEVELS = 1 << 16  # 16-bit draws: the drop threshold is rate · 2^16, rounded
 
 
-def _static_rate(rate) -> float | None:
-    """rate as a Python float when it is concrete, None when it is traced."""
+def static_rate(rate: float | jax.Array) -> float | None:
+    """``rate`` as a Python float when it is concrete, None when it is traced (e.g. one rate per
+    trial under ``jax.vmap``): callers skip work a static 0 makes useless. A concrete rate is
+    checked: ValueError unless a scalar in [0, 1]."""
     if jnp.ndim(rate) != 0:
         raise ValueError(f"rate must be a scalar; got shape {jnp.shape(rate)}")
     try:
@@ -196,7 +199,7 @@ def dropout(
       Same shape and dtype as x, with E[output] = x.
     """
     x = jnp.asarray(x)
-    static = _static_rate(rate)
+    static = static_rate(rate)
     if deterministic or static == 0.0:
         return x
     if static == 1.0:
@@ -214,7 +217,7 @@ def keep_rule(rate: float | jax.Array) -> tuple[int | jax.Array, float | jax.Arr
     A static rate is checked as `dropout` checks it (ValueError outside [0, 1]; 1 gives
     τ = 2^16, keep nothing, scale 0); a traced one is clipped (`traced_keep_threshold`). For
     code that applies the rule to `uniform_bits16` draws itself (e.g. a blocked kernel)."""
-    static = _static_rate(rate)
+    static = static_rate(rate)
     if static is None:
         return traced_keep_threshold(rate)
     if static == 1.0:
