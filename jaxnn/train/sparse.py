@@ -100,6 +100,8 @@ Shapes: V table rows, D embedding dim, N lookups in a batch (B T'), K slots of a
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -109,6 +111,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.custom_batching import custom_vmap
 
 __all__ = [
     "LazyAdagradState",
@@ -129,6 +132,8 @@ __all__ = [
     "sparse_gradient",
     "sparse_labels",
     "table_gradients",
+    "trial_minor_axes",
+    "trial_minor_tables",
 ]
 
 _INT32_MAX = int(np.iinfo(np.int32).max)
@@ -296,16 +301,112 @@ def gather_rows(table: jax.Array, indices: jax.Array) -> jax.Array:
     return _gather(table, indices)
 
 
-def _gather(table: jax.Array, indices: jax.Array) -> jax.Array:
+# The three row operations of a lazy update: gather rows, overwrite them, add to them. Indices
+# are the sorted distinct ones of `distinct_slots` (or any unique sorted ones).
+def _plain_gather(table, indices):
     return table.at[indices].get(
         mode="fill", fill_value=0, indices_are_sorted=True, unique_indices=True
     )
 
 
-def _scatter_set(table: jax.Array, indices: jax.Array, rows: jax.Array) -> jax.Array:
+def _plain_set(table, indices, rows):
     return table.at[indices].set(
         rows.astype(table.dtype), mode="drop", indices_are_sorted=True, unique_indices=True
     )
+
+
+def _plain_add(table, indices, rows):
+    return table.at[indices].add(
+        rows.astype(table.dtype), mode="drop", indices_are_sorted=True, unique_indices=True
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# K trials' tables stored trial-minor (jaxnn.tune.trials)
+# --------------------------------------------------------------------------------------------
+# Under jax.vmap over K trials whose tables are [K, V, D], a gather of U shared row indices
+# reads K separate D-vectors per index, from K tables that together outgrow the CPU's caches,
+# and the lazy update then works on [U, K, D] rows in K-strided pieces. Stored [V, K, D]
+# (vmapped with in_axes = out_axes = 1 on the tables), the K trials' copies of a row are one
+# contiguous K*D slice: one gather of U slices. jax.vmap's own rules for gather and scatter
+# move the trial axis to the front, a transpose of the whole table on every step; the batching
+# rule below instead works on the [V, K, D] table directly (its two swapaxes cancel the ones
+# vmap inserts). The numbers are the same either way; only the memory traffic changes
+# (benchmarks/results/tune.md).
+_TRIAL_MINOR = contextvars.ContextVar("jaxnn_trial_minor_tables", default=False)
+
+
+@contextlib.contextmanager
+def trial_minor_tables():
+    """Trace the lazy row operations for K trials' tables stored trial-minor, [V, K, D].
+
+    Inside this context (at trace time), `gather_rows`, the lazy optimizers' row updates and
+    `apply_updates` of a `SparseRows` update batch a vmapped table with shared indices by
+    working on the table's [V, K, D] layout: use it around ``jax.vmap(step, in_axes=axes,
+    out_axes=axes)`` with ``axes = trial_minor_axes(states, tables)`` and the tables kept
+    [V, K, D] between steps (as jaxnn.tune.trials.TrialGroup does). Correct in any layout;
+    with the tables stored [K, V, D] it would cost two whole-table transposes per operation,
+    which is why it is not the default. Reverse-mode differentiation through the row
+    operations is not supported inside it (the lazy step differentiates w.r.t. gathered rows,
+    never through the gather).
+    """
+    token = _TRIAL_MINOR.set(True)
+    try:
+        yield
+    finally:
+        _TRIAL_MINOR.reset(token)
+
+
+def trial_minor_axes(tree: Any, tables: Sequence[TablePath]) -> Any:
+    """The vmap axes of K trials' ``tree`` (a TrainState, params, variables) stored
+    trial-minor: 1 on each table leaf and on its optimizer moments (leaves whose path ends with
+    a table's path: [V, K, D]), 0 on every other leaf ([K, ...])."""
+    paths = _table_paths(tables)
+
+    def axis(path, _):
+        keys = tuple(_key_name(k) for k in path)
+        return 1 if any(keys[-len(t) :] == t for t in paths) else 0
+
+    return jax.tree_util.tree_map_with_path(axis, tree)
+
+
+def _trial_minor(plain: Callable) -> Callable:
+    """``plain(table, indices, *rows)`` with the trial-minor batching rule (see above)."""
+    batched = custom_vmap(plain)
+
+    @batched.def_vmap
+    def rule(axis_size, in_batched, table, indices, *rows):
+        table_batched, indices_batched, *rows_batched = in_batched
+        if not table_batched or indices_batched:  # not the tuning layout: vmap's own rules
+            axes = tuple(0 if b else None for b in in_batched)
+            return jax.vmap(plain, in_axes=axes)(table, indices, *rows), True
+        minor = [jnp.swapaxes(table, 0, 1)]  # [K, V, ...] -> [V, K, ...]
+        for r, b in zip(rows, rows_batched, strict=True):  # [K, U, ...] or [U, ...]
+            if b:
+                minor.append(jnp.swapaxes(r, 0, 1))
+            else:
+                minor.append(jnp.broadcast_to(r[:, None], (r.shape[0], axis_size, *r.shape[1:])))
+        out = plain(minor[0], indices, *minor[1:])  # [U, K, ...] rows or the [V, K, ...] table
+        return jnp.swapaxes(out, 0, 1), True
+
+    return batched
+
+
+_minor_gather = _trial_minor(_plain_gather)
+_minor_set = _trial_minor(_plain_set)
+_minor_add = _trial_minor(_plain_add)
+
+
+def _gather(table: jax.Array, indices: jax.Array) -> jax.Array:
+    return (_minor_gather if _TRIAL_MINOR.get() else _plain_gather)(table, indices)
+
+
+def _scatter_set(table: jax.Array, indices: jax.Array, rows: jax.Array) -> jax.Array:
+    return (_minor_set if _TRIAL_MINOR.get() else _plain_set)(table, indices, rows)
+
+
+def _scatter_add(table: jax.Array, indices: jax.Array, rows: jax.Array) -> jax.Array:
+    return (_minor_add if _TRIAL_MINOR.get() else _plain_add)(table, indices, rows)
 
 
 # --------------------------------------------------------------------------------------------
@@ -657,9 +758,7 @@ def apply_updates(params: Any, updates: Any) -> Any:
         if p is None:
             return None
         if is_sparse(u):
-            return p.at[u.indices].add(
-                u.values.astype(p.dtype), mode="drop", indices_are_sorted=True, unique_indices=True
-            )
+            return _scatter_add(p, u.indices, u.values)
         return jnp.asarray(p + u).astype(jnp.asarray(p).dtype)
 
     return jax.tree.map(apply, params, updates, is_leaf=lambda x: x is None)

@@ -152,6 +152,7 @@ class TrialGroup:
         self.l2_mode = weight_decay_mode(o) == "l2"
         self._jitted: dict[tuple, Any] = {}
         self._rows_cache: dict[tuple, list] = {}
+        self._to_leading = None
         self._feature_ids = jax.jit(
             lambda tokens, mask: self.model.apply({}, tokens, mask, method="feature_ids")
         )
@@ -187,6 +188,26 @@ class TrialGroup:
             vocab_size=len(self.data.vocab),
             num_classes=self.num_classes,
         )
+
+    def _trial_axes(self, tree: Any) -> Any:
+        """Each leaf's trial axis in a vmapped group's state: 1 for the sparse tables and their
+        optimizer moments, stored [V, K, D] so that the K trials' copies of a row are adjacent
+        (`jaxnn.train.sparse.trial_minor_tables`), 0 for every other leaf."""
+        if not self.tables:
+            return jax.tree.map(lambda _: 0, tree)
+        return sparse_lib.trial_minor_axes(tree, self.tables)
+
+    def _leading(self, tree: Any) -> Any:
+        """A vmapped group's variables with the trial axis first on every leaf, as `fit`
+        returns them and the (vmapped) evaluation reads them: a copy of each table, once per
+        epoch."""
+        if not self.tables:
+            return tree
+        if self._to_leading is None:
+            self._to_leading = jax.jit(
+                lambda t: jax.tree.map(lambda x, a: jnp.moveaxis(x, a, 0), t, self._trial_axes(t))
+            )
+        return self._to_leading(tree)
 
     # -- the programs ---------------------------------------------------------------------------
     def _init_fn(self, model: Any):
@@ -257,12 +278,21 @@ class TrialGroup:
                 counter, rng = states.step, states.rng
                 if shared_rng:  # one seed: one dropout key, draws made once for all trials
                     counter, rng = counter[0], rng[0]
-                return jax.vmap(one, in_axes=(0, trial_axis, 0, rng_axis, rng_axis))(
-                    states, batch["weights"], rates, counter, rng
-                )
+                axes = self._trial_axes(states)
+                with sparse_lib.trial_minor_tables():
+                    return jax.vmap(
+                        one,
+                        in_axes=(axes, trial_axis, 0, rng_axis, rng_axis),
+                        out_axes=axes,
+                    )(states, batch["weights"], rates, counter, rng)
+
+            def init_group(seeds, hyper):  # tables stored trial-minor, [V, K, D]
+                states = jax.vmap(init)(seeds, hyper)
+                axes = self._trial_axes(states)
+                return jax.tree.map(lambda x, a: jnp.moveaxis(x, 0, a), states, axes)
 
             programs = (
-                jax.jit(jax.vmap(init)),
+                jax.jit(init_group),
                 jax.jit(group_step, donate_argnums=0, static_argnums=3),
                 jax.jit(jax.vmap(evaluate, in_axes=(0, 0, None)), donate_argnums=1),
             )
@@ -426,7 +456,7 @@ class TrialGroup:
                     state = train_step(state, batch, rows)
                 step += 1
             metrics = jax.device_get(axis(state.metrics))
-            variables = state.variables()
+            variables = self._leading(state.variables()) if vmapped else state.variables()
             evals = {
                 n: self._evaluate(evaluate, axis, variables, s, vmapped)
                 for n, s in eval_splits.items()
@@ -473,7 +503,7 @@ class TrialGroup:
             failure=failure,
             best_epoch=best_epoch,
             best_variables=best,
-            last_variables=axis(state.variables()),
+            last_variables=self._leading(state.variables()) if vmapped else axis(state.variables()),
             probs={n: np.stack(v) for n, v in probs_out.items() if v},
         )
 
