@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+from jax.custom_batching import custom_vmap
 
 __all__ = ["embedding_bag_sum"]
 
@@ -129,43 +130,102 @@ def _blocks(slot, bits, d):
 
 
 def _kept(values, bits, threshold):
-    return values if bits is None else jnp.where(bits.astype(jnp.int32) >= threshold, values, 0.0)
+    """values [c, T, G, D] where the shared draws bits [c, T, D] are >= each group's threshold
+    [G], else 0 (no dropout when bits is None)."""
+    if bits is None:
+        return values
+    return jnp.where(bits[:, :, None, :].astype(jnp.int32) >= threshold[:, None], values, 0.0)
+
+
+# The blocked form works on G groups of rows that share the lookups and the dropout draws:
+# rows [U, G, D] -> sums [B, G, D], threshold and scale [G]. A plain call is G = 1. Under
+# jax.vmap over K trials that share the batch (jaxnn.tune: per-trial rows and dropout rate,
+# shared slots and draws), the batching rule below makes the K trials the G groups, so one
+# gather reads each looked-up row of all trials as one K*D slice (the tuner stores its tables
+# trial-minor, jaxnn.train.sparse.trial_minor_tables) and nothing is transposed to [K, U, D];
+# vmap's own rule would scan over [K, ...] blocks of rows transposed to trials-first.
+def _grouped_forward(rows, slot, bits, threshold, scale):
+    _, slot_blocks, bit_blocks = _blocks(slot, bits, rows.shape[-1])
+
+    def block(_, xs):
+        s, u = xs
+        x = rows.at[s].get(mode="fill", fill_value=0)  # [c, T, G, D]
+        return None, jnp.sum(_kept(x, u, threshold), axis=1)
+
+    _, sums = jax.lax.scan(block, None, (slot_blocks, bit_blocks))
+    out = sums.reshape(slot.shape[0], *rows.shape[1:])
+    return out if bits is None else out * scale[:, None]
+
+
+def _grouped_backward(g, slot, bits, threshold, scale, num_rows):
+    d = g.shape[-1]
+    c, slot_blocks, bit_blocks = _blocks(slot, bits, d)
+    if bits is not None:
+        g = g * scale[:, None]
+    g_blocks = g.reshape(slot_blocks.shape[0], c, 1, *g.shape[1:])
+
+    def block(acc, xs):
+        s, u, gb = xs
+        contrib = _kept(jnp.broadcast_to(gb, (*s.shape, *g.shape[1:])), u, threshold)
+        return acc.at[s].add(contrib, mode="drop"), None
+
+    zeros = jnp.zeros((num_rows, *g.shape[1:]), jnp.float32)
+    acc, _ = jax.lax.scan(block, zeros, (slot_blocks, bit_blocks, g_blocks))
+    return acc
+
+
+def _one_group(kernel):
+    """``kernel`` for one trial (G = 1): ``f(x [N, D], slot, bits, threshold, scale, *static)``,
+    with the batching rule that runs K trials sharing ``slot`` and ``bits`` as K groups."""
+
+    def plain(x, slot, bits, threshold, scale, *static):
+        if bits is None:
+            return kernel(x[:, None], slot, None, None, None, *static)[:, 0]
+        return kernel(x[:, None], slot, bits, threshold[None], scale[None], *static)[:, 0]
+
+    def batched(x, slot, bits, threshold, scale, *static):
+        f = custom_vmap(lambda x, slot, *drop: plain(x, slot, *(drop or (None,) * 3), *static))
+
+        @f.def_vmap
+        def rule(axis_size, in_batched, x, slot, *drop):
+            x_b, slot_b, *drop_b = in_batched
+            if not x_b or slot_b or (drop and drop_b[0]):  # not sharing the batch: vmap's rule
+                axes = tuple(0 if b else None for b in in_batched)
+                return jax.vmap(
+                    lambda *a: plain(*a[:2], *(a[2:] or (None,) * 3), *static), in_axes=axes
+                )(x, slot, *drop), True
+            groups = jnp.swapaxes(x, 0, 1)  # [K, N, D] -> [N, K, D]
+            if drop:
+                _, threshold, scale = drop
+                threshold = jnp.broadcast_to(threshold, (axis_size,))
+                scale = jnp.broadcast_to(scale, (axis_size,))
+                out = kernel(groups, slot, drop[0], threshold, scale, *static)
+            else:
+                out = kernel(groups, slot, None, None, None, *static)
+            return jnp.swapaxes(out, 0, 1), True
+
+        return f(x, slot) if bits is None else f(x, slot, bits, threshold, scale)
+
+    return batched
+
+
+_forward = _one_group(_grouped_forward)
+_backward = _one_group(_grouped_backward)
 
 
 @jax.custom_vjp
 def _blocked_sum(rows, slot, bits, threshold, scale):
-    return _blocked_sum_fwd(rows, slot, bits, threshold, scale)[0]
+    return _forward(rows, slot, bits, threshold, scale)
 
 
 def _blocked_sum_fwd(rows, slot, bits, threshold, scale):
-    _, slot_blocks, bit_blocks = _blocks(slot, bits, rows.shape[1])
-
-    def block(_, xs):
-        s, u = xs
-        x = rows.at[s].get(mode="fill", fill_value=0)  # [c, T, D]
-        return None, jnp.sum(_kept(x, u, threshold), axis=1)
-
-    _, sums = jax.lax.scan(block, None, (slot_blocks, bit_blocks))
-    out = sums.reshape(slot.shape[0], rows.shape[1])
-    if bits is not None:
-        out = out * scale
-    return out, (rows.shape, slot, bits, threshold, scale)
+    out = _forward(rows, slot, bits, threshold, scale)
+    return out, (rows.shape[0], slot, bits, threshold, scale)
 
 
 def _blocked_sum_bwd(res, g):
-    shape, slot, bits, threshold, scale = res
-    c, slot_blocks, bit_blocks = _blocks(slot, bits, shape[1])
-    if bits is not None:
-        g = g * scale
-    g_blocks = g.reshape(slot_blocks.shape[0], c, 1, shape[1])
-
-    def block(acc, xs):
-        s, u, gb = xs
-        contrib = _kept(jnp.broadcast_to(gb, (*s.shape, shape[1])), u, threshold)  # [c, T, D]
-        return acc.at[s].add(contrib, mode="drop"), None
-
-    acc, _ = jax.lax.scan(block, jnp.zeros(shape, jnp.float32), (slot_blocks, bit_blocks, g_blocks))
-    return acc, None, None, None, None
+    num_rows, slot, bits, threshold, scale = res
+    return _backward(g, slot, bits, threshold, scale, num_rows), None, None, None, None
 
 
 _blocked_sum.defvjp(_blocked_sum_fwd, _blocked_sum_bwd)

@@ -97,6 +97,41 @@ def test_vmapped_over_rows_and_rates_equals_one_at_a_time(form):
         np.testing.assert_allclose(grads[k], want_grad(g), rtol=1e-5, atol=1e-6)
 
 
+def test_vmapped_trials_sharing_the_batch_run_as_groups_and_others_as_vmap_does():
+    """Shared slots and draws: the K trials run as K groups of one blocked pass (its
+    accumulator [U, K, D], the rows' trial-minor layout). Draws or slots per trial: vmap's own
+    rule. Each way, every trial's value and gradient equal its own call."""
+    rows, slot, bits, g = _inputs(seed=3)
+    k = 3
+    stacked = np.stack([rows, 2 * rows + 1, -rows])
+    many_bits = np.stack([bits, bits[::-1], np.roll(bits, 1, axis=-1)])
+    many_slots = np.stack([slot, slot[::-1], np.where(slot > 2, slot - 1, slot)])
+    many = np.concatenate([stacked, stacked], axis=1)  # U past the counts form's limit
+    thresholds = jnp.asarray([0, 19661, 40000], jnp.int32)
+
+    def one(r, s, u, th):
+        return jnp.sum(embedding_bag_sum(r, s, dropout=(u, th, 1.5)) * g)
+
+    grad = jax.jit(jax.vmap(jax.value_and_grad(one), in_axes=(0, None, None, 0)))
+    jaxpr = str(jax.make_jaxpr(grad)(many, slot, bits, thresholds))
+    assert f"f32[{many.shape[1]},{k},{rows.shape[1]}]" in jaxpr  # the grouped accumulator
+    for axes, s, u in [
+        ((0, None, None, 0), slot, bits),
+        ((0, None, 0, 0), slot, many_bits),
+        ((0, 0, None, 0), many_slots, bits),
+    ]:
+        values, grads = jax.jit(jax.vmap(jax.value_and_grad(one), in_axes=axes))(
+            many, s, u, thresholds
+        )
+        for j in range(k):
+            pick = lambda x, a: x[j] if a == 0 else x
+            want, want_grad = _numpy(
+                many[j], pick(s, axes[1]), pick(u, axes[2]), int(thresholds[j]), 1.5
+            )
+            np.testing.assert_allclose(values[j], np.sum(want * g), rtol=1e-5)
+            np.testing.assert_allclose(grads[j], want_grad(g), rtol=1e-5, atol=1e-6)
+
+
 def test_counts_form_is_chosen_for_few_rows_and_blocks_for_many():
     rows, slot, _, _ = _inputs()
     few = jax.make_jaxpr(lambda r: embedding_bag_sum(r, slot))(rows)
@@ -176,8 +211,8 @@ def test_blocked_gradient_never_forms_the_batch_of_vectors(monkeypatch):
         if jnp.issubdtype(a.dtype, jnp.floating) and np.prod(a.shape) >= b * t * d
     ]
     assert not big, big
-    blocks = [a for a in shapes(jaxpr.jaxpr) if a.shape == (2, t, d)]
-    assert blocks  # the per-block vectors are there instead
+    blocks = [a for a in shapes(jaxpr.jaxpr) if a.shape == (2, t, 1, d)]
+    assert blocks  # the per-block vectors are there instead (one group: one trial)
 
 
 def test_one_block_under_a_mesh_of_several_devices():
