@@ -19,7 +19,8 @@ times a CPU's caches. Two forms here:
   mesh of several devices (``jax.sharding.use_abstract_mesh``, as jaxnn.train's steps are),
   the whole batch is one block, which XLA partitions along B (a loop over blocks of the global
   batch would run on every device). Dropout, whose mask differs per element, always takes
-  this form.
+  this form. Under ``jax.vmap`` over trials that share the slots and the dropout draws (each
+  with its own rows and rate), one pass serves all of them, their rows side by side.
 
 Both sum in float32 (the counts product at full precision: a TF32 or bf16 pass would round
 the rows). Gradients flow to ``rows`` only, in reverse mode (grad, vjp): both forms are
