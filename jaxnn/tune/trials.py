@@ -22,6 +22,12 @@ memory of `jaxnn.launch.TUNING_DEFAULTS`): the group, ordered by dropout rate, i
 chunks trained one after another (a chunk of one rate has it built into its model).
 With sparse embedding tables, the distinct rows of each batch are counted on the host once per
 epoch and passed to the step (``table_rows``), so the lazy optimizer touches those rows only.
+A vmapped group stores those tables and their optimizer moments trial-minor, [V, K, D]
+(`jaxnn.train.sparse.trial_minor_axes`, traced under `jaxnn.train.sparse.trial_minor_tables`):
+the K trials' copies of a row are one contiguous slice, so the step's row gathers and scatters
+read and write U slices rather than K U scattered rows, and the bag-of-words sum runs the K
+trials as groups of one pass (`jaxnn.ops.embedding_bag_sum`). `fit` returns the variables
+trials-first, as always (one copy of each table per epoch).
 
 ``vmap=False`` trains the same trials one after another, each with the ordinary jitted step of
 its own config (dropout rate baked into its model, as ``python train.py`` would): the
