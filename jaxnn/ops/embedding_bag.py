@@ -131,38 +131,44 @@ def _blocks(slot, bits, d):
 
 
 def _kept(values, bits, threshold):
-    """values [c, T, G, D] where the shared draws bits [c, T, D] are >= each group's threshold
-    [G], else 0 (no dropout when bits is None)."""
+    """values [c, T, D] (or [c, T, G, D]: G groups sharing the draws) where the draws bits
+    [c, T, D] are >= threshold (a scalar, or one per group [G]), else 0; all without bits."""
     if bits is None:
         return values
+    if values.ndim == 3:
+        return jnp.where(bits.astype(jnp.int32) >= threshold, values, 0.0)
     return jnp.where(bits[:, :, None, :].astype(jnp.int32) >= threshold[:, None], values, 0.0)
 
 
-# The blocked form works on G groups of rows that share the lookups and the dropout draws:
-# rows [U, G, D] -> sums [B, G, D], threshold and scale [G]. A plain call is G = 1. Under
-# jax.vmap over K trials that share the batch (jaxnn.tune: per-trial rows and dropout rate,
-# shared slots and draws), the batching rule below makes the K trials the G groups, so one
-# gather reads each looked-up row of all trials as one K*D slice (the tuner stores its tables
-# trial-minor, jaxnn.train.sparse.trial_minor_tables) and nothing is transposed to [K, U, D];
-# vmap's own rule would scan over [K, ...] blocks of rows transposed to trials-first.
-def _grouped_forward(rows, slot, bits, threshold, scale):
+def _scaled(values, scale):
+    """values [B, D] * scale, or [B, G, D] * scale [G] per group."""
+    return values * (scale if values.ndim == 2 else scale[:, None])
+
+
+# The blocked form's passes take rows [U, D] and give [B, D]; or, for G groups of rows that share
+# the lookups and the dropout draws, rows [U, G, D] -> [B, G, D] with threshold and scale [G].
+# Under jax.vmap over K trials that share the batch (jaxnn.tune: per-trial rows and dropout
+# rate, shared slots and draws), the batching rule of `_batched_over_groups` makes the K trials
+# the G groups: one gather reads each looked-up row of all trials as one K*D slice (the tuner
+# stores its tables trial-minor, jaxnn.train.sparse.trial_minor_tables) and nothing is
+# transposed to [K, U, D], as vmap's own rule would do to scan over trials-first blocks.
+def _forward_pass(rows, slot, bits, threshold, scale):
     _, slot_blocks, bit_blocks = _blocks(slot, bits, rows.shape[-1])
 
     def block(_, xs):
         s, u = xs
-        x = rows.at[s].get(mode="fill", fill_value=0)  # [c, T, G, D]
+        x = rows.at[s].get(mode="fill", fill_value=0)  # [c, T, (G,) D]
         return None, jnp.sum(_kept(x, u, threshold), axis=1)
 
     _, sums = jax.lax.scan(block, None, (slot_blocks, bit_blocks))
     out = sums.reshape(slot.shape[0], *rows.shape[1:])
-    return out if bits is None else out * scale[:, None]
+    return out if bits is None else _scaled(out, scale)
 
 
-def _grouped_backward(g, slot, bits, threshold, scale, num_rows):
-    d = g.shape[-1]
-    c, slot_blocks, bit_blocks = _blocks(slot, bits, d)
+def _backward_pass(g, slot, bits, threshold, scale, num_rows):
+    c, slot_blocks, bit_blocks = _blocks(slot, bits, g.shape[-1])
     if bits is not None:
-        g = g * scale[:, None]
+        g = _scaled(g, scale)
     g_blocks = g.reshape(slot_blocks.shape[0], c, 1, *g.shape[1:])
 
     def block(acc, xs):
@@ -175,43 +181,36 @@ def _grouped_backward(g, slot, bits, threshold, scale, num_rows):
     return acc
 
 
-def _one_group(kernel):
-    """``kernel`` for one trial (G = 1): ``f(x [N, D], slot, bits, threshold, scale, *static)``,
-    with the batching rule that runs K trials sharing ``slot`` and ``bits`` as K groups."""
+def _batched_over_groups(kernel):
+    """``kernel(x [N, D], slot, bits, threshold, scale, *static)`` with a batching rule: K
+    vmapped trials with their own x (and threshold, scale) and shared ``slot`` and ``bits`` run
+    as one call on x [N, K, D]; any other batching is vmap's own."""
 
-    def plain(x, slot, bits, threshold, scale, *static):
-        if bits is None:
-            return kernel(x[:, None], slot, None, None, None, *static)[:, 0]
-        return kernel(x[:, None], slot, bits, threshold[None], scale[None], *static)[:, 0]
+    def call(x, slot, bits, threshold, scale, *static):
+        def one(x, slot, *drop):
+            return kernel(x, slot, *(drop or (None,) * 3), *static)
 
-    def batched(x, slot, bits, threshold, scale, *static):
-        f = custom_vmap(lambda x, slot, *drop: plain(x, slot, *(drop or (None,) * 3), *static))
+        f = custom_vmap(one)
 
         @f.def_vmap
         def rule(axis_size, in_batched, x, slot, *drop):
             x_b, slot_b, *drop_b = in_batched
-            if not x_b or slot_b or (drop and drop_b[0]):  # not sharing the batch: vmap's rule
+            if not x_b or slot_b or (drop and drop_b[0]):  # not sharing the batch
                 axes = tuple(0 if b else None for b in in_batched)
-                return jax.vmap(
-                    lambda *a: plain(*a[:2], *(a[2:] or (None,) * 3), *static), in_axes=axes
-                )(x, slot, *drop), True
+                return jax.vmap(one, in_axes=axes)(x, slot, *drop), True
             groups = jnp.swapaxes(x, 0, 1)  # [K, N, D] -> [N, K, D]
             if drop:
-                _, threshold, scale = drop
-                threshold = jnp.broadcast_to(threshold, (axis_size,))
-                scale = jnp.broadcast_to(scale, (axis_size,))
-                out = kernel(groups, slot, drop[0], threshold, scale, *static)
-            else:
-                out = kernel(groups, slot, None, None, None, *static)
-            return jnp.swapaxes(out, 0, 1), True
+                per_group = lambda v: jnp.broadcast_to(v, (axis_size,))
+                drop = (drop[0], per_group(drop[1]), per_group(drop[2]))
+            return jnp.swapaxes(one(groups, slot, *drop), 0, 1), True
 
         return f(x, slot) if bits is None else f(x, slot, bits, threshold, scale)
 
-    return batched
+    return call
 
 
-_forward = _one_group(_grouped_forward)
-_backward = _one_group(_grouped_backward)
+_forward = _batched_over_groups(_forward_pass)
+_backward = _batched_over_groups(_backward_pass)
 
 
 @jax.custom_vjp

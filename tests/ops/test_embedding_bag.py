@@ -211,8 +211,8 @@ def test_blocked_gradient_never_forms_the_batch_of_vectors(monkeypatch):
         if jnp.issubdtype(a.dtype, jnp.floating) and np.prod(a.shape) >= b * t * d
     ]
     assert not big, big
-    blocks = [a for a in shapes(jaxpr.jaxpr) if a.shape == (2, t, 1, d)]
-    assert blocks  # the per-block vectors are there instead (one group: one trial)
+    blocks = [a for a in shapes(jaxpr.jaxpr) if a.shape == (2, t, d)]
+    assert blocks  # the per-block vectors are there instead
 
 
 def test_one_block_under_a_mesh_of_several_devices():
