@@ -124,7 +124,7 @@ def test_vmapped_trials_sharing_the_batch_run_as_groups_and_others_as_vmap_does(
             many, s, u, thresholds
         )
         for j in range(k):
-            pick = lambda x, a: x[j] if a == 0 else x
+            pick = lambda x, a, j=j: x[j] if a == 0 else x
             want, want_grad = _numpy(
                 many[j], pick(s, axes[1]), pick(u, axes[2]), int(thresholds[j]), 1.5
             )
