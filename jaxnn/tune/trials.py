@@ -27,7 +27,8 @@ A vmapped group stores those tables and their optimizer moments trial-minor, [V,
 the K trials' copies of a row are one contiguous slice, so the step's row gathers and scatters
 read and write U slices rather than K U scattered rows, and the bag-of-words sum runs the K
 trials as groups of one pass (`jaxnn.ops.embedding_bag_sum`). `fit` returns the variables
-trials-first, as always (one copy of each table per epoch).
+trials-first, as always (one copy of each table per epoch). A float16 model's tables stay
+trials-first: its loss scale's per-trial skip is a select over trials-first operands.
 
 ``vmap=False`` trains the same trials one after another, each with the ordinary jitted step of
 its own config (dropout rate baked into its model, as ``python train.py`` would): the
@@ -199,7 +200,10 @@ class TrialGroup:
         """Each leaf's trial axis in a vmapped group's state: 1 for the sparse tables and their
         optimizer moments, stored [V, K, D] so that the K trials' copies of a row are adjacent
         (`jaxnn.train.sparse.trial_minor_tables`), 0 for every other leaf."""
-        if not self.tables:
+        if not self.tables or self.cfg["model"]["dtype"] == "float16":
+            # float16's loss scale skips a step per trial with a lax.cond that vmap turns into a
+            # select over trials-first operands: trial-minor tables would be transposed twice
+            # per step there, so they stay [K, V, D]
             return jax.tree.map(lambda _: 0, tree)
         return sparse_lib.trial_minor_axes(tree, self.tables)
 
@@ -207,7 +211,7 @@ class TrialGroup:
         """A vmapped group's variables with the trial axis first on every leaf, as `fit`
         returns them and the (vmapped) evaluation reads them: a copy of each table, once per
         epoch."""
-        if not self.tables:
+        if not any(jax.tree.leaves(self._trial_axes(tree))):
             return tree
         if self._to_leading is None:
             self._to_leading = jax.jit(

@@ -212,3 +212,15 @@ def test_trial_group_takes_the_default_trials_per_program(data, monkeypatch):
     monkeypatch.setattr(trials, "host_allocator", lambda: {"mode": "system"})
     assert TrialGroup(config(), data).trials_per_program == 4
     assert TrialGroup(config(), data, trials_per_program=3).trials_per_program == 3
+
+
+@pytest.mark.parametrize("dtype, axis", [("float32", 1), ("float16", 0)])
+def test_vmapped_tables_are_stored_trial_minor_except_under_a_loss_scale(data, dtype, axis):
+    """Sparse tables and their moments at vmap axis 1 ([V, K, D]); with float16's loss scale
+    (a per-trial lax.cond, a select over trials-first operands) they stay at axis 0."""
+    group = TrialGroup(config(optim__sparse_embeddings=True, model__dtype=dtype), data)
+    assert group.tables
+    tree = {"params": {name: {"embedding": 0} for name in group.tables}, "step": 0}
+    axes = group._trial_axes(tree)
+    assert [axes["params"][n]["embedding"] for n in group.tables] == [axis] * len(group.tables)
+    assert axes["step"] == 0
