@@ -38,7 +38,12 @@ from flax import struct
 # One home, the lowest layer that needs it (jaxnn.models builds the model in that dtype).
 from jaxnn.models.registry import compute_dtype
 
-__all__ = ["DynamicLossScale", "all_finite", "compute_dtype"]
+__all__ = ["DynamicLossScale", "all_finite", "compute_dtype", "uses_loss_scale"]
+
+
+def uses_loss_scale(model_dtype: str) -> bool:
+    """Whether a run of ``model.dtype`` carries a `DynamicLossScale` (float16 only)."""
+    return model_dtype == "float16"
 
 
 def all_finite(tree: Any) -> jax.Array:

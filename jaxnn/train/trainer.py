@@ -40,7 +40,7 @@ from jaxnn.train.distributed import (
 )
 from jaxnn.train.errors import NonFiniteLossError
 from jaxnn.train.optim import make_optimizer, make_schedule
-from jaxnn.train.precision import DynamicLossScale, all_finite
+from jaxnn.train.precision import DynamicLossScale, all_finite, uses_loss_scale
 from jaxnn.train.state import NO_NONFINITE, TrainState, zero_train_metrics
 from jaxnn.train.step import make_eval_step, make_train_step, zero_eval_metrics
 
@@ -106,7 +106,7 @@ def fresh_state(
     variables = model.init(init_key, tokens, jnp.ones((1, length), bool), train=False)
     params = variables["params"]
     loss_scale = None
-    if config["model"]["dtype"] == "float16":
+    if uses_loss_scale(config["model"]["dtype"]):
         loss_scale = DynamicLossScale.create(
             optim["initial_loss_scale"], period=optim["loss_scale_period"]
         )

@@ -58,6 +58,7 @@ from jaxnn.ops import softmax
 from jaxnn.train import sparse as sparse_lib
 from jaxnn.train.config import config_to_dict, validate_config, weight_decay_mode
 from jaxnn.train.optim import HYPERPARAMETERS, make_optimizer, set_hyperparams
+from jaxnn.train.precision import uses_loss_scale
 from jaxnn.train.state import NO_NONFINITE, zero_train_metrics
 from jaxnn.train.step import make_eval_step, make_train_step, zero_eval_metrics
 from jaxnn.train.trainer import fresh_state, training_batches
@@ -200,7 +201,7 @@ class TrialGroup:
         """Each leaf's trial axis in a vmapped group's state: 1 for the sparse tables and their
         optimizer moments, stored [V, K, D] so that the K trials' copies of a row are adjacent
         (`jaxnn.train.sparse.trial_minor_tables`), 0 for every other leaf."""
-        if not self.tables or self.cfg["model"]["dtype"] == "float16":
+        if not self.tables or uses_loss_scale(self.cfg["model"]["dtype"]):
             # float16's loss scale skips a step per trial with a lax.cond that vmap turns into a
             # select over trials-first operands: trial-minor tables would be transposed twice
             # per step there, so they stay [K, V, D]
