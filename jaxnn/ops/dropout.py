@@ -18,6 +18,8 @@ uses that rounded probability, so E[y] = x holds exactly.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 
 import jax
@@ -34,12 +36,45 @@ __all__ = [
     "keep_rule",
     "keep_threshold",
     "key_words",
+    "rate_free_trials",
+    "rate_free_trials_of",
     "static_rate",
     "traced_keep_threshold",
     "uniform_bits16",
 ]
 
 _LEVELS = 1 << 16  # 16-bit draws: the drop threshold is rate · 2^16, rounded
+
+_RATE_FREE = contextvars.ContextVar("jaxnn_rate_free_trials", default=None)
+
+
+@contextlib.contextmanager
+def rate_free_trials(count: int, *, trials: int):
+    """Trace a ``jax.vmap`` over ``trials`` whose first ``count`` have dropout rate 0.
+
+    Under vmap each trial's rate is traced, so code that skips dropout for a static 0 (a
+    sequential run's model) cannot; a batching rule that sees all trials at once can, if told
+    which ones. Inside this context (at trace time) `rate_free_trials_of` gives such rules the
+    count: `jaxnn.ops.embedding_bag_sum` then pools those trials without the mask, as their own
+    runs would, and the others with it (jaxnn.tune.trials.TrialGroup orders its trials by rate
+    and traces its step in here). A promise about the values passed: with a nonzero rate among
+    the first ``count``, those trials would train without dropout.
+    """
+    count, trials = int(count), int(trials)
+    if not 0 <= count <= trials:
+        raise ValueError(f"count must be in [0, trials={trials}]; got {count}")
+    token = _RATE_FREE.set((count, trials))
+    try:
+        yield
+    finally:
+        _RATE_FREE.reset(token)
+
+
+def rate_free_trials_of(axis_size: int) -> int:
+    """How many leading trials of a vmapped axis of ``axis_size`` have rate 0: the count of the
+    enclosing `rate_free_trials` when its trials equal ``axis_size``, else 0 (not known)."""
+    told = _RATE_FREE.get()
+    return told[0] if told is not None and told[1] == axis_size else 0
 
 
 def static_rate(rate: float | jax.Array) -> float | None:

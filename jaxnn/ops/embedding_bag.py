@@ -20,7 +20,9 @@ times a CPU's caches. Two forms here:
   the whole batch is one block, which XLA partitions along B (a loop over blocks of the global
   batch would run on every device). Dropout, whose mask differs per element, always takes
   this form. Under ``jax.vmap`` over trials that share the slots and the dropout draws (each
-  with its own rows and rate), one pass serves all of them, their rows side by side.
+  with its own rows and rate), one pass serves all of them, their rows side by side; trials
+  known to have rate 0 (`jaxnn.ops.dropout.rate_free_trials`) are summed without the mask, in
+  the form a run of theirs alone would take.
 
 Both sum in float32 (the counts product at full precision: a TF32 or bf16 pass would round
 the rows). Gradients flow to ``rows`` only, in reverse mode (grad, vjp): both forms are
@@ -32,6 +34,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 from jax.custom_batching import custom_vmap
+
+from jaxnn.ops.dropout import rate_free_trials_of
 
 __all__ = ["embedding_bag_sum"]
 
@@ -81,15 +85,23 @@ def embedding_bag_sum(
         return _blocked_sum(
             rows, slot, bits, jnp.asarray(threshold, jnp.int32), jnp.asarray(scale, jnp.float32)
         )
-    if rows.shape[0] <= COUNTS_MAX_ROWS_PER_LOOKUP * slot.shape[1]:
-        b, u = slot.shape[0], rows.shape[0]
-        counts = jnp.zeros((b, u + 1), jnp.float32)
-        counts = counts.at[jnp.arange(b)[:, None], jnp.minimum(slot, u)].add(1.0)[:, :u]
-        return _counts_product(counts, rows)
+    if _counts_form(rows.shape[0], slot):
+        return _counts_product(_counts(slot, rows.shape[0]), rows)
     return _blocked_sum(rows, slot, None, None, None)
 
 
 # -- the counts form ------------------------------------------------------------------------------
+def _counts_form(num_rows: int, slot: jax.Array) -> bool:
+    return num_rows <= COUNTS_MAX_ROWS_PER_LOOKUP * slot.shape[1]
+
+
+def _counts(slot: jax.Array, num_rows: int) -> jax.Array:
+    """float32 [B, U]: counts[b, u] = #{t : slot[b, t] = u} (slots >= U count nowhere)."""
+    b = slot.shape[0]
+    counts = jnp.zeros((b, num_rows + 1), jnp.float32)
+    return counts.at[jnp.arange(b)[:, None], jnp.minimum(slot, num_rows)].add(1.0)[:, :num_rows]
+
+
 @jax.custom_vjp
 def _counts_product(counts: jax.Array, rows: jax.Array) -> jax.Array:
     """counts [B, U] @ rows [U, D] at full float32 precision. The rows' gradient is written as
@@ -152,20 +164,22 @@ def _scaled(values, scale):
 # the G groups: one gather reads each looked-up row of all trials as one K*D slice (the tuner
 # stores its tables trial-minor, jaxnn.train.sparse.trial_minor_tables) and nothing is
 # transposed to [K, U, D], as vmap's own rule would do to scan over trials-first blocks.
-def _forward_pass(rows, slot, bits, threshold, scale):
+# ``groups`` (a slice) restricts a pass to some of the G groups, read and written in place.
+def _forward_pass(rows, slot, bits, threshold, scale, groups=slice(None)):
     _, slot_blocks, bit_blocks = _blocks(slot, bits, rows.shape[-1])
 
     def block(_, xs):
         s, u = xs
-        x = rows.at[s].get(mode="fill", fill_value=0)  # [c, T, (G,) D]
+        x = rows.at[s, groups].get(mode="fill", fill_value=0)  # [c, T, (G,) D]
         return None, jnp.sum(_kept(x, u, threshold), axis=1)
 
     _, sums = jax.lax.scan(block, None, (slot_blocks, bit_blocks))
-    out = sums.reshape(slot.shape[0], *rows.shape[1:])
+    out = sums.reshape(slot.shape[0], *sums.shape[2:])
     return out if bits is None else _scaled(out, scale)
 
 
-def _backward_pass(g, slot, bits, threshold, scale, num_rows):
+def _backward_pass(g, slot, bits, threshold, scale, num_rows, into=None, groups=slice(None)):
+    """The rows' gradient for g [B, (G,) D], added into ``into[:, groups]`` (default zeros)."""
     c, slot_blocks, bit_blocks = _blocks(slot, bits, g.shape[-1])
     if bits is not None:
         g = _scaled(g, scale)
@@ -174,17 +188,58 @@ def _backward_pass(g, slot, bits, threshold, scale, num_rows):
     def block(acc, xs):
         s, u, gb = xs
         contrib = _kept(jnp.broadcast_to(gb, (*s.shape, *g.shape[1:])), u, threshold)
-        return acc.at[s].add(contrib, mode="drop"), None
+        return acc.at[s, groups].add(contrib, mode="drop"), None
 
-    zeros = jnp.zeros((num_rows, *g.shape[1:]), jnp.float32)
-    acc, _ = jax.lax.scan(block, zeros, (slot_blocks, bit_blocks, g_blocks))
+    if into is None:
+        into = jnp.zeros((num_rows, *g.shape[1:]), jnp.float32)
+    acc, _ = jax.lax.scan(block, into, (slot_blocks, bit_blocks, g_blocks))
     return acc
 
 
-def _batched_over_groups(kernel):
+# Trials known to have dropout rate 0 (`jaxnn.ops.dropout.rate_free_trials`, the leading F of
+# the K groups) are summed without the mask, by the form `embedding_bag_sum` would choose for
+# one of them alone; the other K - F groups take the masked blocked pass.
+def _forward_split(rows, slot, bits, threshold, scale, *, free):
+    u, k, d = rows.shape
+    if _counts_form(u, slot):
+        plain = jnp.dot(
+            _counts(slot, u),
+            rows[:, :free].reshape(u, free * d),
+            precision=jax.lax.Precision.HIGHEST,
+        ).reshape(slot.shape[0], free, d)
+    else:
+        plain = _forward_pass(rows, slot, None, None, None, slice(0, free))
+    if free == k:
+        return plain
+    rest = slice(free, k)
+    masked = _forward_pass(rows, slot, bits, threshold[rest], scale[rest], rest)
+    return jnp.concatenate([plain, masked], axis=1)
+
+
+def _backward_split(g, slot, bits, threshold, scale, num_rows, *, free):
+    b, k, d = g.shape
+    if _counts_form(num_rows, slot):
+        plain = jnp.dot(
+            _counts(slot, num_rows).T,
+            g[:, :free].reshape(b, free * d),
+            precision=jax.lax.Precision.HIGHEST,
+        ).reshape(num_rows, free, d)
+        acc = jnp.zeros((num_rows, k, d), jnp.float32).at[:, :free].set(plain)
+    else:
+        acc = _backward_pass(g[:, :free], slot, None, None, None, num_rows, None, slice(0, free))
+        acc = jnp.pad(acc, ((0, 0), (0, k - free), (0, 0))) if free < k else acc
+    if free == k:
+        return acc
+    rest = slice(free, k)
+    return _backward_pass(g[:, rest], slot, bits, threshold[rest], scale[rest], num_rows, acc, rest)
+
+
+def _batched_over_groups(kernel, split):
     """``kernel(x [N, D], slot, bits, threshold, scale, *static)`` with a batching rule: K
     vmapped trials with their own x (and threshold, scale) and shared ``slot`` and ``bits`` run
-    as one call on x [N, K, D]; any other batching is vmap's own."""
+    as one call on x [N, K, D]; any other batching is vmap's own. With the leading F trials
+    known to have dropout rate 0 (`jaxnn.ops.dropout.rate_free_trials_of`), the call is
+    ``split(x [N, K, D], slot, bits, threshold [K], scale [K], *static, free=F)``."""
 
     def call(x, slot, bits, threshold, scale, *static):
         def one(x, slot, *drop):
@@ -199,18 +254,24 @@ def _batched_over_groups(kernel):
                 axes = tuple(0 if b else None for b in in_batched)
                 return jax.vmap(one, in_axes=axes)(x, slot, *drop), True
             groups = jnp.swapaxes(x, 0, 1)  # [K, N, D] -> [N, K, D]
-            if drop:
-                per_group = lambda v: jnp.broadcast_to(v, (axis_size,))
-                drop = (drop[0], per_group(drop[1]), per_group(drop[2]))
-            return jnp.swapaxes(one(groups, slot, *drop), 0, 1), True
+            if not drop:
+                return jnp.swapaxes(one(groups, slot), 0, 1), True
+            draws = drop[0]
+            thresholds, scales = (jnp.broadcast_to(v, (axis_size,)) for v in drop[1:])
+            free = rate_free_trials_of(axis_size)
+            if free:
+                out = split(groups, slot, draws, thresholds, scales, *static, free=free)
+            else:
+                out = one(groups, slot, draws, thresholds, scales)
+            return jnp.swapaxes(out, 0, 1), True
 
         return f(x, slot) if bits is None else f(x, slot, bits, threshold, scale)
 
     return call
 
 
-_forward = _batched_over_groups(_forward_pass)
-_backward = _batched_over_groups(_backward_pass)
+_forward = _batched_over_groups(_forward_pass, _forward_split)
+_backward = _batched_over_groups(_backward_pass, _backward_split)
 
 
 @jax.custom_vjp

@@ -26,9 +26,11 @@ A vmapped group stores those tables and their optimizer moments trial-minor, [V,
 (`jaxnn.train.sparse.trial_minor_axes`, traced under `jaxnn.train.sparse.trial_minor_tables`):
 the K trials' copies of a row are one contiguous slice, so the step's row gathers and scatters
 read and write U slices rather than K U scattered rows, and the bag-of-words sum runs the K
-trials as groups of one pass (`jaxnn.ops.embedding_bag_sum`). `fit` returns the variables
-trials-first, as always (one copy of each table per epoch). A float16 model's tables stay
-trials-first: its loss scale's per-trial skip is a select over trials-first operands.
+trials as groups of one pass (`jaxnn.ops.embedding_bag_sum`). A chunk's rate-0 trials, first
+in its order, skip that pass's mask (`jaxnn.ops.dropout.rate_free_trials`), as their sequential
+runs skip dropout. `fit` returns the variables trials-first, as always (one copy of each table
+per epoch). A float16 model's tables stay trials-first: its loss scale's per-trial skip is a
+select over trials-first operands.
 
 ``vmap=False`` trains the same trials one after another, each with the ordinary jitted step of
 its own config (dropout rate baked into its model, as ``python train.py`` would): the
@@ -55,6 +57,7 @@ from jaxnn.launch.host_memory import host_allocator
 from jaxnn.metrics import accuracy, macro_f1
 from jaxnn.models import get_model
 from jaxnn.ops import softmax
+from jaxnn.ops.dropout import rate_free_trials
 from jaxnn.train import sparse as sparse_lib
 from jaxnn.train.config import config_to_dict, validate_config, weight_decay_mode
 from jaxnn.train.optim import HYPERPARAMETERS, make_optimizer, set_hyperparams
@@ -239,12 +242,14 @@ class TrialGroup:
         shared_rng: bool,
         per_trial_weights: bool,
         group_rate: float | None = None,
+        rate_free: int = 0,
     ):
         """(init, train_step, evaluate) jitted; vmapped over trials when ``dropout`` is None.
         ``group_rate``: every vmapped trial has this dropout rate: it is built into the model
         (static, as in a sequential run; rate 0 then costs nothing) and the step's ``rates``
-        argument is ignored."""
-        key = (dropout, l2, shared_rng, per_trial_weights, group_rate)
+        argument is ignored. Else ``rate_free``: the first so many trials have rate 0 (their
+        bag sums skip the mask, `jaxnn.ops.dropout.rate_free_trials`)."""
+        key = (dropout, l2, shared_rng, per_trial_weights, group_rate, rate_free)
         if key in self._jitted:
             return self._jitted[key]
         static = dropout if group_rate is None else group_rate
@@ -290,7 +295,8 @@ class TrialGroup:
                 if shared_rng:  # one seed: one dropout key, draws made once for all trials
                     counter, rng = counter[0], rng[0]
                 axes = self._trial_axes(states)
-                with sparse_lib.trial_minor_tables():
+                k = rates.shape[0]
+                with sparse_lib.trial_minor_tables(), rate_free_trials(rate_free, trials=k):
                     return jax.vmap(
                         one,
                         in_axes=(axes, trial_axis, 0, rng_axis, rng_axis),
@@ -387,6 +393,7 @@ class TrialGroup:
                     len(set(seeds[idx].tolist())) == 1,
                     sample_weights is not None,
                     float(chunk_rates[0]) if len(set(chunk_rates.tolist())) == 1 else None,
+                    int(np.sum(chunk_rates == 0)),  # first: the chunk is ordered by rate
                 )
             else:
                 programs = self._programs(

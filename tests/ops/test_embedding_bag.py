@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from jaxnn.ops import embedding_bag
+from jaxnn.ops.dropout import rate_free_trials, rate_free_trials_of
 from jaxnn.ops.embedding_bag import embedding_bag_sum
 
 
@@ -130,6 +131,57 @@ def test_vmapped_trials_sharing_the_batch_run_as_groups_and_others_as_vmap_does(
             )
             np.testing.assert_allclose(values[j], np.sum(want * g), rtol=1e-5)
             np.testing.assert_allclose(grads[j], want_grad(g), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("free", [0, 2, 4])
+def test_rate_free_trials_sum_without_the_mask(form, free):
+    """Under `rate_free_trials(F, trials=K)` the first F of K vmapped trials (shared slots and
+    draws, per-trial rows and gradients) are summed without the mask, by the form one of them
+    would take alone, the other K - F with it; each trial equals NumPy. The rule obeys the
+    context alone: it is a promise about the rates (a nonzero one among the first F is ignored,
+    as the last trial shows)."""
+    rows, slot, bits, _ = _inputs(seed=4)
+    k = 4
+    rng = np.random.default_rng(5)
+    many = np.stack([rows, 2 * rows + 1, -rows, rows[::-1]])
+    gs = rng.normal(size=(k, slot.shape[0], rows.shape[1])).astype(np.float32)
+    thresholds = np.asarray([0, 0, 19661, 40000], np.int32)
+    scales = np.asarray([1.0, 1.0, 1.4285777, 2.5], np.float32)
+    if free == k:  # a promise the trials do not keep: trial 3's rate is not applied
+        thresholds[2:], scales[2:] = 0, 1.0
+        thresholds[3], scales[3] = 40000, 2.5
+
+    def one(r, g, th, sc):
+        return jnp.sum(embedding_bag_sum(r, slot, dropout=(bits, th, sc)) * g)
+
+    def run(r, g, th, sc):
+        with rate_free_trials(free, trials=k):
+            return jax.vmap(jax.value_and_grad(one))(r, g, th, sc)
+
+    jaxpr = str(jax.make_jaxpr(run)(many, gs, thresholds, scales))
+    assert ("dot_general" in jaxpr) == (form == "counts" and free > 0)
+    values, grads = jax.jit(run)(many, gs, thresholds, scales)
+    for j in range(k):
+        unmasked = j < free
+        want, want_grad = _numpy(
+            many[j],
+            slot,
+            None if unmasked else bits,
+            int(thresholds[j]),
+            1.0 if unmasked else float(scales[j]),
+        )
+        np.testing.assert_allclose(values[j], np.sum(want * gs[j]), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(grads[j], want_grad(gs[j]), rtol=1e-5, atol=1e-6)
+
+
+def test_rate_free_trials_are_a_count_of_those_trials():
+    with pytest.raises(ValueError, match=r"count must be in \[0, trials=4\]; got 5"):
+        with rate_free_trials(5, trials=4):
+            pass
+    with rate_free_trials(2, trials=4):
+        assert rate_free_trials_of(4) == 2
+        assert rate_free_trials_of(3) == 0  # another vmapped axis: not known
+    assert rate_free_trials_of(4) == 0
 
 
 def test_counts_form_is_chosen_for_few_rows_and_blocks_for_many():

@@ -224,3 +224,24 @@ def test_vmapped_tables_are_stored_trial_minor_except_under_a_loss_scale(data, d
     axes = group._trial_axes(tree)
     assert [axes["params"][n]["embedding"] for n in group.tables] == [axis] * len(group.tables)
     assert axes["step"] == 0
+
+
+def test_a_mixed_group_tells_the_step_its_rate_free_trials(data, monkeypatch):
+    """Trials ordered by dropout rate: the vmapped step is traced under
+    `jaxnn.ops.dropout.rate_free_trials` with the count of rate-0 trials, which lead, so
+    their bag sums skip the mask as their sequential runs do."""
+    from jaxnn.tune import trials
+
+    told = []
+    real = trials.rate_free_trials
+
+    def spy(count, *, trials):
+        told.append((count, trials))
+        return real(count, trials=trials)
+
+    monkeypatch.setattr(trials, "rate_free_trials", spy)
+    cfg = config(optim__sparse_embeddings=True, train__num_epochs=1, train__max_steps_per_epoch=1)
+    hyper = {"learning_rate": [1e-2] * 4, "dropout": [0.3, 0.0, 0.5, 0.0]}
+    out = TrialGroup(cfg, data, trials_per_program=0).fit(hyper, [0] * 4)
+    assert told == [(2, 4)]
+    assert all(h and np.isfinite(h[-1]["train_loss"]) for h in out.history)
