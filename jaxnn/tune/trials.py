@@ -28,9 +28,10 @@ the K trials' copies of a row are one contiguous slice, so the step's row gather
 read and write U slices rather than K U scattered rows, and the bag-of-words sum runs the K
 trials as groups of one pass (`jaxnn.ops.embedding_bag_sum`). A chunk's rate-0 trials, first
 in its order, skip that pass's mask (`jaxnn.ops.dropout.rate_free_trials`), as their sequential
-runs skip dropout. `fit` returns the variables trials-first, as always (one copy of each table
-per epoch). A float16 model's tables stay trials-first: its loss scale's per-trial skip is a
-select over trials-first operands.
+runs skip dropout. The per-epoch evaluation reads the tables in that layout too (its bag sums
+run as groups, like the step's); `fit` returns the variables trials-first, as always (one copy
+of each table, at the end). A float16 model's tables stay trials-first: its loss scale's
+per-trial skip is a select over trials-first operands.
 
 ``vmap=False`` trains the same trials one after another, each with the ordinary jitted step of
 its own config (dropout rate baked into its model, as ``python train.py`` would): the
@@ -109,11 +110,18 @@ def _stack(trees: Sequence[Any]) -> Any:
     return jax.tree.map(lambda *x: jnp.stack(x), *trees)
 
 
-def _where(mask: jax.Array, new: Any, old: Any) -> Any:
-    """Per trial (leading axis K), ``new`` where mask [K] else ``old`` (fresh arrays)."""
-    return jax.tree.map(
-        lambda n, o: jnp.where(mask.reshape((-1,) + (1,) * (n.ndim - 1)), n, o), new, old
-    )
+def _where(mask: jax.Array, new: Any, old: Any, axes: Any = 0) -> Any:
+    """Per trial, ``new`` where mask [K] else ``old`` (fresh arrays); the trial axis of each
+    leaf is ``axes`` (an int for all, or a matching tree of ints)."""
+    if isinstance(axes, int):
+        axes = jax.tree.map(lambda _: axes, new)
+
+    def pick(n, o, a):
+        shape = [1] * n.ndim
+        shape[a] = -1
+        return jnp.where(mask.reshape(shape), n, o)
+
+    return jax.tree.map(pick, new, old, axes)
 
 
 def _default_trials_per_program() -> int:
@@ -213,8 +221,7 @@ class TrialGroup:
 
     def _leading(self, tree: Any) -> Any:
         """A vmapped group's variables with the trial axis first on every leaf, as `fit`
-        returns them and the (vmapped) evaluation reads them: a copy of each table, once per
-        epoch."""
+        returns them: a copy of each table, at the end of a fit."""
         if not any(jax.tree.leaves(self._trial_axes(tree))):
             return tree
         if self._to_leading is None:
@@ -308,10 +315,14 @@ class TrialGroup:
                 axes = self._trial_axes(states)
                 return jax.tree.map(lambda x, a: jnp.moveaxis(x, 0, a), states, axes)
 
+            def evaluate_group(variables, sums, batch):  # variables as the states hold them
+                axes = self._trial_axes(variables)
+                return jax.vmap(evaluate, in_axes=(axes, 0, None))(variables, sums, batch)
+
             programs = (
                 jax.jit(init_group),
                 jax.jit(group_step, donate_argnums=0, static_argnums=3),
-                jax.jit(jax.vmap(evaluate, in_axes=(0, 0, None)), donate_argnums=1),
+                jax.jit(evaluate_group, donate_argnums=1),
             )
         self._jitted[key] = programs
         return programs
@@ -474,9 +485,9 @@ class TrialGroup:
                     state = train_step(state, batch, rows)
                 step += 1
             metrics = jax.device_get(axis(state.metrics))
-            variables = self._leading(state.variables()) if vmapped else state.variables()
+            variables = state.variables()  # a vmapped group's: tables trial-minor
             evals = {
-                n: self._evaluate(evaluate, axis, variables, s, vmapped)
+                n: self._evaluate(evaluate, axis, variables, s, k if vmapped else None)
                 for n, s in eval_splits.items()
             }
             improved = np.zeros(k, bool)
@@ -513,27 +524,28 @@ class TrialGroup:
             if best is None:
                 best = jax.tree.map(jnp.copy, axis(variables))
             elif improved.any():
-                best = _where(jnp.asarray(improved), axis(variables), best)
+                axes = self._trial_axes(variables) if vmapped else 0
+                best = _where(jnp.asarray(improved), axis(variables), best, axes)
             if all(stopped[j] or failure[j] for j in range(k)) and not keep_probs:
                 break
         return GroupResult(
             history=history,
             failure=failure,
             best_epoch=best_epoch,
-            best_variables=best,
+            best_variables=self._leading(best) if vmapped else best,
             last_variables=self._leading(state.variables()) if vmapped else axis(state.variables()),
             probs={n: np.stack(v) for n, v in probs_out.items() if v},
         )
 
-    def _evaluate(self, evaluate, axis, variables, split, vmapped) -> tuple[dict, np.ndarray]:
-        """({loss, accuracy, macro_f1: [K]}, probs [K, N, C]) of ``split``, in its order."""
+    def _evaluate(self, evaluate, axis, variables, split, trials) -> tuple[dict, np.ndarray]:
+        """({loss, accuracy, macro_f1: [K]}, probs [K, N, C]) of ``split``, in its order;
+        ``trials``: K of a vmapped ``evaluate``, None for one trial's."""
         batches = eval_batches(
             split, batch_size=self.cfg["train"]["eval_batch_size"], buckets=self.buckets
         )
         sums = zero_eval_metrics(self.num_classes)
-        if vmapped:
-            k = jax.tree.leaves(variables)[0].shape[0]
-            sums = jax.tree.map(lambda x: jnp.broadcast_to(x, (k, *x.shape)), sums)
+        if trials is not None:
+            sums = jax.tree.map(lambda x: jnp.broadcast_to(x, (trials, *x.shape)), sums)
         probs = []
         for index in batches.order(0):
             sums, p = evaluate(variables, sums, batches.make_batch(index))
@@ -555,6 +567,6 @@ class TrialGroup:
         out = []
         for j in range(k):
             one = jax.tree.map(lambda x, j=j: x[j], variables)
-            scores, _ = self._evaluate(evaluate, add_axis, one, split, False)
+            scores, _ = self._evaluate(evaluate, add_axis, one, split, None)
             out.append({name: float(v[0]) for name, v in scores.items()})
         return out

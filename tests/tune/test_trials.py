@@ -47,11 +47,11 @@ def assert_same_runs(a, b, rtol=2e-5, atol=2e-6, params_atol=1e-5):
         for ra, rb in zip(ha, hb):
             for key in METRICS:
                 np.testing.assert_allclose(ra[key], rb[key], rtol=rtol, atol=atol, err_msg=key)
-    jax.tree.map(
-        lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4, atol=params_atol),
-        a.last_variables,
-        b.last_variables,
-    )
+    assert a.best_epoch == b.best_epoch
+    for got, want in ((a.last_variables, b.last_variables), (a.best_variables, b.best_variables)):
+        jax.tree.map(
+            lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4, atol=params_atol), got, want
+        )
 
 
 HYPER = {
@@ -245,3 +245,21 @@ def test_a_mixed_group_tells_the_step_its_rate_free_trials(data, monkeypatch):
     out = TrialGroup(cfg, data, trials_per_program=0).fit(hyper, [0] * 4)
     assert told == [(2, 4)]
     assert all(h and np.isfinite(h[-1]["train_loss"]) for h in out.history)
+
+
+def test_best_variables_are_picked_per_trial_along_each_leafs_trial_axis():
+    """`_where` keeps, per trial, the new or the old values, with the trial axis given per leaf
+    (a vmapped group's tables are [V, K, D])."""
+    from jaxnn.tune.trials import _where
+
+    rng = np.random.default_rng(0)
+    new = {"table": rng.normal(size=(5, 3, 2)), "bias": rng.normal(size=(3, 4))}
+    new = jax.tree.map(np.float32, new)
+    old = {"table": rng.normal(size=(5, 3, 2)), "bias": rng.normal(size=(3, 4))}
+    old = jax.tree.map(np.float32, old)
+    mask = np.array([True, False, True])
+    got = _where(jax.numpy.asarray(mask), new, old, {"table": 1, "bias": 0})
+    for k in range(3):
+        source = new if mask[k] else old
+        np.testing.assert_array_equal(got["table"][:, k], source["table"][:, k])
+        np.testing.assert_array_equal(got["bias"][k], source["bias"][k])
