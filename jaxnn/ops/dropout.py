@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import math
+from collections.abc import Iterator
 
 import jax
 import jax.numpy as jnp
@@ -49,16 +50,21 @@ _RATE_FREE = contextvars.ContextVar("jaxnn_rate_free_trials", default=None)
 
 
 @contextlib.contextmanager
-def rate_free_trials(count: int, *, trials: int):
+def rate_free_trials(count: int, *, trials: int) -> Iterator[None]:
     """Trace a ``jax.vmap`` over ``trials`` whose first ``count`` have dropout rate 0.
 
     Under vmap each trial's rate is traced, so code that skips dropout for a static 0 (a
     sequential run's model) cannot; a batching rule that sees all trials at once can, if told
-    which ones. Inside this context (at trace time) `rate_free_trials_of` gives such rules the
-    count: `jaxnn.ops.embedding_bag_sum` then pools those trials without the mask, as their own
-    runs would, and the others with it (jaxnn.tune.trials.TrialGroup orders its trials by rate
-    and traces its step in here). A promise about the values passed: with a nonzero rate among
-    the first ``count``, those trials would train without dropout.
+    which ones. Inside this context `rate_free_trials_of` gives such rules the count:
+    `jaxnn.ops.embedding_bag_sum` then pools those trials without the mask, as their own runs
+    would, and the others with it (jaxnn.tune.trials.TrialGroup orders its trials by rate and
+    traces its step in here). Other dropout (`dropout`) still applies each trial's rate.
+
+    It acts at trace time and is not part of ``jax.jit``'s cache key: enter it inside the
+    function you jit (as TrialGroup does), or a program traced under it keeps its effect for
+    later calls. Any vmapped axis of size ``trials`` inside it counts as the trials' axis. It
+    is a promise about the values passed: a nonzero rate among the first ``count`` would be
+    ignored by those trials' bag sums.
     """
     count, trials = int(count), int(trials)
     if not 0 <= count <= trials:

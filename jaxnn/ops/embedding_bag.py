@@ -179,7 +179,8 @@ def _forward_pass(rows, slot, bits, threshold, scale, groups=slice(None)):
 
 
 def _backward_pass(g, slot, bits, threshold, scale, num_rows, into=None, groups=slice(None)):
-    """The rows' gradient for g [B, (G,) D], added into ``into[:, groups]`` (default zeros)."""
+    """The rows' gradient for g [B, (G,) D], added into ``into[:, groups]``; without ``into``,
+    a zero [U, (G,) D] (then ``groups`` must select all of its groups)."""
     c, slot_blocks, bit_blocks = _blocks(slot, bits, g.shape[-1])
     if bits is not None:
         g = _scaled(g, scale)
@@ -226,8 +227,8 @@ def _backward_split(g, slot, bits, threshold, scale, num_rows, *, free):
         ).reshape(num_rows, free, d)
         acc = jnp.zeros((num_rows, k, d), jnp.float32).at[:, :free].set(plain)
     else:
-        acc = _backward_pass(g[:, :free], slot, None, None, None, num_rows, None, slice(0, free))
-        acc = jnp.pad(acc, ((0, 0), (0, k - free), (0, 0))) if free < k else acc
+        zeros = jnp.zeros((num_rows, k, d), jnp.float32)
+        acc = _backward_pass(g[:, :free], slot, None, None, None, num_rows, zeros, slice(0, free))
     if free == k:
         return acc
     rest = slice(free, k)

@@ -28,10 +28,10 @@ the K trials' copies of a row are one contiguous slice, so the step's row gather
 read and write U slices rather than K U scattered rows, and the bag-of-words sum runs the K
 trials as groups of one pass (`jaxnn.ops.embedding_bag_sum`). A chunk's rate-0 trials, first
 in its order, skip that pass's mask (`jaxnn.ops.dropout.rate_free_trials`), as their sequential
-runs skip dropout. The per-epoch evaluation reads the tables in that layout too (its bag sums
-run as groups, like the step's); `fit` returns the variables trials-first, as always (one copy
-of each table, at the end). A float16 model's tables stay trials-first: its loss scale's
-per-trial skip is a select over trials-first operands.
+runs skip it. A bag model's per-epoch evaluation reads the tables in that layout too (its bag
+sums run as groups, like the step's); another model's reads a trials-first copy per epoch.
+`fit` returns the variables trials-first, as always. A float16 model's tables stay
+trials-first: its loss scale's per-trial skip is a select over trials-first operands.
 
 ``vmap=False`` trains the same trials one after another, each with the ordinary jitted step of
 its own config (dropout rate baked into its model, as ``python train.py`` would): the
@@ -167,6 +167,11 @@ class TrialGroup:
         self.total_steps = self.steps_per_epoch * self.num_epochs
         self.model = self._model(cfg["model"]["dropout"])
         self.tables = self.model.table_names() if o["sparse_embeddings"] else ()
+        # a model that pools its tables with jaxnn.ops.embedding_bag_sum (``classify_rows``,
+        # jaxnn.models.registry): its bag sums read [V, K, D] tables as groups, in evaluation
+        # too, and can skip a rate-0 trial's mask. Any other model's lookups (jnp.take) would
+        # transpose such tables on every call: it is evaluated on trials-first copies.
+        self._pools_rows = callable(getattr(self.model, "classify_rows", None))
         self.tx = make_optimizer(o, self.total_steps, tables=self.tables)
         self.l2_mode = weight_decay_mode(o) == "l2"
         self._jitted: dict[tuple, Any] = {}
@@ -229,6 +234,11 @@ class TrialGroup:
                 lambda t: jax.tree.map(lambda x, a: jnp.moveaxis(x, a, 0), t, self._trial_axes(t))
             )
         return self._to_leading(tree)
+
+    def _for_eval(self, variables: Any) -> Any:
+        """A vmapped group's variables as its evaluation reads them: as stored for a bag model
+        (tables [V, K, D], read as groups by its bag sums), else trials-first copies."""
+        return variables if self._pools_rows else self._leading(variables)
 
     # -- the programs ---------------------------------------------------------------------------
     def _init_fn(self, model: Any):
@@ -315,8 +325,8 @@ class TrialGroup:
                 axes = self._trial_axes(states)
                 return jax.tree.map(lambda x, a: jnp.moveaxis(x, 0, a), states, axes)
 
-            def evaluate_group(variables, sums, batch):  # variables as the states hold them
-                axes = self._trial_axes(variables)
+            def evaluate_group(variables, sums, batch):  # see `_fit` for the layout
+                axes = self._trial_axes(variables) if self._pools_rows else 0
                 return jax.vmap(evaluate, in_axes=(axes, 0, None))(variables, sums, batch)
 
             programs = (
@@ -398,13 +408,17 @@ class TrialGroup:
         for idx in chunks:
             chunk_rates = rates[idx]
             if self.vmap:
+                shared_rng = len(set(seeds[idx].tolist())) == 1
+                # rate-0 trials lead the chunk (ordered by rate); they skip the mask of bag sums
+                # that share the draws (one seed), so only then is the count worth a program
+                free = int(np.sum(chunk_rates == 0)) if shared_rng and self._pools_rows else 0
                 programs = self._programs(
                     None,
                     bool(self.l2_mode and np.any(wd[idx] > 0)),
-                    len(set(seeds[idx].tolist())) == 1,
+                    shared_rng,
                     sample_weights is not None,
                     float(chunk_rates[0]) if len(set(chunk_rates.tolist())) == 1 else None,
-                    int(np.sum(chunk_rates == 0)),  # first: the chunk is ordered by rate
+                    free,
                 )
             else:
                 programs = self._programs(
@@ -447,6 +461,7 @@ class TrialGroup:
         self, programs, k, seeds, arrays, rates, sample_weights, eval_splits, keep_probs, *, vmapped
     ):
         init, train_step, evaluate = programs
+        in_layout = vmapped and self._pools_rows
         t = self.cfg["train"]
         patience, select = int(t["patience"]), t["select_metric"]
         if vmapped:
@@ -485,7 +500,7 @@ class TrialGroup:
                     state = train_step(state, batch, rows)
                 step += 1
             metrics = jax.device_get(axis(state.metrics))
-            variables = state.variables()  # a vmapped group's: tables trial-minor
+            variables = self._for_eval(state.variables()) if vmapped else state.variables()
             evals = {
                 n: self._evaluate(evaluate, axis, variables, s, k if vmapped else None)
                 for n, s in eval_splits.items()
@@ -524,7 +539,7 @@ class TrialGroup:
             if best is None:
                 best = jax.tree.map(jnp.copy, axis(variables))
             elif improved.any():
-                axes = self._trial_axes(variables) if vmapped else 0
+                axes = self._trial_axes(variables) if in_layout else 0
                 best = _where(jnp.asarray(improved), axis(variables), best, axes)
             if all(stopped[j] or failure[j] for j in range(k)) and not keep_probs:
                 break
@@ -532,7 +547,7 @@ class TrialGroup:
             history=history,
             failure=failure,
             best_epoch=best_epoch,
-            best_variables=self._leading(best) if vmapped else best,
+            best_variables=self._leading(best) if in_layout else best,
             last_variables=self._leading(state.variables()) if vmapped else axis(state.variables()),
             probs={n: np.stack(v) for n, v in probs_out.items() if v},
         )

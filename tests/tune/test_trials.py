@@ -6,6 +6,8 @@ model with its own (static) dropout rate and optimizer, as ``train.py`` would, a
 plain jitted `jaxnn.train.step.make_train_step`.
 """
 
+import re
+
 import jax
 import numpy as np
 import pytest
@@ -241,10 +243,14 @@ def test_a_mixed_group_tells_the_step_its_rate_free_trials(data, monkeypatch):
 
     monkeypatch.setattr(trials, "rate_free_trials", spy)
     cfg = config(optim__sparse_embeddings=True, train__num_epochs=1, train__max_steps_per_epoch=1)
-    hyper = {"learning_rate": [1e-2] * 4, "dropout": [0.3, 0.0, 0.5, 0.0]}
-    out = TrialGroup(cfg, data, trials_per_program=0).fit(hyper, [0] * 4)
-    assert told == [(2, 4)]
+    group = TrialGroup(cfg, data, trials_per_program=0)
+    hyper = {"learning_rate": [1e-2] * 5, "dropout": [0.3, 0.0, 0.5, 0.0, 0.0]}
+    out = group.fit(hyper, [0] * 5)
+    assert told == [(3, 5)]
     assert all(h and np.isfinite(h[-1]["train_loss"]) for h in out.history)
+    # own seeds: own dropout draws per trial, so the bag sums cannot share a pass; none is told
+    group.fit(hyper, [0, 1, 2, 3, 4])
+    assert told == [(3, 5), (0, 5)]
 
 
 def test_best_variables_are_picked_per_trial_along_each_leafs_trial_axis():
@@ -263,3 +269,35 @@ def test_best_variables_are_picked_per_trial_along_each_leafs_trial_axis():
         source = new if mask[k] else old
         np.testing.assert_array_equal(got["table"][:, k], source["table"][:, k])
         np.testing.assert_array_equal(got["bias"][k], source["bias"][k])
+
+
+@pytest.mark.parametrize("name", ["bow", "transformer"])
+def test_vmapped_evaluation_copies_no_table(data, name):
+    """A vmapped group's evaluation, on the variables as `fit` hands them over, holds no
+    table-sized array but the table itself: a bag model reads its [V, K, D] tables as groups,
+    another model gets trials-first tables (its lookups would transpose [V, K, D] ones on
+    every batch)."""
+    from jaxnn.data import eval_batches
+    from jaxnn.train.optim import HYPERPARAMETERS
+    from jaxnn.train.step import zero_eval_metrics
+
+    over = {"optim__sparse_embeddings": True}
+    if name == "transformer":
+        over |= {"model__name": "transformer", "model__num_heads": 2, "model__num_layers": 1}
+    cfg = config(**over)
+    group = TrialGroup(cfg, data, trials_per_program=0)
+    init, _, evaluate = group._programs(None, False, True, False, None, 0)
+    k = 3
+    hyper = {n: np.full(k, float(cfg["optim"][n]), np.float32) for n in HYPERPARAMETERS}
+    variables = group._for_eval(init(np.zeros(k, np.int32), hyper).variables())
+    table = variables["params"][group.tables[0]]["embedding"]
+    v, d = len(data.vocab), cfg.model.embed_dim
+    assert table.shape == ((v, k, d) if name == "bow" else (k, v, d))
+    zeros = zero_eval_metrics(group.num_classes)
+    sums = jax.tree.map(lambda x: np.broadcast_to(x, (k, *x.shape)), zeros)
+    batches = eval_batches(data.validation, batch_size=32, buckets=group.buckets)
+    batch = batches.make_batch(batches.order(0)[0])
+    hlo = evaluate.lower(variables, sums, batch).compile().as_text()
+    sized = re.compile(rf"= f32\[({v},{k},{d}|{k},{v},{d})\]")
+    copies = [line for line in hlo.splitlines() if sized.search(line) and "parameter(" not in line]
+    assert not copies, copies[:3]
