@@ -226,7 +226,7 @@ class TrialGroup:
 
     def _leading(self, tree: Any) -> Any:
         """A vmapped group's variables with the trial axis first on every leaf, as `fit`
-        returns them: a copy of each table, at the end of a fit."""
+        returns them (and as a non-bag model's evaluation reads them): a copy of each table."""
         if not any(jax.tree.leaves(self._trial_axes(tree))):
             return tree
         if self._to_leading is None:
