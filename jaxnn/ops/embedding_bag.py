@@ -102,13 +102,18 @@ def _counts(slot: jax.Array, num_rows: int) -> jax.Array:
     return counts.at[jnp.arange(b)[:, None], jnp.minimum(slot, num_rows)].add(1.0)[:, :num_rows]
 
 
+def _exact_dot(a: jax.Array, b: jax.Array) -> jax.Array:
+    """a @ b at full float32 precision (a TF32 or bf16 pass would round the rows)."""
+    return jnp.dot(a, b, precision=jax.lax.Precision.HIGHEST)
+
+
 @jax.custom_vjp
 def _counts_product(counts: jax.Array, rows: jax.Array) -> jax.Array:
     """counts [B, U] @ rows [U, D] at full float32 precision. The rows' gradient is written as
     counts^T @ g [U, D]: the form autodiff derives is a [D, U] product transposed afterwards,
     which under vmap leaves an optimizer's element-wise update reading it across the grain. The
     counts get a zero gradient (they are data)."""
-    return jnp.dot(counts, rows, precision=jax.lax.Precision.HIGHEST)
+    return _exact_dot(counts, rows)
 
 
 def _counts_product_fwd(counts, rows):
@@ -116,7 +121,7 @@ def _counts_product_fwd(counts, rows):
 
 
 def _counts_product_bwd(counts, g):
-    return jnp.zeros_like(counts), jnp.dot(counts.T, g, precision=jax.lax.Precision.HIGHEST)
+    return jnp.zeros_like(counts), _exact_dot(counts.T, g)
 
 
 _counts_product.defvjp(_counts_product_fwd, _counts_product_bwd)
@@ -203,11 +208,8 @@ def _backward_pass(g, slot, bits, threshold, scale, num_rows, into=None, groups=
 def _forward_split(rows, slot, bits, threshold, scale, *, free):
     u, k, d = rows.shape
     if _counts_form(u, slot):
-        plain = jnp.dot(
-            _counts(slot, u),
-            rows[:, :free].reshape(u, free * d),
-            precision=jax.lax.Precision.HIGHEST,
-        ).reshape(slot.shape[0], free, d)
+        plain = _exact_dot(_counts(slot, u), rows[:, :free].reshape(u, free * d))
+        plain = plain.reshape(slot.shape[0], free, d)
     else:
         plain = _forward_pass(rows, slot, None, None, None, slice(0, free))
     if free == k:
@@ -219,15 +221,11 @@ def _forward_split(rows, slot, bits, threshold, scale, *, free):
 
 def _backward_split(g, slot, bits, threshold, scale, num_rows, *, free):
     b, k, d = g.shape
+    zeros = jnp.zeros((num_rows, k, d), jnp.float32)
     if _counts_form(num_rows, slot):
-        plain = jnp.dot(
-            _counts(slot, num_rows).T,
-            g[:, :free].reshape(b, free * d),
-            precision=jax.lax.Precision.HIGHEST,
-        ).reshape(num_rows, free, d)
-        acc = jnp.zeros((num_rows, k, d), jnp.float32).at[:, :free].set(plain)
+        plain = _exact_dot(_counts(slot, num_rows).T, g[:, :free].reshape(b, free * d))
+        acc = zeros.at[:, :free].set(plain.reshape(num_rows, free, d))
     else:
-        zeros = jnp.zeros((num_rows, k, d), jnp.float32)
         acc = _backward_pass(g[:, :free], slot, None, None, None, num_rows, zeros, slice(0, free))
     if free == k:
         return acc

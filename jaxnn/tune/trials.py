@@ -240,6 +240,10 @@ class TrialGroup:
         (tables [V, K, D], read as groups by its bag sums), else trials-first copies."""
         return variables if self._pools_rows else self._leading(variables)
 
+    def _eval_axes(self, variables: Any) -> Any:
+        """The trial axes of `_for_eval`'s variables: as stored, or 0 on every leaf."""
+        return self._trial_axes(variables) if self._pools_rows else 0
+
     # -- the programs ---------------------------------------------------------------------------
     def _init_fn(self, model: Any):
         """``init(seed, hyper) -> TrainState``, as jaxnn.train derives it from config.seed
@@ -326,7 +330,7 @@ class TrialGroup:
                 return jax.tree.map(lambda x, a: jnp.moveaxis(x, 0, a), states, axes)
 
             def evaluate_group(variables, sums, batch):  # see `_fit` for the layout
-                axes = self._trial_axes(variables) if self._pools_rows else 0
+                axes = self._eval_axes(variables)
                 return jax.vmap(evaluate, in_axes=(axes, 0, None))(variables, sums, batch)
 
             programs = (
@@ -461,7 +465,6 @@ class TrialGroup:
         self, programs, k, seeds, arrays, rates, sample_weights, eval_splits, keep_probs, *, vmapped
     ):
         init, train_step, evaluate = programs
-        in_layout = vmapped and self._pools_rows
         t = self.cfg["train"]
         patience, select = int(t["patience"]), t["select_metric"]
         if vmapped:
@@ -539,7 +542,7 @@ class TrialGroup:
             if best is None:
                 best = jax.tree.map(jnp.copy, axis(variables))
             elif improved.any():
-                axes = self._trial_axes(variables) if in_layout else 0
+                axes = self._eval_axes(variables) if vmapped else 0
                 best = _where(jnp.asarray(improved), axis(variables), best, axes)
             if all(stopped[j] or failure[j] for j in range(k)) and not keep_probs:
                 break
@@ -547,7 +550,7 @@ class TrialGroup:
             history=history,
             failure=failure,
             best_epoch=best_epoch,
-            best_variables=self._leading(best) if in_layout else best,
+            best_variables=self._leading(best) if vmapped and self._pools_rows else best,
             last_variables=self._leading(state.variables()) if vmapped else axis(state.variables()),
             probs={n: np.stack(v) for n, v in probs_out.items() if v},
         )
