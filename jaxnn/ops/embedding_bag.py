@@ -15,8 +15,7 @@ times a CPU's caches. Two forms here:
   counts^T @ g, written [U, D] row-major.
 - blocked: a scan over blocks of texts, gathering and summing forward and scattering the
   gradient block by block. On a single CPU device a block holds about 2^16 looked-up elements
-  per trial, so it stays in the caches, and its lookups are summed by adding halves
-  (`_sum_lookups`); on an accelerator, or when the step is traced under a
+  per trial, so it stays in the caches; on an accelerator, or when the step is traced under a
   mesh of several devices (``jax.sharding.use_abstract_mesh``, as jaxnn.train's steps are),
   the whole batch is one block, which XLA partitions along B (a loop over blocks of the global
   batch would run on every device). Dropout, whose mask differs per element, always takes
@@ -46,10 +45,6 @@ COUNTS_MAX_ROWS_PER_LOOKUP = 8
 
 # Looked-up elements per block of the blocked form on a CPU (per trial under vmap).
 BLOCK_ELEMENTS = 1 << 16
-
-# On one CPU device, the blocked forward sums a block's lookups by adding halves (see
-# `_sum_lookups`); False: one jnp.sum (benchmarks/embedding_bag.py compares the two).
-HALVE_LOOKUP_SUM = True
 
 
 def embedding_bag_sum(
@@ -133,18 +128,12 @@ _counts_product.defvjp(_counts_product_fwd, _counts_product_bwd)
 
 
 # -- the blocked form -----------------------------------------------------------------------------
-def _one_cpu() -> bool:
-    """True when the step is traced for one CPU device (not an accelerator, not a mesh of
-    several devices): the case the blocked form's CPU choices are made for."""
-    mesh = jax.sharding.get_abstract_mesh()
-    return jax.default_backend() == "cpu" and (mesh.empty or mesh.size == 1)
-
-
 def _block_rows(batch: int, per_row: int) -> int:
     """Texts per block: the whole batch off the CPU or under a mesh of several devices; on one
     CPU device the largest divisor of ``batch`` with at most `BLOCK_ELEMENTS` elements per
     block."""
-    if not _one_cpu():
+    mesh = jax.sharding.get_abstract_mesh()
+    if jax.default_backend() != "cpu" or (not mesh.empty and mesh.size > 1):
         return batch
     most = max(1, BLOCK_ELEMENTS // max(per_row, 1))
     return max(c for c in range(1, min(batch, most) + 1) if batch % c == 0)
@@ -156,18 +145,6 @@ def _blocks(slot, bits, d):
     slot_blocks = slot.reshape(b // c, c, t)
     bit_blocks = None if bits is None else bits.reshape(b // c, c, t, d)
     return c, slot_blocks, bit_blocks
-
-
-def _sum_lookups(values):
-    """values [c, T, ...] summed over T. On one CPU device (and `HALVE_LOOKUP_SUM`), by adding
-    halves while T is even: XLA:CPU hands a plain sum over this middle axis to a library
-    (YNNPACK) reduction, slower here than its own element-wise adds
-    (benchmarks/results/embedding_bag.md)."""
-    if HALVE_LOOKUP_SUM and _one_cpu():
-        while values.shape[1] > 1 and values.shape[1] % 2 == 0:
-            half = values.shape[1] // 2
-            values = values[:, :half] + values[:, half:]
-    return jnp.sum(values, axis=1)
 
 
 def _kept(values, bits, threshold):
@@ -199,7 +176,7 @@ def _forward_pass(rows, slot, bits, threshold, scale, groups=slice(None)):
     def block(_, xs):
         s, u = xs
         x = rows.at[s, groups].get(mode="fill", fill_value=0)  # [c, T, (G,) D]
-        return None, _sum_lookups(_kept(x, u, threshold))
+        return None, jnp.sum(_kept(x, u, threshold), axis=1)
 
     _, sums = jax.lax.scan(block, None, (slot_blocks, bit_blocks))
     out = sums.reshape(slot.shape[0], *sums.shape[2:])

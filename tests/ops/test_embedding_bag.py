@@ -264,57 +264,6 @@ def test_blocked_gradient_never_forms_the_batch_of_vectors(monkeypatch):
     assert blocks  # the per-block vectors are there instead
 
 
-def _reduce_sums(jaxpr):
-    """The operand shapes of every reduce_sum in ``jaxpr`` and the jaxprs inside it."""
-    for eqn in jaxpr.eqns:
-        if eqn.primitive.name == "reduce_sum":
-            yield eqn.invars[0].aval.shape
-        for param in eqn.params.values():
-            inner = getattr(param, "jaxpr", param)
-            if hasattr(inner, "eqns"):
-                yield from _reduce_sums(inner)
-
-
-@pytest.mark.parametrize("t", [1, 6, 8, 12])
-@pytest.mark.parametrize("halve", [True, False])
-def test_lookup_sum_by_halves_matches_numpy(monkeypatch, t, halve):
-    """The blocked forward's sum over a block's T lookups: by halves while T is even (on one
-    CPU device, `HALVE_LOOKUP_SUM`), else one jnp.sum; with and without dropout, values and
-    gradients equal NumPy, jitted and not. The program shows which sum ran: a reduce_sum over
-    the T axis of a block only without halving (or for odd T)."""
-    monkeypatch.setattr(embedding_bag, "COUNTS_MAX_ROWS_PER_LOOKUP", 0)
-    monkeypatch.setattr(embedding_bag, "BLOCK_ELEMENTS", 2 * t * 4)  # blocks of 2 texts
-    monkeypatch.setattr(embedding_bag, "HALVE_LOOKUP_SUM", halve)
-    jax.clear_caches()  # the flag is read at trace time: no program traced with the other
-    rows, slot, bits, g = _inputs(seed=6, t=t)
-    for drop in (None, (bits, 19661, 1.4285777)):
-        want, want_grad = _numpy(rows, slot, *(drop or ()))
-
-        def loss(r, drop=drop):
-            return jnp.sum(embedding_bag_sum(r, slot, dropout=drop) * g)
-
-        blocks = [s for s in _reduce_sums(jax.make_jaxpr(loss)(rows).jaxpr) if s[:2] == (2, t)]
-        assert bool(blocks) == (not halve or t % 2 == 1), blocks
-        for fn in (lambda r, drop=drop: embedding_bag_sum(r, slot, dropout=drop), None):
-            fn = fn or jax.jit(lambda r, drop=drop: embedding_bag_sum(r, slot, dropout=drop))
-            np.testing.assert_allclose(fn(rows), want, rtol=1e-5, atol=1e-5)
-            grad = jax.grad(lambda r, fn=fn: jnp.sum(fn(r) * g))(rows)
-            np.testing.assert_allclose(grad, want_grad(g), rtol=1e-5, atol=1e-6)
-
-
-def test_lookup_sum_is_one_sum_under_a_mesh_of_several_devices():
-    """Halving is a choice for XLA:CPU on one device; under a mesh of several devices (or off
-    the CPU) a block's lookups are summed by one jnp.sum."""
-    from jax.sharding import AbstractMesh
-
-    x = jnp.ones((2, 8, 3))
-    with jax.sharding.use_abstract_mesh(AbstractMesh((2,), ("data",))):
-        several = list(_reduce_sums(jax.make_jaxpr(embedding_bag._sum_lookups)(x).jaxpr))
-    one = list(_reduce_sums(jax.make_jaxpr(embedding_bag._sum_lookups)(x).jaxpr))
-    assert several == [(2, 8, 3)]
-    assert one == [(2, 1, 3)]
-
-
 def test_one_block_under_a_mesh_of_several_devices():
     """Under a multi-device mesh the whole batch is one block (XLA splits it along B; a loop
     over the global batch's blocks would run on every device); one device keeps blocks."""
