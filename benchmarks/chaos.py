@@ -31,70 +31,23 @@ import random
 import shutil
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from output import add_output_flags, output_dir  # noqa: E402  (benchmarks/output.py)
 
-DRIVER = textwrap.dedent(
-    """
-    import errno, glob, os, runpy, signal, sys, threading, time
-
-    def die():
-        os.kill(os.getpid(), signal.SIGKILL)
-
-    workdir = next(a.split("=", 1)[1] for a in sys.argv if a.startswith("--workdir="))
-    pattern = os.environ.get("CHAOS_KILL_WHEN")
-    if pattern:
-        def watch():
-            while not glob.glob(os.path.join(workdir, pattern)):
-                time.sleep(0.0005)
-            die()
-        threading.Thread(target=watch, daemon=True).start()
-    after = float(os.environ.get("CHAOS_KILL_AFTER_S") or 0)
-    if after:
-        threading.Timer(after, die).start()
-    kill_at = int(os.environ.get("CHAOS_KILL_AT_STEP") or 0)
-    full_at = int(os.environ.get("CHAOS_DISK_FULL_AT_SAVE") or 0)
-    if kill_at:
-        import jaxnn.train.trainer as trainer
-        original_init = trainer.Trainer.__init__
-
-        def init(self, *args, **kwargs):
-            original_init(self, *args, **kwargs)
-            step, calls = self.train_step, [0]
-
-            def train_step(state, batch):
-                calls[0] += 1
-                if calls[0] == kill_at:
-                    die()
-                return step(state, batch)
-
-            self.train_step = train_step
-
-        trainer.Trainer.__init__ = init
-    if full_at:
-        import orbax.checkpoint as ocp
-        real_save, saves = ocp.CheckpointManager.save, [0]
-
-        def save(self, step, *args, **kwargs):
-            saves[0] += 1
-            if saves[0] == full_at:
-                raise ValueError("write failed") from OSError(errno.ENOSPC, "No space left")
-            return real_save(self, step, *args, **kwargs)
-
-        ocp.CheckpointManager.save = save
-    sys.argv = ["train.py", *sys.argv[1:]]
-    runpy.run_path(os.path.join(os.environ["JAXNN_ROOT"], "train.py"), run_name="__main__")
-    """
+from jaxnn.testing import driver_command, fault_env, tiny_train_args, without_timings  # noqa: E402
+from jaxnn.testing.faults import (  # noqa: E402
+    TINY_CHECKPOINT_EVERY,
+    TINY_EPOCHS,
+    TINY_STEPS_PER_EPOCH,
 )
 
-STEPS_PER_EPOCH, EPOCHS, EVERY = 8, 2, 3
-TIMING_KEYS = {"wall_time", "examples_per_s", "tokens_per_s"}
+STEPS_PER_EPOCH, EPOCHS, EVERY = TINY_STEPS_PER_EPOCH, TINY_EPOCHS, TINY_CHECKPOINT_EVERY
 FAULTS = ("kill_at_step", "kill_in_save", "kill_after_s", "disk_full", "busy")
 
 
@@ -118,37 +71,14 @@ def write_corpus(path: Path, num_texts: int = 240, seed: int = 0) -> Path:
     return path
 
 
-def train_args(corpus: Path, workdir: Path) -> list[str]:
-    return [
-        f"--config={ROOT / 'configs' / 'tiny.py'}",
-        f"--config.data.corpus={corpus}",
-        "--config.data.max_len=48",
-        "--config.data.min_freq=1",
-        "--config.data.smallest_bucket=48",
-        "--config.train.batch_size=16",
-        "--config.train.eval_batch_size=64",
-        f"--config.train.num_epochs={EPOCHS}",
-        f"--config.train.max_steps_per_epoch={STEPS_PER_EPOCH}",
-        f"--config.train.checkpoint_every_steps={EVERY}",
-        "--config.train.log_every_steps=2",
-        f"--workdir={workdir}",
-    ]
-
-
 def run(args: list[str], env: dict, faults: dict | None = None, wait: bool = True):
-    env = dict(env)
-    for key, value in (faults or {}).items():
-        env[f"CHAOS_{key.upper()}"] = str(value)
-    command = [sys.executable, "-c", DRIVER, *args]
+    env = fault_env(env, **(faults or {}))
+    command = driver_command(args)
     if not wait:
         return subprocess.Popen(
             command, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
         )
     return subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True)
-
-
-def _strip(records: list[dict]) -> list[dict]:
-    return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in records]
 
 
 def fingerprint(workdir: Path) -> dict:
@@ -175,8 +105,8 @@ def fingerprint(workdir: Path) -> dict:
         best_steps = checkpoints.best_steps()
     return {
         "results": {k: results[k] for k in ("test", "val", "best_epoch", "epochs_run")},
-        "history": _strip(results["history"]),
-        "metrics": _strip(lines),
+        "history": without_timings(results["history"]),
+        "metrics": without_timings(lines),
         "state": digest(state),
         "epoch": meta["epoch"],
         "best": digest(best),
@@ -204,7 +134,7 @@ def draw_fault(rng: random.Random, reference_s: float) -> tuple[str, dict]:
 def one_run(i: int, rng, corpus, out, env, reference, reference_s) -> dict:
     workdir = out / f"run{i}"
     shutil.rmtree(workdir, ignore_errors=True)
-    args = train_args(corpus, workdir)
+    args = tiny_train_args(corpus, workdir)
     faults, codes = [], []
     for _ in range(rng.randint(1, 3)):
         kind, fault = draw_fault(rng, reference_s)
@@ -250,7 +180,9 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=5, help="N faulty runs")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
-        "--work", type=Path, default=ROOT / "runs" / "benchmarks" / "chaos",
+        "--work",
+        type=Path,
+        default=ROOT / "runs" / "benchmarks" / "chaos",
         help="folder of the runs' workdirs, corpus and caches",
     )
     add_output_flags(parser)  # where chaos.json / chaos.md go
@@ -258,15 +190,14 @@ def main() -> int:
     report_dir = output_dir(args)
     out = args.work.absolute()
     out.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, JAXNN_ROOT=str(ROOT))
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    env = dict(os.environ)  # fault_env (jaxnn.testing) adds this tree to PYTHONPATH
     env.setdefault("JAXNN_DATA_DIR", str(out / "data"))
     env.setdefault("JAX_COMPILATION_CACHE_DIR", str(out / "xla-cache"))
     env.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
     corpus = write_corpus(out / "corpus.csv")
     shutil.rmtree(out / "reference", ignore_errors=True)
     start = time.perf_counter()
-    done = run(train_args(corpus, out / "reference"), env)
+    done = run(tiny_train_args(corpus, out / "reference"), env)
     reference_s = time.perf_counter() - start
     if done.returncode != 0:
         print(done.stderr[-3000:], file=sys.stderr)

@@ -1,0 +1,20 @@
+"""Helpers for testing jaxnn itself: train.py runs with injected faults (`faults`), shared by
+the reliability tests (tests/reliability) and the chaos benchmark (benchmarks/chaos.py)."""
+
+from jaxnn.testing.faults import (
+    FAULTS,
+    TIMING_KEYS,
+    driver_command,
+    fault_env,
+    tiny_train_args,
+    without_timings,
+)
+
+__all__ = [
+    "FAULTS",
+    "TIMING_KEYS",
+    "driver_command",
+    "fault_env",
+    "tiny_train_args",
+    "without_timings",
+]
