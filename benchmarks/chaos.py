@@ -48,7 +48,7 @@ from jaxnn.testing.faults import (  # noqa: E402
 )
 
 STEPS_PER_EPOCH, EPOCHS, EVERY = TINY_STEPS_PER_EPOCH, TINY_EPOCHS, TINY_CHECKPOINT_EVERY
-FAULTS = ("kill_at_step", "kill_in_save", "kill_after_s", "disk_full", "busy")
+FAULT_KINDS = ("kill_at_step", "kill_in_save", "kill_after_s", "disk_full", "busy")
 
 
 def write_corpus(path: Path, num_texts: int = 240, seed: int = 0) -> Path:
@@ -72,7 +72,7 @@ def write_corpus(path: Path, num_texts: int = 240, seed: int = 0) -> Path:
 
 
 def run(args: list[str], env: dict, faults: dict | None = None, wait: bool = True):
-    env = fault_env(env, **(faults or {}))
+    env = fault_env(env, root=ROOT, **(faults or {}))
     command = driver_command(args)
     if not wait:
         return subprocess.Popen(
@@ -115,7 +115,7 @@ def fingerprint(workdir: Path) -> dict:
 
 
 def draw_fault(rng: random.Random, reference_s: float) -> tuple[str, dict]:
-    kind = rng.choice(FAULTS)
+    kind = rng.choice(FAULT_KINDS)
     total = STEPS_PER_EPOCH * EPOCHS
     if kind == "kill_at_step":
         return kind, {"kill_at_step": rng.randint(1, total)}
@@ -134,7 +134,7 @@ def draw_fault(rng: random.Random, reference_s: float) -> tuple[str, dict]:
 def one_run(i: int, rng, corpus, out, env, reference, reference_s) -> dict:
     workdir = out / f"run{i}"
     shutil.rmtree(workdir, ignore_errors=True)
-    args = tiny_train_args(corpus, workdir)
+    args = tiny_train_args(corpus, workdir, root=ROOT)
     faults, codes = [], []
     for _ in range(rng.randint(1, 3)):
         kind, fault = draw_fault(rng, reference_s)
@@ -197,7 +197,7 @@ def main() -> int:
     corpus = write_corpus(out / "corpus.csv")
     shutil.rmtree(out / "reference", ignore_errors=True)
     start = time.perf_counter()
-    done = run(tiny_train_args(corpus, out / "reference"), env)
+    done = run(tiny_train_args(corpus, out / "reference", root=ROOT), env)
     reference_s = time.perf_counter() - start
     if done.returncode != 0:
         print(done.stderr[-3000:], file=sys.stderr)

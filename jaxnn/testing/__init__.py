@@ -1,5 +1,6 @@
-"""Helpers for testing jaxnn itself: train.py runs with injected faults (`faults`), shared by
-the reliability tests (tests/reliability) and the chaos benchmark (benchmarks/chaos.py)."""
+"""Helpers for testing jaxnn itself: train.py runs of a source checkout with injected faults
+(`faults`), shared by the reliability tests (tests/reliability, tests/train/test_loop.py) and
+the chaos benchmark (benchmarks/chaos.py)."""
 
 from jaxnn.testing.faults import (
     FAULTS,

@@ -1,21 +1,24 @@
 """train.py in a subprocess with a fault injected at a chosen moment.
 
-`driver_command` runs train.py (of this source tree) under a small driver that reads the faults
-from the environment that `fault_env` makes, then runs train.py unchanged:
+`driver_command` runs train.py of a source checkout (``root``: by default the tree this module
+lies in, which needs an editable install) under a small driver that reads the faults from the
+environment that `fault_env` makes, then runs train.py unchanged:
 
   kill_at_step=n        SIGKILL itself just before the n-th train step of this process
   kill_when=<glob>      SIGKILL itself as soon as a path matching <glob> (relative to the
                         workdir) exists: e.g. "checkpoints/*.orbax-checkpoint-tmp*" kills while
                         a checkpoint's temporary folder is being written
   kill_after_s=t        SIGKILL itself t seconds after start (import, data, compile, training...)
-  disk_full_at_save=n   the n-th checkpoint save of this process raises ENOSPC
+  disk_full_at_save=n   the n-th checkpoint save of this process (latest and best saves counted
+                        together) fails as a full disk does in orbax: a ValueError raised from
+                        OSError(ENOSPC)
 
 Example (a run killed at its 5th step, then resumed by the same command)::
 
     args = tiny_train_args(corpus, workdir)
     env = fault_env(os.environ, kill_at_step=5)
-    subprocess.run(driver_command(args), env=env, cwd=ROOT)            # dies with -9
-    subprocess.run(driver_command(args), env=fault_env(os.environ), cwd=ROOT)  # resumes
+    subprocess.run(driver_command(args), env=env)                    # dies with -9
+    subprocess.run(driver_command(args), env=fault_env(os.environ))  # resumes
 
 The undisturbed run and the resumed one must then end the same (tests/reliability compares
 results, metrics lines without `TIMING_KEYS`, and the final and best states bitwise).
@@ -31,15 +34,21 @@ from pathlib import Path
 
 __all__ = [
     "FAULTS",
+    "ROOT",
     "TIMING_KEYS",
+    "TINY_CHECKPOINT_EVERY",
+    "TINY_EPOCHS",
+    "TINY_STEPS_PER_EPOCH",
     "driver_command",
     "fault_env",
     "tiny_train_args",
     "without_timings",
 ]
 
-ROOT = Path(__file__).resolve().parents[2]  # the source tree: train.py, configs/
+ROOT = Path(__file__).resolve().parents[2]  # this module's tree: train.py, configs/ (editable)
 
+# The faults of the driver (keywords of `fault_env`); benchmarks/chaos.py builds its fault kinds
+# (a kill inside a save, a busy workdir, ...) from these
 FAULTS = ("kill_at_step", "kill_when", "kill_after_s", "disk_full_at_save")
 
 # Keys of metrics lines and history records that differ from run to run (the clock)
@@ -102,15 +111,31 @@ DRIVER = textwrap.dedent(
 )
 
 
-def fault_env(base: Mapping[str, str], **faults: object) -> dict[str, str]:
-    """A copy of the environment ``base`` for `driver_command`: this source tree importable
-    and located (PYTHONPATH, JAXNN_ROOT), and each fault of ``faults`` (names in `FAULTS`,
-    see the module docstring) as JAXNN_<NAME>. No faults: an undisturbed run."""
+def _source_tree(root: Path | str) -> Path:
+    root = Path(root).resolve()
+    if not (root / "train.py").is_file():
+        raise FileNotFoundError(
+            f"jaxnn.testing.faults runs train.py of a source checkout, and {root / 'train.py'} "
+            "does not exist: pass root= the checkout, or install jaxnn from one with "
+            "`pip install -e .`"
+        )
+    return root
+
+
+def fault_env(
+    base: Mapping[str, str], *, root: Path | str = ROOT, **faults: object
+) -> dict[str, str]:
+    """A copy of the environment ``base`` for `driver_command`: the source tree ``root``
+    importable and located (first on PYTHONPATH; JAXNN_ROOT, whose train.py the driver runs),
+    and each fault of ``faults`` (names in `FAULTS`, see the module docstring) as
+    JAXNN_<NAME>; a fault variable already in ``base`` is dropped. No faults: an undisturbed
+    run. FileNotFoundError when ``root`` holds no train.py; ValueError for an unknown fault."""
     unknown = sorted(set(faults) - set(FAULTS))
     if unknown:
         raise ValueError(f"unknown faults {unknown}; allowed: {list(FAULTS)}")
-    env = dict(base, JAXNN_ROOT=str(ROOT))
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
+    root = _source_tree(root)
+    env = dict(base, JAXNN_ROOT=str(root))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root), env.get("PYTHONPATH")) if p)
     for name in FAULTS:  # a fault left in ``base`` by a caller does not leak into this run
         env.pop(f"JAXNN_{name.upper()}", None)
     for name, value in faults.items():
@@ -123,12 +148,12 @@ def driver_command(args: list[str]) -> list[str]:
     return [sys.executable, "-c", DRIVER, *args]
 
 
-def tiny_train_args(corpus: Path, workdir: Path, *extra: str) -> list[str]:
-    """train.py arguments of configs/tiny.py on the CSV ``corpus``, sized to run in seconds:
-    `TINY_EPOCHS` epochs of `TINY_STEPS_PER_EPOCH` steps, a checkpoint every
+def tiny_train_args(corpus: Path, workdir: Path, *extra: str, root: Path | str = ROOT) -> list[str]:
+    """train.py arguments of ``root``'s configs/tiny.py on the CSV ``corpus``, sized to run
+    in seconds: `TINY_EPOCHS` epochs of `TINY_STEPS_PER_EPOCH` steps, a checkpoint every
     `TINY_CHECKPOINT_EVERY` steps, a metrics line every 2; ``extra`` arguments last."""
     return [
-        f"--config={ROOT / 'configs' / 'tiny.py'}",
+        f"--config={Path(root) / 'configs' / 'tiny.py'}",
         f"--config.data.corpus={corpus}",
         "--config.data.max_len=48",
         "--config.data.min_freq=1",

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from jaxnn.testing.faults import TINY_CHECKPOINT_EVERY, TINY_EPOCHS, TINY_STEPS_PER_EPOCH
 from tests.train.conftest import load_config_file, write_synthetic_corpus
 
 from .harness import run_train, train_args
@@ -42,7 +43,7 @@ def _environment(tmp_path_factory, monkeypatch, compilation_cache):
 
 
 def make_config(corpus: Path):
-    """The in-process twin of `harness.train_args`."""
+    """The in-process twin of `harness.train_args` (`jaxnn.testing.tiny_train_args`)."""
     config = load_config_file("tiny")
     config.data.corpus = str(corpus)
     config.data.max_len = 48
@@ -51,9 +52,9 @@ def make_config(corpus: Path):
     config.optim.learning_rate = 0.05
     config.train.batch_size = 16
     config.train.eval_batch_size = 64
-    config.train.num_epochs = 2
-    config.train.max_steps_per_epoch = 8
-    config.train.checkpoint_every_steps = 3
+    config.train.num_epochs = TINY_EPOCHS
+    config.train.max_steps_per_epoch = TINY_STEPS_PER_EPOCH
+    config.train.checkpoint_every_steps = TINY_CHECKPOINT_EVERY
     config.train.log_every_steps = 2
     return config
 

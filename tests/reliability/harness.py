@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def train_args(corpus: Path, workdir: Path, *extra: str) -> list[str]:
     """configs/tiny.py on ``corpus``, sized to run in seconds (`tiny_train_args`: 2 epochs of
     8 steps, a checkpoint every 3 steps, a metrics line every 2), learning rate 0.05."""
-    return tiny_train_args(corpus, workdir, "--config.optim.learning_rate=0.05", *extra)
+    return tiny_train_args(corpus, workdir, "--config.optim.learning_rate=0.05", *extra, root=ROOT)
 
 
 def run_train(args: list[str], timeout: float = 600, **faults: str) -> subprocess.CompletedProcess:
@@ -29,7 +29,7 @@ def run_train(args: list[str], timeout: float = 600, **faults: str) -> subproces
     (`jaxnn.testing.faults`: kill_at_step, kill_when, kill_after_s, disk_full_at_save)."""
     return subprocess.run(
         driver_command(args),
-        env=fault_env(os.environ, **faults),
+        env=fault_env(os.environ, root=ROOT, **faults),  # this tree's train.py, as cwd
         cwd=ROOT,
         capture_output=True,
         text=True,

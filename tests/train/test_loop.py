@@ -7,13 +7,12 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
-import textwrap
 
 import jax
 import numpy as np
 import pytest
 
+from jaxnn.testing import driver_command, fault_env, without_timings
 from jaxnn.train import loop
 from jaxnn.train.checkpoint import Checkpoints
 from jaxnn.train.errors import ConfigMismatchError, NonFiniteLossError
@@ -22,7 +21,6 @@ from jaxnn.train.loop import fit, train_and_evaluate
 
 from .conftest import ROOT
 
-TIMING_KEYS = {"wall_time", "examples_per_s", "tokens_per_s"}  # wall clock: differ run to run
 RECORD_KEYS = {
     "kind",
     "epoch",
@@ -146,38 +144,10 @@ def test_nonfinite_loss_stops_the_run_naming_the_step(tiny_config, tmp_path):
     assert not (tmp_path / "run" / "results.json").exists()
 
 
-KILLER = textwrap.dedent(
-    """
-    import os, runpy, signal, sys
-    kill_at = int(os.environ["KILL_AT_STEP"])
-    import jaxnn.train.trainer as trainer
-    original_init = trainer.Trainer.__init__
-
-    def init(self, *args, **kwargs):
-        original_init(self, *args, **kwargs)
-        step, calls = self.train_step, [0]
-
-        def train_step(state, batch):
-            calls[0] += 1
-            if calls[0] == kill_at:
-                os.kill(os.getpid(), signal.SIGKILL)
-            return step(state, batch)
-
-        self.train_step = train_step
-
-    trainer.Trainer.__init__ = init
-    sys.argv = ["train.py", *sys.argv[1:]]
-    runpy.run_path(os.path.join(os.environ["JAXNN_ROOT"], "train.py"), run_name="__main__")
-    """
-)
-
-
 def _train(args, kill_at=0):
-    env = dict(os.environ, KILL_AT_STEP=str(kill_at), JAXNN_ROOT=str(ROOT))
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
-    return subprocess.run(
-        [sys.executable, "-c", KILLER, *args], env=env, cwd=ROOT, capture_output=True, text=True
-    )
+    faults = {"kill_at_step": kill_at} if kill_at else {}
+    env = fault_env(os.environ, root=ROOT, **faults)
+    return subprocess.run(driver_command(args), env=env, cwd=ROOT, capture_output=True, text=True)
 
 
 @pytest.mark.slow  # three subprocesses, ~75 s on 2 cores
@@ -212,10 +182,9 @@ def test_sigkilled_run_resumes_to_bitwise_the_same_parameters(synthetic_corpus, 
     assert jax.tree.structure(a) == jax.tree.structure(b)
     jax.tree.map(np.testing.assert_array_equal, a, b)  # params, optimizer state, rng, sums
     records = {
-        name: [
-            {k: v for k, v in json.loads(line).items() if k not in TIMING_KEYS}
-            for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()
-        ]
+        name: without_timings(
+            [json.loads(x) for x in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+        )
         for name in states
     }
     assert records["straight"] == records["resumed"]
