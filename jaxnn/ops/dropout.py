@@ -19,7 +19,6 @@ uses that rounded probability, so E[y] = x holds exactly.
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import math
 from collections.abc import Iterator
 
@@ -46,7 +45,8 @@ __all__ = [
 
 _LEVELS = 1 << 16  # 16-bit draws: the drop threshold is rate · 2^16, rounded
 
-_RATE_FREE = contextvars.ContextVar("jaxnn_rate_free_trials", default=None)
+# (count, trials) of the enclosing `rate_free_trials`; part of jax.jit's cache key
+_RATE_FREE = jax.make_user_context(default_value=None)
 
 
 @contextlib.contextmanager
@@ -60,26 +60,23 @@ def rate_free_trials(count: int, *, trials: int) -> Iterator[None]:
     would, and the others with it (jaxnn.tune.trials.TrialGroup orders its trials by rate and
     traces its step in here). Other dropout (`dropout`) still applies each trial's rate.
 
-    It acts at trace time and is not part of ``jax.jit``'s cache key: enter it inside the
-    function you jit (as TrialGroup does), or a program traced under it keeps its effect for
-    later calls. Any vmapped axis of size ``trials`` inside it counts as the trials' axis. It
-    is a promise about the values passed: a nonzero rate among the first ``count`` would be
+    It acts when a function is traced, and it is part of ``jax.jit``'s cache key
+    (``jax.make_user_context``): a jitted function called inside it and outside it is traced
+    for each. Any vmapped axis of size ``trials`` inside it counts as the trials' axis. It is
+    a promise about the values passed: a nonzero rate among the first ``count`` would be
     ignored by those trials' bag sums.
     """
     count, trials = int(count), int(trials)
     if not 0 <= count <= trials:
         raise ValueError(f"count must be in [0, trials={trials}]; got {count}")
-    token = _RATE_FREE.set((count, trials))
-    try:
+    with _RATE_FREE((count, trials)):
         yield
-    finally:
-        _RATE_FREE.reset(token)
 
 
 def rate_free_trials_of(axis_size: int) -> int:
     """How many leading trials of a vmapped axis of ``axis_size`` have rate 0: the count of the
     enclosing `rate_free_trials` when its trials equal ``axis_size``, else 0 (not known)."""
-    told = _RATE_FREE.get()
+    told = _RATE_FREE.value
     return told[0] if told is not None and told[1] == axis_size else 0
 
 

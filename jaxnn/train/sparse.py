@@ -101,7 +101,6 @@ Shapes: V table rows, D embedding dim, N lookups in a batch (B T'), K slots of a
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import dataclasses
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -333,7 +332,7 @@ def _plain_add(table, indices, rows):
 # rule below instead works on the [V, K, D] table directly (its two swapaxes cancel the ones
 # vmap inserts). The numbers are the same either way; only the memory traffic changes
 # (benchmarks/results/tune.md).
-_TRIAL_MINOR = contextvars.ContextVar("jaxnn_trial_minor_tables", default=False)
+_TRIAL_MINOR = jax.make_user_context(default_value=False)  # part of jax.jit's cache key
 
 
 @contextlib.contextmanager
@@ -348,13 +347,11 @@ def trial_minor_tables():
     with the tables stored [K, V, D] it would cost two whole-table transposes per operation,
     which is why it is not the default. Reverse-mode differentiation through the row
     operations is not supported inside it (the lazy step differentiates w.r.t. gathered rows,
-    never through the gather).
+    never through the gather). Like `jaxnn.ops.dropout.rate_free_trials`, it is part of
+    ``jax.jit``'s cache key: a jitted function is traced anew inside and outside it.
     """
-    token = _TRIAL_MINOR.set(True)
-    try:
+    with _TRIAL_MINOR(True):
         yield
-    finally:
-        _TRIAL_MINOR.reset(token)
 
 
 def trial_minor_axes(tree: Any, tables: Sequence[TablePath]) -> Any:
@@ -398,15 +395,15 @@ _minor_add = _trial_minor(_plain_add)
 
 
 def _gather(table: jax.Array, indices: jax.Array) -> jax.Array:
-    return (_minor_gather if _TRIAL_MINOR.get() else _plain_gather)(table, indices)
+    return (_minor_gather if _TRIAL_MINOR.value else _plain_gather)(table, indices)
 
 
 def _scatter_set(table: jax.Array, indices: jax.Array, rows: jax.Array) -> jax.Array:
-    return (_minor_set if _TRIAL_MINOR.get() else _plain_set)(table, indices, rows)
+    return (_minor_set if _TRIAL_MINOR.value else _plain_set)(table, indices, rows)
 
 
 def _scatter_add(table: jax.Array, indices: jax.Array, rows: jax.Array) -> jax.Array:
-    return (_minor_add if _TRIAL_MINOR.get() else _plain_add)(table, indices, rows)
+    return (_minor_add if _TRIAL_MINOR.value else _plain_add)(table, indices, rows)
 
 
 # --------------------------------------------------------------------------------------------

@@ -171,6 +171,33 @@ def test_rate_free_trials_sum_without_the_mask(form, free):
         np.testing.assert_allclose(grads[j], want_grad(gs[j]), rtol=1e-5, atol=1e-6)
 
 
+def test_rate_free_trials_are_part_of_the_jit_cache_key(monkeypatch):
+    """A function jitted without the context inside it, called outside it and then inside it,
+    is traced for each: inside, the promised trials are summed without the mask."""
+    monkeypatch.setattr(embedding_bag, "COUNTS_MAX_ROWS_PER_LOOKUP", 0)
+    rows, slot, bits, _ = _inputs(seed=7)
+    many = np.stack([rows, -rows, 2 * rows])
+    thresholds = np.asarray([30000, 19661, 40000], np.int32)
+    traces = []
+
+    def run(r, th):
+        traces.append(1)
+        sums = lambda r, th: embedding_bag_sum(r, slot, dropout=(bits, th, 1.5))
+        return jax.vmap(sums)(r, th)
+
+    jitted = jax.jit(run)
+    outside = jitted(many, thresholds)
+    with rate_free_trials(2, trials=3):
+        inside = jitted(many, thresholds)
+        jitted(many, thresholds)
+    assert len(traces) == 2
+    for j in range(3):
+        masked, _ = _numpy(many[j], slot, bits, int(thresholds[j]), 1.5)
+        np.testing.assert_allclose(outside[j], masked, rtol=1e-5, atol=1e-5)
+        want = _numpy(many[j], slot)[0] if j < 2 else masked
+        np.testing.assert_allclose(inside[j], want, rtol=1e-5, atol=1e-5)
+
+
 def test_rate_free_trials_are_a_count_of_those_trials():
     with pytest.raises(ValueError, match=r"count must be in \[0, trials=4\]; got 5"):
         with rate_free_trials(5, trials=4):

@@ -692,6 +692,30 @@ def test_trial_minor_tables_give_the_numbers_of_vmap_without_whole_table_copies(
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+def test_trial_minor_tables_are_part_of_the_jit_cache_key():
+    """A gather jitted without the context inside it is traced again when called inside it
+    (and once only): the program inside reads the [V, K, D] table without transposing it."""
+    k, num_rows = 3, 41
+    table = jnp.arange(num_rows * k * D, dtype=jnp.float32).reshape(num_rows, k, D)
+    indices = jnp.asarray([2, 5, 40], jnp.int32)
+    traces = []
+
+    def rows(table, indices):
+        traces.append(1)
+        return jax.vmap(sparse.gather_rows, in_axes=(1, None))(table, indices)
+
+    jitted = jax.jit(rows)
+    outside = jitted(table, indices)
+    with sparse.trial_minor_tables():
+        inside = jitted(table, indices)
+        jitted(table, indices)
+        hlo = jitted.lower(table, indices).compile().as_text()
+    assert len(traces) == 2
+    np.testing.assert_array_equal(inside, outside)
+    np.testing.assert_array_equal(inside, np.moveaxis(np.asarray(table), 1, 0)[:, [2, 5, 40]])
+    assert f"f32[{k},{num_rows},{D}]" not in hlo  # no trials-first copy of the table
+
+
 def test_trial_minor_axes_mark_the_tables_and_their_moments():
     params = {
         "embed": {"embedding": jnp.zeros((2, 7, 3))},
