@@ -7,6 +7,7 @@ from jaxnn.testing.faults import (
     TIMING_KEYS,
     driver_command,
     fault_env,
+    stop_before_step,
     tiny_train_args,
     without_timings,
 )
@@ -16,6 +17,7 @@ __all__ = [
     "TIMING_KEYS",
     "driver_command",
     "fault_env",
+    "stop_before_step",
     "tiny_train_args",
     "without_timings",
 ]

@@ -29,7 +29,7 @@ from __future__ import annotations
 import os
 import sys
 import textwrap
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 __all__ = [
@@ -41,6 +41,7 @@ __all__ = [
     "TINY_STEPS_PER_EPOCH",
     "driver_command",
     "fault_env",
+    "stop_before_step",
     "tiny_train_args",
     "without_timings",
 ]
@@ -78,21 +79,9 @@ DRIVER = textwrap.dedent(
     kill_at = int(os.environ.get("JAXNN_KILL_AT_STEP") or 0)
     if kill_at:
         import jaxnn.train.trainer as trainer
-        original_init = trainer.Trainer.__init__
+        from jaxnn.testing.faults import stop_before_step
 
-        def init(self, *args, **kwargs):
-            original_init(self, *args, **kwargs)
-            step, calls = self.train_step, [0]
-
-            def train_step(state, batch):
-                calls[0] += 1
-                if calls[0] == kill_at:
-                    die()
-                return step(state, batch)
-
-            self.train_step = train_step
-
-        trainer.Trainer.__init__ = init
+        trainer.Trainer.__init__ = stop_before_step(kill_at, die)
     full_at = int(os.environ.get("JAXNN_DISK_FULL_AT_SAVE") or 0)
     if full_at:
         import orbax.checkpoint as ocp
@@ -120,6 +109,30 @@ def _source_tree(root: Path | str) -> Path:
             "`pip install -e .`"
         )
     return root
+
+
+def stop_before_step(at: int, stop: Callable[[], None]) -> Callable:
+    """A `jaxnn.train.trainer.Trainer.__init__` whose trainers each call ``stop()`` just
+    before their ``at``-th train step: SIGKILL in the driver (one trainer per run), a raised
+    KeyboardInterrupt in an in-process test. Install it in place of the original, which it
+    wraps (e.g. ``monkeypatch.setattr(Trainer, "__init__", stop_before_step(...))``)."""
+    from jaxnn.train.trainer import Trainer
+
+    original = Trainer.__init__
+
+    def init(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        step, calls = self.train_step, [0]
+
+        def train_step(state, batch):
+            calls[0] += 1
+            if calls[0] == at:
+                stop()
+            return step(state, batch)
+
+        self.train_step = train_step
+
+    return init
 
 
 def fault_env(

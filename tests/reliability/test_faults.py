@@ -17,6 +17,7 @@ import threading
 import orbax.checkpoint as ocp
 import pytest
 
+from jaxnn.testing import stop_before_step
 from jaxnn.train import (
     DataMismatchError,
     EmptySplitError,
@@ -41,21 +42,11 @@ pytestmark = pytest.mark.filterwarnings(
 
 def _interrupt_at_step(monkeypatch, at: int) -> None:
     """Ctrl-C (KeyboardInterrupt) just before the ``at``-th train step of this process."""
-    original = trainer_lib.Trainer.__init__
 
-    def init(self, *args, **kwargs):
-        original(self, *args, **kwargs)
-        step, calls = self.train_step, [0]
+    def interrupt():
+        raise KeyboardInterrupt
 
-        def train_step(state, batch):
-            calls[0] += 1
-            if calls[0] == at:
-                raise KeyboardInterrupt
-            return step(state, batch)
-
-        self.train_step = train_step
-
-    monkeypatch.setattr(trainer_lib.Trainer, "__init__", init)
+    monkeypatch.setattr(trainer_lib.Trainer, "__init__", stop_before_step(at, interrupt))
 
 
 def _prefetch_threads() -> list[threading.Thread]:
