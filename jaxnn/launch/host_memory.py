@@ -17,6 +17,15 @@ so after the first step the same pages serve every later one: the caching a GPU 
 does (PyTorch's CUDA allocator, XLA's BFC) applied to host memory. The price is the same too:
 the process keeps its peak heap (resident memory does not fall after a large step).
 
+"keep" also grows that heap by `HUGE_HEAP_BYTES` up front and asks the kernel to back it with
+transparent huge pages (``madvise(MADV_HUGEPAGE)``, what glibc's own ``glibc.malloc.hugetlb=1``
+tunable does, which can only be set before a process starts): a step that reads and writes
+scattered rows of tables much larger than the caches (the lazy optimizer's rows of K trials'
+embedding tables) then misses the TLB on 2 MiB pages instead of on every 4 KiB one
+(benchmarks/results/tune.md). Nothing is touched until used, so the resident memory is what the
+program writes, in 2 MiB steps. Where the kernel's THP setting is "never" (or absent) this part
+is skipped, and where it is "always" the kernel already does it; the detail says which.
+
 "system" (the default) leaves malloc as it is. "keep" is opt-in because it helps steps that
 write large intermediates (long sequences, big batches, materialized attention) and not every
 step (benchmarks/results/host_allocator.md and benchmarks/results/process_settings.md).
@@ -34,6 +43,7 @@ from __future__ import annotations
 import ctypes
 import platform
 import warnings
+from pathlib import Path
 
 from jaxnn.launch.xla_flags import jax_started
 
@@ -44,7 +54,15 @@ MODES = ("keep", "system")
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
 _M_ARENA_MAX = -8
-_KEEP_SETTINGS = ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2**31 - 1))
+_TRIM_THRESHOLD = 2**31 - 1
+_KEEP_SETTINGS = ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, _TRIM_THRESHOLD))
+
+# The heap "keep" adds up front for transparent huge pages: below the trim threshold, so that
+# glibc never hands it back to the kernel (which would drop the advice with it).
+HUGE_HEAP_BYTES = 1 << 30
+_HUGE_PAGE = 1 << 21  # x86-64 and most arm64 kernels
+_MADV_HUGEPAGE = 14  # <sys/mman.h> on Linux
+THP_SETTING = Path("/sys/kernel/mm/transparent_hugepage/enabled")
 
 _state = {"mode": "system", "detail": "not configured (glibc defaults)"}
 
@@ -87,11 +105,55 @@ def configure_host_allocator(mode: str, *, source: str = "argument") -> str:
     if failed:  # glibc refused a setting: say so rather than claim the mode
         _state.update(mode="system", detail=f"glibc {version} refused mallopt {failed}")
         return "system"
+    huge = _advise_huge_heap()
     _state.update(
         mode="keep",
-        detail=f"glibc {version}: arena_max=1, mmap_max=0, trim_threshold=2^31-1 ({source})",
+        detail=f"glibc {version}: arena_max=1, mmap_max=0, trim_threshold=2^31-1, {huge} "
+        f"({source})",
     )
     return "keep"
+
+
+def transparent_huge_pages() -> str:
+    """The kernel's transparent huge page setting: "always", "madvise", "never", or
+    "unavailable" (no such setting: not Linux, or a kernel without THP)."""
+    try:
+        text = THP_SETTING.read_text()
+    except OSError:
+        return "unavailable"
+    chosen = text[text.find("[") + 1 : text.find("]")] if "[" in text else ""
+    return chosen or "unavailable"
+
+
+def _advise_huge_heap() -> str:
+    """Grow glibc's main heap (the only one once "keep" is set) by `HUGE_HEAP_BYTES` and advise
+    huge pages for it; a phrase for the detail saying what was done."""
+    thp = transparent_huge_pages()
+    if thp == "always":  # the kernel backs the heap with huge pages by itself
+        return "huge pages: all anonymous memory (THP always)"
+    if thp != "madvise":
+        return f"huge pages: none (THP {thp})"
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.sbrk.restype, libc.sbrk.argtypes = ctypes.c_void_p, (ctypes.c_ssize_t,)
+    libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, (ctypes.c_size_t,)
+    libc.free.restype, libc.free.argtypes = None, (ctypes.c_void_p,)
+    libc.madvise.restype = ctypes.c_int
+    libc.madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+    start = libc.sbrk(0)
+    # with mmap_max = 0 this block comes from the heap, grown by sbrk to hold it; freed, it
+    # joins the heap's free top, which stays (under the trim threshold) for later blocks
+    block = libc.malloc(HUGE_HEAP_BYTES)
+    end = libc.sbrk(0)
+    if block:
+        libc.free(block)
+    if not block or not start or not end or end <= start:
+        return "huge pages: none (the heap could not grow)"
+    low = -(-start // _HUGE_PAGE) * _HUGE_PAGE
+    if end - low < _HUGE_PAGE:
+        return "huge pages: none (the heap could not grow)"
+    if libc.madvise(low, end - low, _MADV_HUGEPAGE) != 0:
+        return f"huge pages: none (madvise failed, errno {ctypes.get_errno()})"
+    return f"huge pages: {(end - low) >> 20} MiB of heap advised (THP madvise)"
 
 
 def check_host_allocator(mode: str, *, source: str = "argument") -> None:

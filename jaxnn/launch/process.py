@@ -34,7 +34,8 @@ DEFAULTS = {"host_allocator": "system", "cpu_vector_width": "auto", "cpu_devices
 # The defaults of the entry points that train many trials in one vmapped program (``python -m
 # jaxnn.tune``, the bias-variance tool, benchmarks/tune.py): K trials' temporaries are K times
 # a run's, and freshly mapped pages for them on every step cost more than the step's arithmetic
-# (benchmarks/results/tune.md); "keep" reuses them.
+# (benchmarks/results/tune.md); "keep" reuses them, on huge pages (fewer TLB misses on the rows
+# of K trials' tables).
 TUNING_DEFAULTS = {"host_allocator": "keep"}
 ENV_VARS = {
     "host_allocator": _host_memory.ENV_VAR,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import textwrap
@@ -52,9 +53,14 @@ _CHILD = textwrap.dedent(
     info = ctypes.CDLL(None).mallinfo2
     info.restype = MallInfo2
     m = info()
+    try:  # kB of anonymous memory on transparent huge pages (Linux)
+        rollup = open("/proc/self/smaps_rollup").read()
+        huge_kb = int(rollup.split("AnonHugePages:")[1].split()[0])
+    except (OSError, IndexError):
+        huge_kb = None
     print(json.dumps({"mode": mode, "detail": host_allocator()["detail"],
         "mmapped": m.hblkhd, "in_use": m.uordblks, "sum": float(y[0, 0]),
-        "warnings": [str(w.message) for w in caught]}))
+        "huge_kb": huge_kb, "warnings": [str(w.message) for w in caught]}))
     """
 )
 
@@ -85,6 +91,39 @@ def test_keep_serves_xla_buffers_from_the_heap_and_system_mmaps_them():
     assert system["mode"] == "system" and "glibc defaults (default)" in system["detail"]
     assert system["mmapped"] >= 2 * block, system  # glibc's default: one mmap per large block
     assert kept["sum"] == system["sum"] == 2.0  # same arithmetic either way
+
+
+@glibc
+def test_keep_backs_the_heap_with_huge_pages_where_the_kernel_allows():
+    kept = _child("keep")
+    thp = host_memory.transparent_huge_pages()
+    if thp == "madvise":
+        advised = re.search(r"huge pages: (\d+) MiB of heap advised", kept["detail"])
+        # the heap grows by about HUGE_HEAP_BYTES, less its free top, from a 2 MiB boundary
+        assert advised and int(advised.group(1)) >= host_memory.HUGE_HEAP_BYTES >> 21, kept
+    elif thp == "always":
+        assert "huge pages: all anonymous memory (THP always)" in kept["detail"], kept
+    else:
+        assert f"huge pages: none (THP {thp})" in kept["detail"], kept
+        pytest.skip(f"transparent huge pages are {thp} here")
+    if kept["huge_kb"] is None:
+        pytest.skip("no /proc/self/smaps_rollup")
+    # the 64 MiB input and output of the child's jitted add lie on 2 MiB pages (most of them:
+    # a block's first and last partial huge page may not)
+    assert kept["huge_kb"] >= 64 * 1024, kept
+
+
+def test_huge_page_setting_is_read_from_the_kernel(monkeypatch, tmp_path):
+    setting = tmp_path / "enabled"
+    monkeypatch.setattr(host_memory, "THP_SETTING", setting)
+    assert host_memory.transparent_huge_pages() == "unavailable"
+    setting.write_text("always [madvise] never\n")
+    assert host_memory.transparent_huge_pages() == "madvise"
+    setting.write_text("[always] madvise never\n")
+    assert host_memory.transparent_huge_pages() == "always"
+    setting.write_text("always madvise [never]\n")
+    assert host_memory.transparent_huge_pages() == "never"
+    assert host_memory._advise_huge_heap() == "huge pages: none (THP never)"
 
 
 @glibc
