@@ -142,6 +142,7 @@ def main() -> None:
         groups[name] = measure(sequential, vmapped, hyper, seeds, args.repeats)
     load_after = os.getloadavg()
     head = groups["mixed"]
+    allocator = host_allocator()
     result = {
         "corpus": args.corpus,
         "trials": len(head["hyperparameters"]["learning_rate"]),
@@ -155,7 +156,7 @@ def main() -> None:
         "loadavg_1_5_15 (before, after)": [load_before, load_after],
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
         f"{jax.device_count()} {jax.default_backend()} device(s), jax {jax.__version__}, "
-        f"host allocator {host_allocator()['mode']}, "
+        f"host allocator {allocator['mode']} (huge pages: {allocator['huge_pages']}), "
         f"CPU vector width {cpu_vector_width()['detail']}",
     }
     RESULTS.mkdir(parents=True, exist_ok=True)

@@ -64,7 +64,7 @@ _HUGE_PAGE = 1 << 21  # x86-64 and most arm64 kernels
 _MADV_HUGEPAGE = 14  # <sys/mman.h> on Linux
 THP_SETTING = Path("/sys/kernel/mm/transparent_hugepage/enabled")
 
-_state = {"mode": "system", "detail": "not configured (glibc defaults)"}
+_state = {"mode": "system", "detail": "not configured (glibc defaults)", "huge_pages": "none"}
 
 
 def configure_host_allocator(mode: str, *, source: str = "argument") -> str:
@@ -108,6 +108,7 @@ def configure_host_allocator(mode: str, *, source: str = "argument") -> str:
     huge = _advise_huge_heap()
     _state.update(
         mode="keep",
+        huge_pages=huge.removeprefix("huge pages: "),
         detail=f"glibc {version}: arena_max=1, mmap_max=0, trim_threshold=2^31-1, {huge} "
         f"({source})",
     )
@@ -164,6 +165,7 @@ def check_host_allocator(mode: str, *, source: str = "argument") -> None:
 
 
 def host_allocator() -> dict[str, str]:
-    """{"mode": ..., "detail": ...}: what `configure_host_allocator` set in this process, for
-    benchmark and run records."""
+    """{"mode": ..., "detail": ..., "huge_pages": ...}: what `configure_host_allocator` set in
+    this process, for benchmark and run records ("huge_pages": what "keep" got from the kernel,
+    "none" otherwise)."""
     return dict(_state)

@@ -59,6 +59,7 @@ _CHILD = textwrap.dedent(
     except (OSError, IndexError):
         huge_kb = None
     print(json.dumps({"mode": mode, "detail": host_allocator()["detail"],
+        "huge_pages": host_allocator()["huge_pages"],
         "mmapped": m.hblkhd, "in_use": m.uordblks, "sum": float(y[0, 0]),
         "huge_kb": huge_kb, "warnings": [str(w.message) for w in caught]}))
     """
@@ -106,6 +107,8 @@ def test_keep_backs_the_heap_with_huge_pages_where_the_kernel_allows():
     else:
         assert f"huge pages: none (THP {thp})" in kept["detail"], kept
         pytest.skip(f"transparent huge pages are {thp} here")
+    assert kept["detail"].count(kept["huge_pages"]) == 1, kept
+    assert _child(None)["huge_pages"] == "none"  # "system" leaves malloc and the pages alone
     if kept["huge_kb"] is None:
         pytest.skip("no /proc/self/smaps_rollup")
     # the 64 MiB input and output of the child's jitted add lie on 2 MiB pages (most of them:
