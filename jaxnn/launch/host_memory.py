@@ -17,14 +17,20 @@ so after the first step the same pages serve every later one: the caching a GPU 
 does (PyTorch's CUDA allocator, XLA's BFC) applied to host memory. The price is the same too:
 the process keeps its peak heap (resident memory does not fall after a large step).
 
-"keep" also grows that heap by `HUGE_HEAP_BYTES` up front and asks the kernel to back it with
-transparent huge pages (``madvise(MADV_HUGEPAGE)``, what glibc's own ``glibc.malloc.hugetlb=1``
-tunable does, which can only be set before a process starts): a step that reads and writes
-scattered rows of tables much larger than the caches (the lazy optimizer's rows of K trials'
-embedding tables) then misses the TLB on 2 MiB pages instead of on every 4 KiB one
-(benchmarks/results/tune.md). Nothing is touched until used, so the resident memory is what the
-program writes, in 2 MiB steps. Where the kernel's THP setting is "never" (or absent) this part
-is skipped, and where it is "always" the kernel already does it; the detail says which.
+"keep" also asks the kernel to back the first `HUGE_HEAP_BYTES` (1 GiB) of that heap with
+transparent huge pages: it grows the heap by that much up front (one malloc, freed at once) and
+calls ``madvise(MADV_HUGEPAGE)`` on it. A step that reads and writes scattered rows of tables
+much larger than the caches (the lazy optimizer's rows of K trials' embedding tables) then
+misses the TLB once per huge page rather than per 4 KiB page (the tuning rows of
+benchmarks/RESULTS.md). glibc's ``glibc.malloc.hugetlb=1`` tunable does this for every heap
+extension but can only be set before a process starts; here it is done once, so the heap beyond
+its first GiB keeps 4 KiB pages, and the advice is lost if glibc ever trims the heap (a free top
+over the 2 GiB threshold, after a step that needed more than that). Costs: 1 GiB more virtual
+memory and commit charge for the life of the process; nothing is touched until used, and the
+resident memory grows in huge-page steps. Skipped where it cannot help or would cost: THP
+"never" or absent, "always" (the kernel does it anyway), THP disabled for this process (prctl),
+strict overcommit (``vm.overcommit_memory = 2``), or ``MALLOC_PERTURB_`` set (glibc would fill
+the whole block); the detail says which.
 
 "system" (the default) leaves malloc as it is. "keep" is opt-in because it helps steps that
 write large intermediates (long sequences, big batches, materialized attention) and not every
@@ -41,6 +47,7 @@ host, so the entry points apply it through `jaxnn.launch.configure_process`, on 
 from __future__ import annotations
 
 import ctypes
+import os
 import platform
 import warnings
 from pathlib import Path
@@ -57,14 +64,18 @@ _M_ARENA_MAX = -8
 _TRIM_THRESHOLD = 2**31 - 1
 _KEEP_SETTINGS = ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, _TRIM_THRESHOLD))
 
-# The heap "keep" adds up front for transparent huge pages: below the trim threshold, so that
-# glibc never hands it back to the kernel (which would drop the advice with it).
+# The heap "keep" advises for transparent huge pages: under the trim threshold, so that glibc
+# keeps it (freed, it joins the heap's free top) while the heap stays below 2 GiB.
 HUGE_HEAP_BYTES = 1 << 30
-_HUGE_PAGE = 1 << 21  # x86-64 and most arm64 kernels
-_MADV_HUGEPAGE = 14  # <sys/mman.h> on Linux
-THP_SETTING = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+_MADV_HUGEPAGE = 14  # <sys/mman.h>, the same on every Linux architecture
+THP_DIR = Path("/sys/kernel/mm/transparent_hugepage")
+NOT_ADVISED = "not advised"
 
-_state = {"mode": "system", "detail": "not configured (glibc defaults)", "huge_pages": "none"}
+_state = {
+    "mode": "system",
+    "detail": "not configured (glibc defaults)",
+    "huge_pages": NOT_ADVISED,
+}
 
 
 def configure_host_allocator(mode: str, *, source: str = "argument") -> str:
@@ -85,11 +96,15 @@ def configure_host_allocator(mode: str, *, source: str = "argument") -> str:
             )
         return "keep"
     if mode == "system":
-        _state.update(mode="system", detail=f"glibc defaults ({source})")
+        _state.update(mode="system", detail=f"glibc defaults ({source})", huge_pages=NOT_ADVISED)
         return "system"
     libc, version = platform.libc_ver()
     if platform.system() != "Linux" or libc != "glibc":
-        _state.update(mode="system", detail=f"no glibc mallopt on {platform.system()} {libc}")
+        _state.update(
+            mode="system",
+            detail=f"no glibc mallopt on {platform.system()} {libc}",
+            huge_pages=NOT_ADVISED,
+        )
         return "system"
     mallopt = ctypes.CDLL(None).mallopt
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
@@ -103,14 +118,18 @@ def configure_host_allocator(mode: str, *, source: str = "argument") -> str:
         )
     failed = [param for param, value in _KEEP_SETTINGS if mallopt(param, value) != 1]
     if failed:  # glibc refused a setting: say so rather than claim the mode
-        _state.update(mode="system", detail=f"glibc {version} refused mallopt {failed}")
+        _state.update(
+            mode="system",
+            detail=f"glibc {version} refused mallopt {failed}",
+            huge_pages=NOT_ADVISED,
+        )
         return "system"
-    huge = _advise_huge_heap()
+    huge = advise_huge_heap()
     _state.update(
         mode="keep",
-        huge_pages=huge.removeprefix("huge pages: "),
-        detail=f"glibc {version}: arena_max=1, mmap_max=0, trim_threshold=2^31-1, {huge} "
-        f"({source})",
+        huge_pages=huge,
+        detail=f"glibc {version}: arena_max=1, mmap_max=0, trim_threshold=2^31-1; "
+        f"huge pages: {huge} ({source})",
     )
     return "keep"
 
@@ -119,42 +138,75 @@ def transparent_huge_pages() -> str:
     """The kernel's transparent huge page setting: "always", "madvise", "never", or
     "unavailable" (no such setting: not Linux, or a kernel without THP)."""
     try:
-        text = THP_SETTING.read_text()
+        text = (THP_DIR / "enabled").read_text()
     except OSError:
         return "unavailable"
     chosen = text[text.find("[") + 1 : text.find("]")] if "[" in text else ""
     return chosen or "unavailable"
 
 
-def _advise_huge_heap() -> str:
-    """Grow glibc's main heap (the only one once "keep" is set) by `HUGE_HEAP_BYTES` and advise
-    huge pages for it; a phrase for the detail saying what was done."""
+def _huge_page_bytes() -> int:
+    """The size of a transparent huge page (2 MiB on x86-64; 32 or 512 MiB on arm64 kernels
+    with 16 or 64 KiB base pages)."""
+    try:
+        return int((THP_DIR / "hpage_pmd_size").read_text())
+    except (OSError, ValueError):
+        return 1 << 21
+
+
+def _why_not_advise() -> str | None:
+    """Why huge pages are not advised in this process ("none: why"), or None."""
     thp = transparent_huge_pages()
-    if thp == "always":  # the kernel backs the heap with huge pages by itself
-        return "huge pages: all anonymous memory (THP always)"
+    if thp == "always":
+        return "none advised: THP always, the kernel backs all anonymous memory with them"
     if thp != "madvise":
-        return f"huge pages: none (THP {thp})"
+        return f"none: THP {thp}"
+    try:
+        status = Path("/proc/self/status").read_text()
+    except OSError:
+        status = ""
+    if "THP_enabled:\t0" in status:
+        return "none: THP disabled for this process"
+    try:
+        if Path("/proc/sys/vm/overcommit_memory").read_text().strip() == "2":
+            return "none: strict overcommit, the reserved GiB would count against its limit"
+    except OSError:
+        pass
+    if os.environ.get("MALLOC_PERTURB_", "0") not in ("", "0"):
+        return "none: MALLOC_PERTURB_ is set, glibc would fill the whole block"
+    return None
+
+
+def advise_huge_heap() -> str:
+    """Advise transparent huge pages for `HUGE_HEAP_BYTES` of glibc's heap (see the module
+    docstring); called by `configure_host_allocator` ("keep", mmap off, one arena for the
+    threads that have not allocated yet). Returns what was done: "N MiB advised" or "none: why"."""
+    why = _why_not_advise()
+    if why is not None:
+        return why
     libc = ctypes.CDLL(None, use_errno=True)
-    libc.sbrk.restype, libc.sbrk.argtypes = ctypes.c_void_p, (ctypes.c_ssize_t,)
     libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, (ctypes.c_size_t,)
     libc.free.restype, libc.free.argtypes = None, (ctypes.c_void_p,)
     libc.madvise.restype = ctypes.c_int
     libc.madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
-    start = libc.sbrk(0)
-    # with mmap_max = 0 this block comes from the heap, grown by sbrk to hold it; freed, it
-    # joins the heap's free top, which stays (under the trim threshold) for later blocks
+    # with mmap_max = 0 the block comes from the heap (grown by sbrk, or glibc's fallback when
+    # sbrk cannot grow it); the advice covers its whole huge pages, and freed, it joins the
+    # heap's free top for later blocks
     block = libc.malloc(HUGE_HEAP_BYTES)
-    end = libc.sbrk(0)
-    if block:
+    if not block:
+        return f"none: malloc of {HUGE_HEAP_BYTES >> 20} MiB failed"
+    page = _huge_page_bytes()
+    low = -(-block // page) * page
+    high = (block + HUGE_HEAP_BYTES) // page * page
+    if high <= low:
         libc.free(block)
-    if not block or not start or not end or end <= start:
-        return "huge pages: none (the heap could not grow)"
-    low = -(-start // _HUGE_PAGE) * _HUGE_PAGE
-    if end - low < _HUGE_PAGE:
-        return "huge pages: none (the heap could not grow)"
-    if libc.madvise(low, end - low, _MADV_HUGEPAGE) != 0:
-        return f"huge pages: none (madvise failed, errno {ctypes.get_errno()})"
-    return f"huge pages: {(end - low) >> 20} MiB of heap advised (THP madvise)"
+        return f"none: no whole {page >> 20} MiB page in the block"
+    failed = libc.madvise(low, high - low, _MADV_HUGEPAGE)
+    errno = ctypes.get_errno()
+    libc.free(block)
+    if failed:
+        return f"none: madvise failed, errno {errno}"
+    return f"{(high - low) >> 20} MiB advised"
 
 
 def check_host_allocator(mode: str, *, source: str = "argument") -> None:
@@ -166,6 +218,6 @@ def check_host_allocator(mode: str, *, source: str = "argument") -> None:
 
 def host_allocator() -> dict[str, str]:
     """{"mode": ..., "detail": ..., "huge_pages": ...}: what `configure_host_allocator` set in
-    this process, for benchmark and run records ("huge_pages": what "keep" got from the kernel,
-    "none" otherwise)."""
+    this process, for benchmark and run records ("huge_pages": what "keep" advised,
+    `advise_huge_heap`'s answer; "not advised" in any other mode)."""
     return dict(_state)
