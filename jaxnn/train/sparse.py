@@ -385,7 +385,7 @@ def _trial_minor(plain: Callable) -> Callable:
                 minor.append(jnp.broadcast_to(r[:, None], (r.shape[0], axis_size, *r.shape[1:])))
         # on 2-D [N, K*D] views (free reshapes): XLA:CPU gathers whole rows of a 2-D array
         # faster than [K, D] slices of a 3-D one (benchmarks/RESULTS.md, tuning)
-        flat = [x.reshape(x.shape[0], -1) for x in minor]
+        flat = [x.reshape(x.shape[0], math.prod(x.shape[1:])) for x in minor]
         out = plain(flat[0], indices, *flat[1:])  # [U, K*D] rows or the [V, K*D] table
         out = out.reshape(out.shape[0], *minor[0].shape[1:])
         return jnp.swapaxes(out, 0, 1), True
