@@ -329,8 +329,9 @@ def _plain_add(table, indices, rows):
 # (vmapped with in_axes = out_axes = 1 on the tables), the K trials' copies of a row are one
 # contiguous K*D slice: one gather of U slices. jax.vmap's own rules for gather and scatter
 # move the trial axis to the front, a transpose of the whole table on every step; the batching
-# rule below instead works on the [V, K, D] table directly (its two swapaxes cancel the ones
-# vmap inserts). The numbers are the same either way; only the memory traffic changes
+# rule below instead works on the [V, K, D] table in place (its two swapaxes cancel the ones
+# vmap inserts), through its 2-D [V, K*D] view: each row of all K trials is one row of that
+# view. The numbers are the same either way; only the memory traffic changes
 # (benchmarks/results/tune.md).
 _TRIAL_MINOR = jax.make_user_context(default_value=False)  # part of jax.jit's cache key
 
@@ -383,8 +384,8 @@ def _trial_minor(plain: Callable) -> Callable:
                 minor.append(jnp.swapaxes(r, 0, 1))
             else:
                 minor.append(jnp.broadcast_to(r[:, None], (r.shape[0], axis_size, *r.shape[1:])))
-        # on 2-D [N, K*D] views (free reshapes): XLA:CPU gathers whole rows of a 2-D array
-        # faster than [K, D] slices of a 3-D one (benchmarks/RESULTS.md, tuning)
+        # on 2-D [N, K*D] views (free reshapes): XLA:CPU gathers and scatters whole rows of a
+        # 2-D array faster than [K, D] slices of a 3-D one (benchmarks/RESULTS.md, tuning)
         flat = [x.reshape(x.shape[0], math.prod(x.shape[1:])) for x in minor]
         out = plain(flat[0], indices, *flat[1:])  # [U, K*D] rows or the [V, K*D] table
         out = out.reshape(out.shape[0], *minor[0].shape[1:])

@@ -676,7 +676,10 @@ def test_trial_minor_tables_give_the_numbers_of_vmap_without_whole_table_copies(
         and (" copy(" in line or " transpose(" in line)
     ]
     assert not copies, copies
-    assert f"slice_sizes={{1,{k},{D}}}" not in hlo  # no gather of [K, D] slices of a 3-D table
+    # the rows move as whole rows of the 2-D view, not as [K, D] slices of the 3-D table
+    assert f"slice_sizes={{1,{k},{D}}}" not in hlo  # gathers
+    scatters = [line for line in hlo.splitlines() if " scatter(" in line]
+    assert scatters and not [x for x in scatters if f"f32[{num_rows},{k},{D}]" in x], scatters
     # indices per trial: vmap's own batching, the same numbers
     ids_k = np.stack([_batch(rng, shape=(4, 6), num_rows=num_rows)[0] for _ in range(k)])
 
