@@ -78,6 +78,12 @@ _state = {
 }
 
 
+def _system(detail: str) -> str:
+    """Record glibc's own allocator as the mode in force (nothing advised) and return it."""
+    _state.update(mode="system", detail=detail, huge_pages=NOT_ADVISED)
+    return "system"
+
+
 def configure_host_allocator(mode: str, *, source: str = "argument") -> str:
     """Apply ``mode`` ("keep" or "system") to this process and return the mode now in force.
 
@@ -96,16 +102,10 @@ def configure_host_allocator(mode: str, *, source: str = "argument") -> str:
             )
         return "keep"
     if mode == "system":
-        _state.update(mode="system", detail=f"glibc defaults ({source})", huge_pages=NOT_ADVISED)
-        return "system"
+        return _system(f"glibc defaults ({source})")
     libc, version = platform.libc_ver()
     if platform.system() != "Linux" or libc != "glibc":
-        _state.update(
-            mode="system",
-            detail=f"no glibc mallopt on {platform.system()} {libc}",
-            huge_pages=NOT_ADVISED,
-        )
-        return "system"
+        return _system(f"no glibc mallopt on {platform.system()} {libc}")
     mallopt = ctypes.CDLL(None).mallopt
     mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
     mallopt.restype = ctypes.c_int
@@ -118,12 +118,7 @@ def configure_host_allocator(mode: str, *, source: str = "argument") -> str:
         )
     failed = [param for param, value in _KEEP_SETTINGS if mallopt(param, value) != 1]
     if failed:  # glibc refused a setting: say so rather than claim the mode
-        _state.update(
-            mode="system",
-            detail=f"glibc {version} refused mallopt {failed}",
-            huge_pages=NOT_ADVISED,
-        )
-        return "system"
+        return _system(f"glibc {version} refused mallopt {failed}")
     huge = advise_huge_heap()
     _state.update(
         mode="keep",
